@@ -1,0 +1,32 @@
+# Both targets create or refresh .venv by themselves (a fresh machine needs nothing else).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install test test-slow demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch==2.13.0 first: on these machines it is a local CPU build; an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+demo: $(STAMP)
+	$(BIN)/python benchmarks/demo.py demo-output
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_runtime.py --size 2048
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

@@ -1,0 +1,1 @@
+"""biozoo.exporters (see ../shared/DESIGN.md)."""

@@ -1,0 +1,240 @@
+"""Format-0.5 pre/post-processing ops: one small frozen dataclass each, one dict from op id to class.
+
+Each op is built once from its rdf entry (`build_op`) and applied to a numpy array whose axes are the tensor's
+axis ids, in the tensor's order. Statistics come from a StatsContext (see stats.py for the spec's semantics).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .description import Processing, Tensor
+from .errors import PackageError
+from .stats import Measure, StatsContext
+
+Axes = Sequence[str]
+
+
+def _axes_kwarg(kwargs: Mapping[str, Any]) -> Optional[tuple[str, ...]]:
+    axes = kwargs.get("axes")
+    return None if axes is None else tuple(str(a) for a in axes)
+
+
+def _along(values: Any, axis: Optional[str], axes: Axes, where: str) -> Any:
+    """Scalars stay scalars; a list given `axis` becomes an array broadcasting along that axis."""
+    if axis is None or np.isscalar(values):
+        return np.float32(values) if np.isscalar(values) else np.asarray(values, np.float32)
+    if axis not in axes:
+        raise PackageError(f"{where}: kwargs.axis '{axis}' is not an axis of the tensor (axes {list(axes)})")
+    shape = [1] * len(axes)
+    shape[list(axes).index(axis)] = -1
+    return np.asarray(values, dtype=np.float32).reshape(shape)
+
+
+@dataclass(frozen=True)
+class Op:
+    """Base: subclasses set `op_id`, parse kwargs in `build`, and implement `__call__`."""
+
+    op_id: ClassVar[str]
+    tensor_id: str
+    where: str
+
+    @property
+    def measures(self) -> tuple[Measure, ...]:
+        return ()
+
+    def __call__(self, x: np.ndarray, axes: Axes, stats: StatsContext) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Binarize(Op):
+    op_id: ClassVar[str] = "binarize"
+    threshold: Any = 0.5
+    axis: Optional[str] = None
+
+    def __call__(self, x, axes, stats):
+        return x > _along(self.threshold, self.axis, axes, self.where)
+
+
+@dataclass(frozen=True)
+class Clip(Op):
+    op_id: ClassVar[str] = "clip"
+    min: Optional[float] = None
+    max: Optional[float] = None
+    min_percentile: Optional[float] = None
+    max_percentile: Optional[float] = None
+    axes: Optional[tuple[str, ...]] = None
+
+    @property
+    def measures(self):
+        return tuple(
+            Measure(self.tensor_id, "quantile", self.axes, p / 100)
+            for p in (self.min_percentile, self.max_percentile)
+            if p is not None
+        )
+
+    def __call__(self, x, axes, stats):
+        lo, hi = self.min, self.max
+        if self.min_percentile is not None:
+            lo = stats.get(Measure(self.tensor_id, "quantile", self.axes, self.min_percentile / 100), axes)
+        if self.max_percentile is not None:
+            hi = stats.get(Measure(self.tensor_id, "quantile", self.axes, self.max_percentile / 100), axes)
+        return np.clip(x, lo, hi).astype(x.dtype, copy=False)
+
+
+@dataclass(frozen=True)
+class EnsureDtype(Op):
+    op_id: ClassVar[str] = "ensure_dtype"
+    dtype: str = "float32"
+
+    def __call__(self, x, axes, stats):
+        return x.astype(self.dtype, copy=False)
+
+
+@dataclass(frozen=True)
+class FixedZeroMeanUnitVariance(Op):
+    op_id: ClassVar[str] = "fixed_zero_mean_unit_variance"
+    mean: Any = 0.0
+    std: Any = 1.0
+    axis: Optional[str] = None
+    eps: float = 1e-6
+
+    def __call__(self, x, axes, stats):
+        mean = _along(self.mean, self.axis, axes, self.where)
+        std = _along(self.std, self.axis, axes, self.where)
+        return ((x - mean) / (std + np.float32(self.eps))).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class ScaleLinear(Op):
+    op_id: ClassVar[str] = "scale_linear"
+    gain: Any = 1.0
+    offset: Any = 0.0
+    axis: Optional[str] = None
+
+    def __call__(self, x, axes, stats):
+        gain = _along(self.gain, self.axis, axes, self.where)
+        offset = _along(self.offset, self.axis, axes, self.where)
+        return (x * gain + offset).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class ScaleRange(Op):
+    op_id: ClassVar[str] = "scale_range"
+    min_percentile: float = 0.0
+    max_percentile: float = 100.0
+    axes: Optional[tuple[str, ...]] = None
+    eps: float = 1e-6
+    reference_tensor: Optional[str] = None
+
+    @property
+    def measures(self):
+        ref = self.reference_tensor or self.tensor_id
+        return (
+            Measure(ref, "quantile", self.axes, self.min_percentile / 100),
+            Measure(ref, "quantile", self.axes, self.max_percentile / 100),
+        )
+
+    def __call__(self, x, axes, stats):
+        lo, hi = (stats.get(m, axes) for m in self.measures)
+        return ((x - lo) / (hi - lo + self.eps)).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class Sigmoid(Op):
+    op_id: ClassVar[str] = "sigmoid"
+
+    def __call__(self, x, axes, stats):
+        out = np.negative(x, dtype=np.float32)
+        np.exp(out, out=out)
+        out += 1.0
+        return np.reciprocal(out, out=out)
+
+
+@dataclass(frozen=True)
+class Softmax(Op):
+    op_id: ClassVar[str] = "softmax"
+    axis: str = "channel"
+
+    def __call__(self, x, axes, stats):
+        if self.axis not in axes:
+            raise PackageError(f"{self.where}: softmax axis '{self.axis}' is not an axis of the tensor ({list(axes)})")
+        i = list(axes).index(self.axis)
+        e = np.exp(x - x.max(axis=i, keepdims=True), dtype=np.float32)
+        return e / e.sum(axis=i, keepdims=True)
+
+
+@dataclass(frozen=True)
+class ZeroMeanUnitVariance(Op):
+    op_id: ClassVar[str] = "zero_mean_unit_variance"
+    axes: Optional[tuple[str, ...]] = None
+    eps: float = 1e-6
+
+    @property
+    def measures(self):
+        return (Measure(self.tensor_id, "mean", self.axes), Measure(self.tensor_id, "std", self.axes))
+
+    def __call__(self, x, axes, stats):
+        mean, std = (stats.get(m, axes) for m in self.measures)
+        return ((x - mean) / (std + self.eps)).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class ScaleMeanVariance(Op):
+    op_id: ClassVar[str] = "scale_mean_variance"
+    reference_tensor: str = ""
+    axes: Optional[tuple[str, ...]] = None
+    eps: float = 1e-6
+
+    @property
+    def measures(self):
+        return tuple(Measure(t, k, self.axes) for t in (self.tensor_id, self.reference_tensor) for k in ("mean", "std"))
+
+    def __call__(self, x, axes, stats):
+        mean, std, ref_mean, ref_std = (stats.get(m, axes) for m in self.measures)
+        return ((x - mean) / (std + self.eps) * (ref_std + self.eps) + ref_mean).astype(np.float32, copy=False)
+
+
+OPS: dict[str, type[Op]] = {
+    cls.op_id: cls
+    for cls in (
+        Binarize, Clip, EnsureDtype, FixedZeroMeanUnitVariance, ScaleLinear, ScaleRange, Sigmoid, Softmax,
+        ZeroMeanUnitVariance, ScaleMeanVariance,
+    )
+}
+
+
+def build_op(proc: Processing, tensor: Tensor, where: str) -> Op:
+    """Build one op from its rdf entry; unknown ids and bad kwargs are PackageErrors naming the entry."""
+    cls = OPS.get(proc.id)
+    if cls is None:
+        raise PackageError(
+            f"{where}: processing op '{proc.id}' is not supported by this biozoo version; supported: "
+            f"{', '.join(sorted(OPS))}. Upgrade biozoo or use a package without this op"
+        )
+    kwargs = dict(proc.kwargs)
+    if "axes" in kwargs:
+        kwargs["axes"] = _axes_kwarg(kwargs)
+    fields = set(cls.__dataclass_fields__) - {"tensor_id", "where"}
+    unknown = sorted(set(kwargs) - fields)
+    if unknown:
+        raise PackageError(f"{where}: op '{proc.id}' got unexpected kwargs {unknown}; expected some of {sorted(fields)}")
+    if cls in (Binarize, ScaleLinear, FixedZeroMeanUnitVariance) and "axis" in kwargs:
+        kwargs["axis"] = str(kwargs["axis"])
+    try:
+        return cls(tensor_id=tensor.id, where=where, **kwargs)
+    except TypeError as e:
+        raise PackageError(f"{where}: op '{proc.id}' has invalid kwargs {proc.kwargs}: {e}") from None
+
+
+def build_chain(tensor: Tensor, where: str) -> tuple[Op, ...]:
+    return tuple(build_op(p, tensor, f"{where}[{i}]") for i, p in enumerate(tensor.processing))
+
+
+def run_chain(ops: Sequence[Op], x: np.ndarray, axes: Axes, stats: StatsContext) -> np.ndarray:
+    for op in ops:
+        x = op(x, axes, stats)
+    return x

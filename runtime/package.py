@@ -1,0 +1,178 @@
+"""Open a model package (zip, folder, or rdf.yaml path) safely and verify the files it references.
+
+Safety rules: zip members with absolute paths, '..' or symlinks are refused; archives are unpacked only into
+biozoo's cache folder; YAML is read with safe_load; http(s) sources are never fetched; every file with a sha256 in
+the description is hashed before use. Only the ONNX weights are ever resolved: other weight formats are ignored.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import PackageError
+
+RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
+_HASH_CHUNK = 1 << 20
+
+
+def cache_dir() -> Path:
+    """Where unpacked packages live: $BIOZOO_CACHE_DIR, else ~/.cache/biozoo."""
+    root = os.environ.get("BIOZOO_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "biozoo"
+    )
+    return Path(root)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Package:
+    """An opened package: its folder, the raw rdf dict, and verified access to its files."""
+
+    source: Path
+    root: Path
+    rdf_path: Path
+    rdf: Mapping[str, Any]
+    _verified: dict[str, Path] = field(default_factory=dict, repr=False)
+
+    def file(self, entry: Any, where: str) -> Path:
+        """Resolve a file reference (a path string or {source, sha256}) inside the package; verify its sha256."""
+        source, expected = (entry.get("source"), entry.get("sha256")) if isinstance(entry, Mapping) else (entry, None)
+        if not isinstance(source, str) or not source:
+            raise PackageError(f"{where} has no 'source'; expected a file name inside the package")
+        key = f"{source}|{expected}"
+        if key in self._verified:
+            return self._verified[key]
+        if source.startswith(("http://", "https://")):
+            raise PackageError(
+                f"{where} points to {source}: biozoo works offline and never downloads. Download the file yourself, "
+                f"put it next to {self.rdf_path.name} and set {where}.source to its file name"
+            )
+        path = self.inside(source, where)
+        if not path.is_file():
+            raise PackageError(f"{where} names '{source}', which is missing from the package ({self.source})")
+        if expected:
+            actual = sha256_of(path)
+            if actual != str(expected).lower():
+                raise PackageError(
+                    f"sha256 mismatch for '{source}' ({where}): the description says {expected}, the file has {actual}. "
+                    "The package was modified or corrupted: get an intact copy or re-export it"
+                )
+        self._verified[key] = path
+        return path
+
+    def inside(self, relative: str, where: str) -> Path:
+        """A path inside the package folder, refusing anything that escapes it."""
+        pure = PurePosixPath(relative.replace("\\", "/"))
+        if pure.is_absolute() or ".." in pure.parts or (pure.parts and ":" in pure.parts[0]):
+            raise PackageError(f"{where} is '{relative}': paths must stay inside the package (no absolute paths, no '..')")
+        path = self.root.joinpath(*pure.parts)
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise PackageError(f"{where} is '{relative}', which resolves outside the package through a link")
+        return path
+
+
+def open_package(source: str | os.PathLike[str]) -> Package:
+    """Open a .zip, a folder, or an rdf.yaml / bioimageio.yaml path; nothing is fetched from the network."""
+    text = str(source)
+    if text.startswith(("http://", "https://")):
+        raise PackageError(f"'{text}' is a URL: biozoo works offline. Download the package and pass the local .zip")
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise PackageError(f"package '{path}' does not exist; expected a .zip, a folder, or an rdf.yaml path")
+    if path.is_dir():
+        rdf_path = _find_rdf(path)
+    elif path.suffix.lower() in (".yaml", ".yml"):
+        rdf_path = path
+    elif zipfile.is_zipfile(path):
+        rdf_path = _find_rdf(_unpack(path))
+    else:
+        raise PackageError(
+            f"'{path}' is not a package: expected a valid .zip, a folder, or an rdf.yaml (the file may be a corrupted "
+            "or truncated zip; download or export it again)"
+        )
+    rdf = _read_rdf(rdf_path)
+    return Package(source=path, root=rdf_path.parent, rdf_path=rdf_path, rdf=rdf)
+
+
+def _find_rdf(folder: Path) -> Path:
+    for name in RDF_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    named = sorted(folder.glob("*.bioimageio.yaml"))
+    if named:
+        return named[0]
+    raise PackageError(f"no rdf.yaml or bioimageio.yaml in '{folder}'; is this a bioimage.io model package?")
+
+
+def _read_rdf(rdf_path: Path) -> Mapping[str, Any]:
+    try:
+        rdf = yaml.safe_load(rdf_path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise PackageError(f"{rdf_path.name} is not valid YAML: {e}") from None
+    if not isinstance(rdf, Mapping):
+        raise PackageError(f"{rdf_path.name} must hold a mapping; got {type(rdf).__name__}")
+    if rdf.get("type") != "model":
+        raise PackageError(f"{rdf_path.name} describes a '{rdf.get('type')}', not a model; biozoo runs model packages")
+    version = str(rdf.get("format_version", "?"))
+    if not version.startswith("0.5."):
+        raise PackageError(
+            f"{rdf_path.name} has format_version {version}; biozoo reads format 0.5.x. Convert the package with "
+            "bioimageio.spec ('bioimageio update-format rdf.yaml') and try again"
+        )
+    return rdf
+
+
+def _unpack(zip_path: Path) -> Path:
+    """Unpack into the cache, keyed by the archive's hash, so a package is unpacked once per content."""
+    digest = sha256_of(zip_path)
+    target = cache_dir() / "packages" / digest[:32]
+    if (target / ".complete").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=target.parent))
+    try:
+        try:
+            with zipfile.ZipFile(zip_path) as archive:
+                for member in archive.infolist():
+                    _check_member(member, zip_path)
+                archive.extractall(staging)
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as e:
+            raise PackageError(f"cannot unpack '{zip_path}': {e}; the zip is corrupted: get or export it again") from None
+        (staging / ".complete").touch()
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first; its copy is identical
+            if not (target / ".complete").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _check_member(member: zipfile.ZipInfo, zip_path: Path) -> None:
+    name = member.filename.replace("\\", "/")
+    pure = PurePosixPath(name)
+    mode = member.external_attr >> 16
+    if pure.is_absolute() or ".." in pure.parts or (pure.parts and ":" in pure.parts[0]):
+        raise PackageError(
+            f"'{zip_path.name}' contains the member '{member.filename}', whose path escapes the package "
+            "(absolute or '..'): refusing to unpack an unsafe archive"
+        )
+    if stat.S_ISLNK(mode):
+        raise PackageError(f"'{zip_path.name}' contains a symbolic link '{member.filename}': refusing to unpack it")

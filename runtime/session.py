@@ -1,0 +1,132 @@
+"""One onnxruntime session per loaded model: explicit providers, quiet CPU fallback, IO binding on CUDA.
+
+onnxruntime-gpu on a machine without CUDA libraries prints a wall of errors when asked for the CUDA provider.
+We check for a usable CUDA driver first and silence onnxruntime's logger while probing, then say once, at
+info level, which provider runs.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .errors import InputError, PackageError
+
+log = logging.getLogger("biozoo")
+DEVICES = ("auto", "cpu", "cuda")
+_ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(uint16)": np.uint16, "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_,
+}
+
+
+def cuda_driver_available() -> bool:
+    """True when a CUDA driver with at least one device is present (no onnxruntime involved)."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1" if os.name != "nt" else "nvcuda.dll")
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    return lib.cuInit(0) == 0 and lib.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+
+
+class OnnxSession:
+    """Wraps an InferenceSession; `run` takes and returns numpy arrays keyed by tensor name."""
+
+    def __init__(self, weights: Path, device: str = "auto", threads: int = 0):
+        import onnxruntime as ort
+
+        if device not in DEVICES:
+            raise InputError(f"device '{device}' is not one of {', '.join(DEVICES)}")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        want_cuda = device == "cuda" or (device == "auto" and cuda_driver_available())
+        has_cuda_ep = "CUDAExecutionProvider" in ort.get_available_providers()
+        if device == "cuda" and not (has_cuda_ep and cuda_driver_available()):
+            raise InputError(
+                "--device cuda was requested but no usable CUDA is present (onnxruntime providers: "
+                f"{ort.get_available_providers()}, CUDA driver found: {cuda_driver_available()}); "
+                "use --device cpu or auto, or install onnxruntime-gpu with a CUDA driver"
+            )
+        providers: list = ["CPUExecutionProvider"]
+        if want_cuda and has_cuda_ep:
+            _preload_cuda_libraries(ort)
+            providers.insert(0, "CUDAExecutionProvider")
+        previous = ort.get_default_logger_severity() if hasattr(ort, "get_default_logger_severity") else 2
+        ort.set_default_logger_severity(4)  # the probe for CUDA may log errors we turn into one info line
+        try:
+            self.session = ort.InferenceSession(str(weights), sess_options=options, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types for bad models
+            raise PackageError(f"onnxruntime cannot load '{weights.name}': {_first_line(e)}") from None
+        finally:
+            ort.set_default_logger_severity(previous)
+        self.provider = self.session.get_providers()[0]
+        if device == "cuda" and self.provider != "CUDAExecutionProvider":
+            raise InputError("the CUDA provider failed to start (CUDA/cuDNN libraries missing?); use --device cpu")
+        if want_cuda and self.provider != "CUDAExecutionProvider":
+            log.info("CUDA driver found but onnxruntime's CUDA provider could not start; running on CPU")
+        log.info("onnxruntime runs on %s", self.provider)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.input_types = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
+        self.input_ranks = {i.name: len(i.shape) for i in self.session.get_inputs()}
+        self._ort = ort
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.provider == "CUDAExecutionProvider"
+
+    def check_names(self, inputs: Sequence[str], outputs: Sequence[str]) -> None:
+        missing_in = sorted(set(inputs) - set(self.input_names))
+        missing_out = sorted(set(outputs) - set(self.output_names))
+        if missing_in or missing_out:
+            raise PackageError(
+                f"the ONNX graph does not match the description: described inputs {list(inputs)} vs graph inputs "
+                f"{self.input_names}; described outputs {list(outputs)} vs graph outputs {self.output_names}. "
+                "Tensor ids in rdf.yaml must equal the ONNX input/output names"
+            )
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {k: np.ascontiguousarray(v, dtype=self.input_types[k]) for k, v in feeds.items()}
+        try:
+            if self.on_cuda:
+                return self._run_bound(feeds)
+            values = self.session.run(self.output_names, feeds)
+        except Exception as e:  # an ORT failure here means the data shape/type broke the graph
+            shapes = {k: v.shape for k, v in feeds.items()}
+            raise InputError(
+                f"the model failed on inputs of shapes {shapes}: {_first_line(e)}. Check that the sizes are valid for "
+                "this model (see `biozoo info`)"
+            ) from None
+        return dict(zip(self.output_names, values))
+
+    def _run_bound(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_ortvalue_input(name, self._ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
+        for name in self.output_names:
+            binding.bind_output(name, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
+
+
+def _preload_cuda_libraries(ort) -> None:
+    """CUDA/cuDNN from the nvidia-* wheels are found only after preload_dlls (onnxruntime >= 1.21)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception:  # best effort: a system-wide CUDA install works without it
+            pass
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

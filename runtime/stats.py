@@ -1,0 +1,147 @@
+"""Sample and dataset statistics for the processing ops, with the spec's semantics.
+
+An op's `axes` name the axes reduced over. `axes` absent or containing 'batch' means dataset statistics
+(bioimage.io format 0.5); otherwise per-sample statistics. As in bioimageio.core, a chain's statistics are taken
+from the tensors as they were when the chain started: the raw inputs for preprocessing, the raw network outputs
+(and raw inputs, for reference tensors) for postprocessing.
+
+Dataset statistics come either from the data of the current call (all samples in it jointly) or from a
+`DatasetStatistics` accumulated over many inputs (e.g. every file given to `biozoo predict`): means and variances
+pooled exactly, quantiles averaged over samples (the estimate bioimageio.core uses too).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .errors import InputError
+
+BATCH = "batch"
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One statistic an op needs: of which tensor, which kind, reduced over which axes."""
+
+    tensor_id: str
+    kind: str  # mean | std | quantile
+    axes: Optional[tuple[str, ...]]  # None: all axes
+    q: float = 0.0
+
+    @property
+    def is_dataset(self) -> bool:
+        return self.axes is None or BATCH in self.axes
+
+
+@dataclass
+class _Pooled:
+    count: float = 0.0
+    mean: Optional[np.ndarray] = None
+    m2: Optional[np.ndarray] = None
+    quantile_sum: Optional[np.ndarray] = None
+    samples: int = 0
+
+
+class DatasetStatistics:
+    """Dataset measures accumulated over many samples; pass to Model.predict(..., dataset_stats=...)."""
+
+    def __init__(self, measures: Iterable[Measure]):
+        self.measures = tuple(dict.fromkeys(m for m in measures if m.is_dataset))
+        self._acc: dict[Measure, _Pooled] = {m: _Pooled() for m in self.measures}
+
+    def update(self, tensors: Mapping[str, tuple[np.ndarray, Sequence[str]]]) -> None:
+        for m, acc in self._acc.items():
+            if m.tensor_id not in tensors:
+                continue
+            data, axes = tensors[m.tensor_id]
+            idx = _reduce_axes(m.axes, axes, m.tensor_id)
+            x = np.asarray(data, dtype=np.float64)
+            if m.kind == "quantile":
+                value = np.quantile(x, m.q, axis=idx, keepdims=True)
+                acc.quantile_sum = value if acc.quantile_sum is None else acc.quantile_sum + value
+                acc.samples += 1
+                continue
+            n = float(np.prod([x.shape[i] for i in idx]))
+            mean = x.mean(axis=idx, keepdims=True)
+            m2 = ((x - mean) ** 2).sum(axis=idx, keepdims=True)
+            if acc.mean is None:
+                acc.count, acc.mean, acc.m2 = n, mean, m2
+            else:  # Chan et al. pooled update
+                total = acc.count + n
+                delta = mean - acc.mean
+                acc.mean = acc.mean + delta * n / total
+                acc.m2 = acc.m2 + m2 + delta**2 * acc.count * n / total
+                acc.count = total
+
+    def value(self, m: Measure) -> Optional[np.ndarray]:
+        acc = self._acc.get(m)
+        if acc is None:
+            return None
+        if m.kind == "quantile":
+            return None if acc.quantile_sum is None else acc.quantile_sum / acc.samples
+        if acc.mean is None:
+            return None
+        return acc.mean if m.kind == "mean" else np.sqrt(acc.m2 / acc.count)
+
+    def as_dict(self) -> dict[str, list[float]]:
+        """Readable summary (for reports): one flat list of values per measure."""
+        out = {}
+        for m in self.measures:
+            v = self.value(m)
+            if v is not None:
+                label = f"{m.tensor_id}.{m.kind}{'' if m.kind != 'quantile' else f'({m.q:g})'}"
+                out[label] = np.ravel(v).astype(float).tolist()
+        return out
+
+
+@dataclass
+class StatsContext:
+    """Statistics for one processing chain over the tensors of one call; values are cached per measure."""
+
+    tensors: Mapping[str, tuple[np.ndarray, Sequence[str]]]
+    dataset: Optional[DatasetStatistics] = None
+    _cache: dict[Measure, np.ndarray] = field(default_factory=dict)
+
+    def get(self, m: Measure, target_axes: Sequence[str]) -> np.ndarray:
+        """The measure's value, broadcastable against a tensor with `target_axes` (same axis ids and order)."""
+        if m not in self._cache:
+            self._cache[m] = self._compute(m)
+        value = self._cache[m]
+        _, axes = self.tensors[m.tensor_id]
+        if tuple(axes) != tuple(target_axes):  # a reference tensor with other axes: only scalars broadcast safely
+            if value.size != 1:
+                raise InputError(
+                    f"per-axis statistics of '{m.tensor_id}' (axes {list(axes)}) cannot be applied to a tensor with "
+                    f"axes {list(target_axes)}; the package's processing is inconsistent"
+                )
+            return value.reshape(())
+        return value
+
+    def _compute(self, m: Measure) -> np.ndarray:
+        if m.is_dataset and self.dataset is not None:
+            known = self.dataset.value(m)
+            if known is not None:
+                return known
+        if m.tensor_id not in self.tensors:
+            raise InputError(f"statistics need tensor '{m.tensor_id}', which is not part of this call")
+        data, axes = self.tensors[m.tensor_id]
+        idx = _reduce_axes(m.axes, axes, m.tensor_id)
+        if m.kind == "quantile":
+            return np.quantile(data, m.q, axis=idx, keepdims=True, method="linear").astype(np.float64)
+        if m.kind == "mean":
+            return np.mean(data, axis=idx, keepdims=True, dtype=np.float64)
+        return np.std(data, axis=idx, keepdims=True, dtype=np.float64)
+
+
+def _reduce_axes(reduce: Optional[tuple[str, ...]], axes: Sequence[str], tensor_id: str) -> tuple[int, ...]:
+    if reduce is None:
+        return tuple(range(len(axes)))
+    missing = [a for a in reduce if a not in axes and a != BATCH]
+    if missing:
+        raise InputError(
+            f"processing of '{tensor_id}' reduces over axes {missing}, which the tensor (axes {list(axes)}) lacks; "
+            "the package's processing kwargs are inconsistent with its axes"
+        )
+    return tuple(i for i, a in enumerate(axes) if a in reduce)

@@ -1,0 +1,140 @@
+"""`biozoo test`: reproduce a package's test tensors, then probe other valid sizes and batch 2.
+
+Tolerances come from config.bioimageio.reproducibility_tolerance (defaults rtol 1e-3, atol 1e-3, 100 mismatched
+elements per million): an element mismatches when |out - expected| > atol + rtol * |expected|.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from .description import ParameterizedSize, SizeReference
+from .errors import BiozooError, PackageError
+from .tiling import output_shapes, pad_to, resolve_size
+
+if TYPE_CHECKING:
+    from .model import Model
+
+NO_TILING = 2**62
+
+
+def load_test_tensors(model: "Model", kind: str) -> dict[str, np.ndarray]:
+    tensors = model.description.inputs if kind == "inputs" else model.description.outputs
+    arrays = {}
+    for i, t in enumerate(tensors):
+        if t.test_tensor is None:
+            if t.optional:
+                continue
+            raise PackageError(f"{kind}[{i}] ('{t.id}') has no test_tensor; every tensor of a package needs one")
+        path = model.package.file(t.test_tensor, f"{kind}[{i}].test_tensor")
+        try:
+            arrays[t.id] = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise PackageError(f"{kind}[{i}].test_tensor '{path.name}' is not a readable .npy file: {e}") from None
+        if arrays[t.id].ndim != len(t.axes):
+            raise PackageError(
+                f"{kind}[{i}].test_tensor has shape {arrays[t.id].shape}, but '{t.id}' has axes {t.letters}"
+            )
+    return arrays
+
+
+def compare(actual: np.ndarray, expected: np.ndarray, tol) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "shape": list(actual.shape),
+        "expected_shape": list(expected.shape),
+        "tolerance": {
+            "relative": tol.relative, "absolute": tol.absolute, "mismatched_per_million": tol.mismatched_per_million,
+        },
+    }
+    if actual.shape != expected.shape:
+        result.update(passed=False, reason=f"shape {actual.shape} != expected {expected.shape}")
+        return result
+    a = actual.astype(np.float64)
+    e = expected.astype(np.float64)
+    diff = np.abs(a - e)
+    mismatched = np.count_nonzero(diff > tol.absolute + tol.relative * np.abs(e))
+    nonzero = np.abs(e) > 0
+    ppm = mismatched / max(e.size, 1) * 1e6
+    result.update(
+        max_abs_error=float(diff.max(initial=0.0)),
+        max_rel_error=float((diff[nonzero] / np.abs(e[nonzero])).max(initial=0.0)),
+        mismatched_elements=int(mismatched),
+        mismatched_per_million=float(ppm),
+        passed=bool(ppm <= tol.mismatched_per_million),
+    )
+    return result
+
+
+def _probe_shapes(model: "Model", test_inputs: Mapping[str, np.ndarray]) -> list[dict[str, tuple[int, ...]]]:
+    """Two other valid sizes for the parameterized axes, and the test size with batch 2."""
+    desc = model.description
+    probes = []
+    for k in (1, 2):
+        shapes: dict[str, tuple[int, ...]] = {}
+        known: dict[tuple[str, str], int] = {}
+        changed = False
+        for t in desc.inputs:
+            if t.id not in test_inputs:
+                continue
+            dims = []
+            for a, n in zip(t.axes, test_inputs[t.id].shape):
+                if isinstance(a.size, ParameterizedSize) and a.size.step > 0:
+                    n = n + k * a.size.step if k == 1 or n - a.size.step < a.size.min else n - a.size.step
+                    changed = True
+                elif isinstance(a.size, SizeReference):
+                    n = resolve_size(desc, a, known) or n
+                known[(t.id, a.id)] = n
+                dims.append(n)
+            shapes[t.id] = tuple(dims)
+        if changed:
+            probes.append(shapes)
+    batched = {}
+    for t in desc.inputs:
+        if t.id in test_inputs:
+            shape = list(test_inputs[t.id].shape)
+            for i, a in enumerate(t.axes):
+                if a.type == "batch" and a.size is None:
+                    shape[i] = 2
+            batched[t.id] = tuple(shape)
+    if batched and any(batched[tid] != test_inputs[tid].shape for tid in batched):
+        probes.append(batched)
+    return probes
+
+
+def _check_probe(model: "Model", test_inputs, shapes) -> dict[str, Any]:
+    desc = model.description
+    arrays = {}
+    for tid, shape in shapes.items():
+        x = test_inputs[tid][tuple(slice(0, n) for n in shape)]
+        arrays[tid] = pad_to(x, shape, "reflect")
+    check: dict[str, Any] = {"input_shapes": {k: list(v) for k, v in shapes.items()}}
+    try:
+        outputs = model.run_model_layout(arrays, tile_budget=NO_TILING, postprocess=False)
+    except BiozooError as e:
+        check.update(passed=False, reason=str(e))
+        return check
+    expected = output_shapes(desc, shapes)
+    got = {k: list(v.shape) for k, v in outputs.items()}
+    wrong = {k: (got[k], list(s)) for k, s in expected.items() if s is not None and got[k] != list(s)}
+    check.update(output_shapes=got, passed=not wrong)
+    if wrong:
+        check["reason"] = "; ".join(f"'{k}' is {g}, the description says {e}" for k, (g, e) in wrong.items())
+    return check
+
+
+def run_model_test(model: "Model", check_sizes: bool = True) -> dict[str, Any]:
+    desc = model.description
+    report: dict[str, Any] = {"name": desc.name, "provider": model.provider, "outputs": {}, "size_checks": []}
+    inputs = load_test_tensors(model, "inputs")
+    expected = load_test_tensors(model, "outputs")
+    actual = model.run_model_layout({tid: x.astype(np.float32) for tid, x in inputs.items()}, tile_budget=NO_TILING)
+    for t in desc.outputs:
+        if t.id in expected:
+            report["outputs"][t.id] = compare(actual[t.id], expected[t.id], desc.tolerance_for(t.id))
+    if check_sizes:
+        for shapes in _probe_shapes(model, inputs):
+            report["size_checks"].append(_check_probe(model, {k: v.astype(np.float32) for k, v in inputs.items()}, shapes))
+    checks = [*report["outputs"].values(), *report["size_checks"]]
+    report["status"] = "passed" if all(c["passed"] for c in checks) else "failed"
+    return report

@@ -1,0 +1,1 @@
+"""biozoo.specs (see ../shared/DESIGN.md)."""

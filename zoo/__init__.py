@@ -1,0 +1,1 @@
+"""biozoo.zoo (see ../shared/DESIGN.md)."""
