@@ -32,7 +32,11 @@ def load(source: Union[str, os.PathLike], device: str = "auto", threads: int = 0
     package = open_package(source)
     description = parse_description(package.rdf)
     weights = package.file(description.onnx, "weights.onnx")
-    for location in external_data_locations(weights):
+    try:
+        locations = external_data_locations(weights)
+    except (ValueError, IndexError):
+        raise PackageError(f"'{weights.name}' is not a valid ONNX file (unreadable protobuf); re-export it") from None
+    for location in locations:
         data = package.inside(location, f"external data of {weights.name}")
         if not data.is_file():
             raise PackageError(f"{weights.name} needs external data '{location}', which is missing from the package")
@@ -109,11 +113,15 @@ class Model:
             for tid, data in outputs.items()
         }
 
-    def dataset_statistics(self, samples: Iterable[ArrayInputs], axes: AxesArg = None) -> DatasetStatistics:
-        """Accumulate the dataset statistics the preprocessing needs over many samples (one pass)."""
+    def dataset_statistics(self, samples: Iterable[Any], axes: AxesArg = None) -> DatasetStatistics:
+        """Accumulate the dataset statistics the preprocessing needs over many samples (one pass).
+
+        Each sample is what predict takes (an array or a dict by id), or a pair (sample, its axes).
+        """
         stats = DatasetStatistics(m for ops in self.preprocessing.values() for op in ops for m in op.measures)
         for sample in samples:
-            arrays, _ = self.prepare_inputs(sample, axes)
+            sample, sample_axes = sample if isinstance(sample, tuple) else (sample, axes)
+            arrays, _ = self.prepare_inputs(sample, sample_axes or None)
             stats.update({tid: (x, self._axis_ids(tid)) for tid, x in arrays.items()})
         return stats
 

@@ -85,3 +85,16 @@ def external_data_locations(model_path: Path) -> list[str]:
         if number == _MODEL_GRAPH and wire == 2:
             _graph_locations(value, out)
     return sorted(set(out))
+
+
+def onnx_versions(model_path: Path) -> tuple[int, dict[str, int]]:
+    """(IR version, {opset domain: version}) of an ONNX file; '' is the default 'ai.onnx' domain."""
+    ir, opsets = 0, {}
+    for number, wire, value in _fields(memoryview(model_path.read_bytes())):
+        if number == 1 and wire == 0:
+            ir = value
+        elif number == 8 and wire == 2:
+            entry = {n: v for n, _, v in _fields(value)}
+            domain = bytes(entry.get(1, b"")).decode() if entry.get(1) is not None else ""
+            opsets[domain] = int(entry.get(2, 0))
+    return ir, opsets

@@ -68,20 +68,17 @@ class Clip(Op):
     max_percentile: Optional[float] = None
     axes: Optional[tuple[str, ...]] = None
 
+    def _percentile(self, p: Optional[float]) -> Optional[Measure]:
+        return None if p is None else Measure(self.tensor_id, "quantile", self.axes, p / 100, "inverted_cdf")
+
     @property
     def measures(self):
-        return tuple(
-            Measure(self.tensor_id, "quantile", self.axes, p / 100)
-            for p in (self.min_percentile, self.max_percentile)
-            if p is not None
-        )
+        return tuple(m for m in (self._percentile(self.min_percentile), self._percentile(self.max_percentile)) if m)
 
     def __call__(self, x, axes, stats):
-        lo, hi = self.min, self.max
-        if self.min_percentile is not None:
-            lo = stats.get(Measure(self.tensor_id, "quantile", self.axes, self.min_percentile / 100), axes)
-        if self.max_percentile is not None:
-            hi = stats.get(Measure(self.tensor_id, "quantile", self.axes, self.max_percentile / 100), axes)
+        lo_m, hi_m = self._percentile(self.min_percentile), self._percentile(self.max_percentile)
+        lo = self.min if lo_m is None else stats.get(lo_m, axes)
+        hi = self.max if hi_m is None else stats.get(hi_m, axes)
         return np.clip(x, lo, hi).astype(x.dtype, copy=False)
 
 
@@ -224,6 +221,8 @@ def build_op(proc: Processing, tensor: Tensor, where: str) -> Op:
         raise PackageError(f"{where}: op '{proc.id}' got unexpected kwargs {unknown}; expected some of {sorted(fields)}")
     if cls in (Binarize, ScaleLinear, FixedZeroMeanUnitVariance) and "axis" in kwargs:
         kwargs["axis"] = str(kwargs["axis"])
+    if cls is ScaleMeanVariance and kwargs.get("axes") is None:  # the spec's default here is per sample
+        kwargs["axes"] = tuple(a.id for a in tensor.axes if a.type != "batch")
     try:
         return cls(tensor_id=tensor.id, where=where, **kwargs)
     except TypeError as e:

@@ -29,6 +29,7 @@ class Measure:
     kind: str  # mean | std | quantile
     axes: Optional[tuple[str, ...]]  # None: all axes
     q: float = 0.0
+    method: str = "linear"  # numpy quantile method; bioimageio.core uses inverted_cdf for clip percentiles
 
     @property
     def is_dataset(self) -> bool:
@@ -129,7 +130,8 @@ class StatsContext:
         data, axes = self.tensors[m.tensor_id]
         idx = _reduce_axes(m.axes, axes, m.tensor_id)
         if m.kind == "quantile":
-            return np.quantile(data, m.q, axis=idx, keepdims=True, method="linear").astype(np.float64)
+            method = m.method if not m.is_dataset else "linear"  # dataset quantiles: linear, as in bioimageio.core
+            return np.quantile(data, m.q, axis=idx, keepdims=True, method=method).astype(np.float64)
         if m.kind == "mean":
             return np.mean(data, axis=idx, keepdims=True, dtype=np.float64)
         return np.std(data, axis=idx, keepdims=True, dtype=np.float64)

@@ -1,0 +1,113 @@
+"""`biozoo bench`: biozoo's predict vs a raw InferenceSession.run on the same preprocessed array, one run.
+
+Both are timed warm (after one untimed call), median of `runs`; the ratio is what the command prints. With
+`vs_core`, bioimageio.core's predict runs on the same package and input too (when it is installed), both as a user
+calls it (`bioimageio.core.predict`, which builds its pipeline per call) and with a reused pipeline.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .description import ParameterizedSize
+from .model import Model
+from .tiling import plan_tiles
+
+
+def _median_seconds(fn: Callable[[], Any], runs: int) -> float:
+    fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_input(model: Model, size: int, seed: int = 0) -> np.ndarray:
+    """A random input in the primary tensor's layout with every space axis `size` long (batch 1)."""
+    t = model.description.inputs[0]
+    shape = []
+    for a in t.axes:
+        if a.type == "space":
+            shape.append(size)
+        elif isinstance(a.size, int):
+            shape.append(a.size)
+        elif isinstance(a.size, ParameterizedSize):
+            shape.append(a.size.min)
+        else:
+            shape.append(1)
+    return np.random.default_rng(seed).random(shape, dtype=np.float32) * 1000
+
+
+def run_bench(model: Model, size: int, runs: int = 5, vs_core: bool = False) -> dict[str, Any]:
+    desc = model.description
+    if len(desc.inputs) != 1:
+        raise ValueError("bench supports single-input models")
+    t = desc.inputs[0]
+    x = bench_input(model, size)
+    axes = t.letters
+    biozoo_s = _median_seconds(lambda: model.predict(x, axes=axes), runs)
+
+    # the array biozoo hands to onnxruntime: preprocessed, padded to a valid shape
+    arrays, _ = model.prepare_inputs(x, axes)
+    from .stats import StatsContext
+    from .ops import run_chain
+    from .tiling import pad_to
+
+    ids = tuple(a.id for a in t.axes)
+    pre = run_chain(model.preprocessing[t.id], arrays[t.id], ids, StatsContext({t.id: (arrays[t.id], ids)}))
+    plan = plan_tiles(desc, {t.id: pre.shape})
+    feed = {t.id: np.ascontiguousarray(pad_to(pre, plan.input_shapes[t.id], model.pad_mode), dtype=np.float32)}
+    session = model.session.session
+    raw_s = _median_seconds(lambda: session.run(None, feed), runs)
+    result: dict[str, Any] = {
+        "model": desc.name, "provider": model.provider, "input_shape": list(x.shape), "tiles": plan.n_tiles,
+        "runs": runs, "biozoo_s": biozoo_s, "raw_onnxruntime_s": raw_s, "ratio_biozoo_over_raw": biozoo_s / raw_s,
+    }
+    if vs_core:
+        result.update(_bench_core(model, x, runs, biozoo_s))
+    return result
+
+
+def _bench_core(model: Model, x: np.ndarray, runs: int, biozoo_s: float) -> dict[str, Any]:
+    try:
+        from bioimageio.core import create_prediction_pipeline, load_model_description, predict
+        from bioimageio.core import Sample, Tensor
+    except ImportError:
+        return {"bioimageio_core": "not installed (pip install bioimageio.core)"}
+    descr = load_model_description(str(model.package.rdf_path), perform_io_checks=False)
+    t = model.description.inputs[0]
+
+    def sample():
+        return Sample(members={t.id: Tensor(x, dims=tuple(a.id for a in t.axes))}, stat={}, id="bench")
+
+    core_s = _median_seconds(lambda: predict(model=descr, inputs=sample(), weight_format="onnx"), max(2, runs // 2))
+    pipeline = create_prediction_pipeline(descr, weight_format="onnx")
+    reused_s = _median_seconds(lambda: pipeline.predict_sample_without_blocking(sample()), runs)
+    return {
+        "bioimageio_core_predict_s": core_s, "bioimageio_core_pipeline_s": reused_s,
+        "ratio_core_predict_over_biozoo": core_s / biozoo_s, "ratio_core_pipeline_over_biozoo": reused_s / biozoo_s,
+    }
+
+
+def format_bench(r: dict[str, Any]) -> str:
+    lines = [
+        f"{r['model']} on {r['provider']}, input {r['input_shape']}, {r['tiles']} tile(s), median of {r['runs']}",
+        f"  biozoo predict        {r['biozoo_s'] * 1e3:9.1f} ms",
+        f"  raw onnxruntime run   {r['raw_onnxruntime_s'] * 1e3:9.1f} ms",
+        f"  ratio biozoo / raw    {r['ratio_biozoo_over_raw']:9.3f}",
+    ]
+    if "bioimageio_core_predict_s" in r:
+        lines += [
+            f"  bioimageio.core predict           {r['bioimageio_core_predict_s'] * 1e3:9.1f} ms "
+            f"({r['ratio_core_predict_over_biozoo']:.2f}x biozoo)",
+            f"  bioimageio.core reused pipeline   {r['bioimageio_core_pipeline_s'] * 1e3:9.1f} ms "
+            f"({r['ratio_core_pipeline_over_biozoo']:.2f}x biozoo)",
+        ]
+    elif "bioimageio_core" in r:
+        lines.append(f"  bioimageio.core: {r['bioimageio_core']}")
+    return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""The `biozoo` command line (contract in shared/DESIGN.md section 3).
+
+Exit codes: 0 success, 1 a check failed (test/validate), 2 bad usage or bad input (message on stderr, no
+traceback). `--json` prints exactly one JSON object on stdout. Commands of other layers (train, export, data) are
+plugged in through the `biozoo.commands` entry-point group, so this module never imports torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .errors import BiozooError, InputError
+
+log = logging.getLogger("biozoo")
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
+    if args.json:
+        sys.stdout.write(json.dumps(payload, indent=None, default=str) + "\n")
+    else:
+        print(text)
+
+
+def _parse_tile(text: Optional[str], axes_hint: str = "yx") -> Optional[dict[str, int]]:
+    if not text:
+        return None
+    parts = text.split(",")
+    ids = axes_hint[-len(parts):] if len(parts) <= len(axes_hint) else ""
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        sizes = []
+    if not ids or not sizes or any(s <= 0 for s in sizes):
+        raise InputError(f"--tile '{text}' is not valid; expected positive integers per space axis, e.g. --tile 512,512")
+    return dict(zip(ids, sizes))
+
+
+def cmd_info(args) -> int:
+    from .info import format_info, model_info
+    from .model import load
+
+    info = model_info(load(args.package, device=args.device))
+    _emit(args, info, format_info(info))
+    return 0
+
+
+def cmd_test(args) -> int:
+    from .model import load
+
+    report = load(args.package, device=args.device).test()
+    lines = [f"{report['name']}: {report['status'].upper()} on {report['provider']}"]
+    for tid, r in report["outputs"].items():
+        detail = r.get("reason") or (
+            f"max abs {r['max_abs_error']:.3g}, max rel {r['max_rel_error']:.3g}, "
+            f"{r['mismatched_per_million']:.1f} mismatched/million (allowed {r['tolerance']['mismatched_per_million']:g})"
+        )
+        lines.append(f"  output {tid}: {'ok' if r['passed'] else 'FAILED'} ({detail})")
+    for c in report["size_checks"]:
+        lines.append(f"  sizes {c['input_shapes']}: {'ok' if c['passed'] else 'FAILED ' + c.get('reason', '')}")
+    _emit(args, report, "\n".join(lines))
+    return 0 if report["status"] == "passed" else 1
+
+
+def cmd_validate(args) -> int:
+    from .validate import validate_package
+
+    report = validate_package(Path(args.package))
+    lines = [f"{args.package}: {report['status'].upper()}"]
+    for c in report["checks"]:
+        lines.append(f"  {'ok' if c['passed'] else 'FAILED'} {c['name']}: {c['detail']}")
+        lines += [f"      {e}" for e in c.get("errors", [])]
+    _emit(args, report, "\n".join(lines))
+    return 0 if report["status"] == "passed" else 1
+
+
+def cmd_predict(args) -> int:
+    from .predict_files import predict_files
+
+    summary = predict_files(
+        args.package, args.inputs, Path(args.output), axes=args.axes, tile=args.tile, device=args.device,
+        suffix=args.format, quiet=args.quiet,
+    )
+    text = "\n".join(f"{item['input']} -> {', '.join(item['written'].values())}" for item in summary["items"])
+    _emit(args, summary, text)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import format_bench, run_bench
+    from .model import load
+
+    result = run_bench(load(args.package, device=args.device), args.size, runs=args.runs, vs_core=args.vs_core)
+    _emit(args, result, format_bench(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="biozoo", description="Run, test and validate bioimage.io model packages.")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def command(name: str, fn, help_text: str, device: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("package", metavar="PACKAGE", help="model package: .zip, folder, or rdf.yaml")
+        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        p.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS)
+        if device:
+            p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+        p.set_defaults(func=fn)
+        return p
+
+    command("info", cmd_info, "show a package's tensors, axes, sizes, ops, weights, license and citation")
+    command("validate", cmd_validate, "bioimageio.spec validation plus biozoo's own checks", device=False)
+    command("test", cmd_test, "reproduce the package's test tensors within its tolerance; probe other sizes")
+    p = command("predict", cmd_predict, "run a model on TIFF/NPY/PNG files; write TIFF or NPY")
+    p.add_argument("inputs", metavar="INPUT", nargs="+", help="image files; for multi-input models ID=FILE")
+    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
+    p.add_argument("--axes", help="axes of the input files, e.g. yx, cyx, zyx (default: from the file or the model)")
+    p.add_argument("--tile", help="tile size per space axis, e.g. 512,512 (default: whole image within a budget)")
+    p.add_argument("--format", choices=("tif", "npy"), default="tif", help="output format for folder outputs")
+    p = command("bench", cmd_bench, "biozoo predict vs raw onnxruntime (and bioimageio.core) in one run")
+    p.add_argument("--size", type=int, default=2048, help="length of every space axis of the random input")
+    p.add_argument("--runs", type=int, default=5, help="timed runs per contender (median reported)")
+    p.add_argument("--vs-bioimageio-core", dest="vs_core", action="store_true", help="also time bioimageio.core")
+    _add_plugins(sub)
+    return parser
+
+
+def _add_plugins(sub) -> None:
+    """Commands of other layers register here via the `biozoo.commands` entry points (each has register(sub))."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="biozoo.commands"):
+        ep.load()(sub)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet or getattr(args, "json", False) else logging.INFO,
+                        format="biozoo: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except BiozooError as e:
+        print(f"biozoo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("biozoo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

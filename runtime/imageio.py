@@ -1,0 +1,74 @@
+"""Read images (TIFF, NPY, PNG) with their axes when the file says them; write outputs atomically."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .errors import InputError
+
+READ_SUFFIXES = (".tif", ".tiff", ".npy", ".png")
+WRITE_SUFFIXES = (".tif", ".tiff", ".npy")
+_TIFF_AXES = {"Y": "y", "X": "x", "Z": "z", "C": "c", "S": "c", "T": "t"}
+
+
+def read_image(path: Path) -> tuple[np.ndarray, Optional[str]]:
+    """The pixels and, when the file records them, the axes as biozoo letters (e.g. 'zyx'); None otherwise."""
+    suffix = path.suffix.lower()
+    if suffix not in READ_SUFFIXES:
+        raise InputError(f"cannot read '{path}': unsupported file type '{suffix}'; expected one of {READ_SUFFIXES}")
+    if not path.is_file():
+        raise InputError(f"input file '{path}' does not exist")
+    try:
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False), None
+        if suffix == ".png":
+            return _read_png(path)
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            data = series.asarray()
+            axes = "".join(_TIFF_AXES.get(a, "?") for a in series.axes)
+        axes = None if "?" in axes or len(set(axes)) != len(axes) else axes
+        return data, axes
+    except InputError:
+        raise
+    except Exception as e:  # tifffile/numpy raise many types for damaged files
+        raise InputError(f"cannot read '{path}': {e}; is the file complete and a valid {suffix[1:].upper()}?") from None
+
+
+def _read_png(path: Path) -> tuple[np.ndarray, str]:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise InputError("reading PNG needs Pillow: pip install 'biozoo[png]' (or convert the image to TIFF)") from None
+    with Image.open(path) as im:
+        data = np.asarray(im)
+    return data, "yx" if data.ndim == 2 else "yxc"
+
+
+def write_image(path: Path, data: np.ndarray, axes: str) -> None:
+    """Write TIFF (with axes metadata) or NPY; via a temporary file, so a failure leaves no partial output."""
+    suffix = path.suffix.lower()
+    if suffix not in WRITE_SUFFIXES:
+        raise InputError(f"cannot write '{path}': unsupported output type '{suffix}'; use .tif or .npy")
+    if data.dtype == np.bool_:
+        data = data.astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        if suffix == ".npy":
+            np.save(tmp, data)
+        else:
+            import tifffile
+
+            tifffile.imwrite(tmp, data, metadata={"axes": axes.upper().replace("B", "Q")})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,89 @@
+"""`biozoo validate`: bioimageio.spec's validation (offline, when installed) plus biozoo's own checks."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import BiozooError
+from .onnx_scan import onnx_versions
+
+# onnxruntime 1.16 reads IR <= 9 and opset <= 19: packages meant for the field must stay within that.
+MAX_IR_ORT_1_16 = 9
+MAX_OPSET_ORT_1_16 = 19
+
+
+def _check(name: str, fn: Callable[[], str]) -> dict[str, Any]:
+    try:
+        return {"name": name, "passed": True, "detail": fn()}
+    except BiozooError as e:
+        return {"name": name, "passed": False, "detail": str(e)}
+
+
+def _file_references(model) -> str:
+    rdf, pkg = model.package.rdf, model.package
+    refs = [("weights.onnx", model.description.onnx)]
+    for kind in ("inputs", "outputs"):
+        for i, t in enumerate(rdf[kind]):
+            for key in ("test_tensor", "sample_tensor"):
+                if t.get(key):
+                    refs.append((f"{kind}[{i}].{key}", t[key]))
+    if rdf.get("documentation"):
+        refs.append(("documentation", rdf["documentation"]))
+    refs += [(f"covers[{i}]", c) for i, c in enumerate(rdf.get("covers") or [])]
+    refs += [(f"attachments[{i}]", a) for i, a in enumerate(rdf.get("attachments") or [])]
+    for where, entry in refs:
+        pkg.file(entry, where)
+    return f"{len(refs)} referenced files present" + (", sha256 verified" if refs else "")
+
+
+def _onnx_compat(model) -> str:
+    path = model.package.file(model.description.onnx, "weights.onnx")
+    ir, opsets = onnx_versions(path)
+    opset = opsets.get("", opsets.get("ai.onnx", 0))
+    if ir > MAX_IR_ORT_1_16 or opset > MAX_OPSET_ORT_1_16:
+        raise BiozooError(
+            f"ONNX IR {ir} / opset {opset}: onnxruntime 1.16 needs IR <= {MAX_IR_ORT_1_16} and opset <= "
+            f"{MAX_OPSET_ORT_1_16}; re-export with an explicit opset (17) and ir_version (8 or 9)"
+        )
+    declared = model.description.onnx.get("opset_version")
+    if declared is not None and int(declared) != opset:
+        raise BiozooError(f"rdf.yaml says opset_version {declared}, the ONNX file has opset {opset}; fix rdf.yaml")
+    return f"IR {ir}, opset {opset}: loadable by onnxruntime >= 1.16"
+
+
+def spec_validation(source: Path) -> dict[str, Any]:
+    """Run bioimageio.spec's validation with IO checks, offline; 'skipped' when bioimageio.spec is absent."""
+    try:
+        os.environ.setdefault("BIOIMAGEIO_PERFORM_IO_CHECKS", "true")
+        from bioimageio.spec import load_description
+    except ImportError:
+        return {"name": "bioimageio.spec", "passed": True, "skipped": True,
+                "detail": "bioimageio.spec is not installed (pip install 'biozoo[train]'); spec validation skipped"}
+    descr = load_description(str(source), perform_io_checks=True)
+    summary = descr.validation_summary
+    errors = [f"{'.'.join(map(str, e.loc))}: {e.msg}" for d in summary.details for e in d.errors]
+    return {"name": "bioimageio.spec", "passed": summary.status in ("passed", "valid-format"),
+            "detail": f"{summary.status} (bioimageio.spec {_spec_version()})", "errors": errors[:20]}
+
+
+def _spec_version() -> str:
+    from importlib.metadata import version
+
+    return version("bioimageio.spec")
+
+
+def validate_package(source: Path, device: str = "cpu") -> dict[str, Any]:
+    from .model import load
+
+    checks: list[dict[str, Any]] = []
+    try:
+        model = load(source, device=device)
+        checks.append({"name": "load", "passed": True, "detail": f"opened, description parsed, ops built, session on {model.provider}"})
+        checks.append(_check("files", lambda: _file_references(model)))
+        checks.append(_check("onnx-compatibility", lambda: _onnx_compat(model)))
+    except BiozooError as e:
+        checks.append({"name": "load", "passed": False, "detail": str(e)})
+    checks.append(spec_validation(source))
+    return {"source": str(source), "status": "passed" if all(c["passed"] for c in checks) else "failed",
+            "checks": checks}
