@@ -85,8 +85,8 @@ def _bench_core(model: Model, x: np.ndarray, runs: int, biozoo_s: float) -> dict
     def sample():
         return Sample(members={t.id: Tensor(x, dims=tuple(a.id for a in t.axes))}, stat={}, id="bench")
 
-    core_s = _median_seconds(lambda: predict(model=descr, inputs=sample(), weight_format="onnx"), max(2, runs // 2))
-    pipeline = create_prediction_pipeline(descr, weight_format="onnx")
+    core_s = _median_seconds(lambda: predict(model=descr, inputs=sample()), max(2, runs // 2))
+    pipeline = create_prediction_pipeline(descr, weight_format="onnx", devices=[model.provider])
     reused_s = _median_seconds(lambda: pipeline.predict_sample_without_blocking(sample()), runs)
     return {
         "bioimageio_core_predict_s": core_s, "bioimageio_core_pipeline_s": reused_s,

@@ -118,7 +118,8 @@ class Model:
 
         Each sample is what predict takes (an array or a dict by id), or a pair (sample, its axes).
         """
-        stats = DatasetStatistics(m for ops in self.preprocessing.values() for op in ops for m in op.measures)
+        inputs = {t.id for t in self.description.inputs}
+        stats = DatasetStatistics(m for m in self.required_measures() if m.tensor_id in inputs)
         for sample in samples:
             sample, sample_axes = sample if isinstance(sample, tuple) else (sample, axes)
             arrays, _ = self.prepare_inputs(sample, sample_axes or None)
@@ -183,7 +184,7 @@ class Model:
         outputs = run_tiled(self.description, processed, self.session.run, plan, self.pad_mode, progress)
         if not postprocess:
             return outputs
-        post_stats = StatsContext({**raw, **{tid: (y, self._axis_ids(tid)) for tid, y in outputs.items()}})
+        post_stats = StatsContext({**raw, **{tid: (y, self._axis_ids(tid)) for tid, y in outputs.items()}}, dataset_stats)
         return {
             tid: run_chain(self.postprocessing[tid], y, self._axis_ids(tid), post_stats) for tid, y in outputs.items()
         }

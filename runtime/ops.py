@@ -33,6 +33,13 @@ def _along(values: Any, axis: Optional[str], axes: Axes, where: str) -> Any:
     return np.asarray(values, dtype=np.float32).reshape(shape)
 
 
+def _affine(x: np.ndarray, scale: np.ndarray, subtract: np.ndarray) -> np.ndarray:
+    """(x - subtract) * scale in float32, two passes over the image, no float64 temporaries."""
+    out = np.subtract(x, subtract, dtype=np.float32)
+    out *= np.asarray(scale, dtype=np.float32)
+    return out
+
+
 @dataclass(frozen=True)
 class Op:
     """Base: subclasses set `op_id`, parse kwargs in `build`, and implement `__call__`."""
@@ -137,7 +144,7 @@ class ScaleRange(Op):
 
     def __call__(self, x, axes, stats):
         lo, hi = (stats.get(m, axes) for m in self.measures)
-        return ((x - lo) / (hi - lo + self.eps)).astype(np.float32, copy=False)
+        return _affine(x, 1 / (hi - lo + np.float32(self.eps)), lo)
 
 
 @dataclass(frozen=True)
@@ -176,7 +183,7 @@ class ZeroMeanUnitVariance(Op):
 
     def __call__(self, x, axes, stats):
         mean, std = (stats.get(m, axes) for m in self.measures)
-        return ((x - mean) / (std + self.eps)).astype(np.float32, copy=False)
+        return _affine(x, 1 / (std + np.float32(self.eps)), mean)
 
 
 @dataclass(frozen=True)

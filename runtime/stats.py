@@ -107,10 +107,10 @@ class StatsContext:
 
     def get(self, m: Measure, target_axes: Sequence[str]) -> np.ndarray:
         """The measure's value, broadcastable against a tensor with `target_axes` (same axis ids and order)."""
-        if m not in self._cache:
-            self._cache[m] = self._compute(m)
+        if m not in self._cache:  # float32, like the data: float64 stats would upcast every op on the image
+            self._cache[m] = np.asarray(self._compute(m), dtype=np.float32)
         value = self._cache[m]
-        _, axes = self.tensors[m.tensor_id]
+        axes = self.tensors[m.tensor_id][1] if m.tensor_id in self.tensors else target_axes
         if tuple(axes) != tuple(target_axes):  # a reference tensor with other axes: only scalars broadcast safely
             if value.size != 1:
                 raise InputError(
@@ -132,9 +132,9 @@ class StatsContext:
         if m.kind == "quantile":
             method = m.method if not m.is_dataset else "linear"  # dataset quantiles: linear, as in bioimageio.core
             return np.quantile(data, m.q, axis=idx, keepdims=True, method=method).astype(np.float64)
-        if m.kind == "mean":
-            return np.mean(data, axis=idx, keepdims=True, dtype=np.float64)
-        return np.std(data, axis=idx, keepdims=True, dtype=np.float64)
+        if m.kind == "mean":  # float32 with numpy's pairwise summation, as bioimageio.core computes it
+            return np.mean(data, axis=idx, keepdims=True)
+        return np.std(data, axis=idx, keepdims=True)
 
 
 def _reduce_axes(reduce: Optional[tuple[str, ...]], axes: Sequence[str], tensor_id: str) -> tuple[int, ...]:

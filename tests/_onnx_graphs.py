@@ -85,16 +85,17 @@ class Graph:
         return model.SerializeToString()
 
 
-def unet2d(seed: int = 0) -> bytes:
-    """2-level U-Net: raw (batch,1,y,x) -> prob (batch,1,y,x); y, x divisible by 4."""
+def unet2d(seed: int = 0, width: int = 8) -> bytes:
+    """2-level U-Net: raw (batch,1,y,x) -> prob (batch,1,y,x); y, x divisible by 4. `width`: first-level channels."""
     g = Graph(seed)
     dims = ["batch", 1, "y", "x"]
+    w = width
     x = g.input("raw", dims)
-    e1 = g.relu(g.conv(x, 1, 8))
-    e2 = g.relu(g.conv(g.maxpool(e1), 8, 16))
-    bottom = g.relu(g.conv(g.maxpool(e2), 16, 16))
-    d2 = g.relu(g.conv(g.concat(g.upsample(bottom), e2), 32, 8))
-    out = g.conv(g.concat(g.upsample(d2), e1), 16, 1)
+    e1 = g.relu(g.conv(x, 1, w))
+    e2 = g.relu(g.conv(g.maxpool(e1), w, 2 * w))
+    bottom = g.relu(g.conv(g.maxpool(e2), 2 * w, 2 * w))
+    d2 = g.relu(g.conv(g.concat(g.upsample(bottom), e2), 4 * w, w))
+    out = g.conv(g.concat(g.upsample(d2), e1), 2 * w, 1)
     g.output("prob", out, dims)
     return g.serialize("unet2d")
 

@@ -153,9 +153,9 @@ def _kind(kind: str) -> dict[str, Any]:
     yx = lambda size, **e: [space("y", size, **e), space("x", size, **e)]  # noqa: E731
     yx_ref = lambda t, halo=0, **e: [space(a, ref(t, a), **({"halo": halo} if halo else {}), **e)  # noqa: E731
                                      for a in ("y", "x")]
-    if kind == "unet2d":
+    if kind in ("unet2d", "unet2d_wide"):  # unet2d_wide (32 channels): for benchmarks, not in KINDS
         return dict(
-            name="biozoo test unet2d", onnx=graphs.unet2d(),
+            name=f"biozoo test {kind}", onnx=graphs.unet2d(width=8 if kind == "unet2d" else 32),
             description="2D U-Net with skip connections, per-sample normalization, sigmoid, halo 16.",
             inputs=[_inp("raw", [BATCH, chan("raw"), *yx(param(40, 8))], _img(rng, (1, 1, 64, 64), 10, 200),
                          [{"id": "zero_mean_unit_variance", "kwargs": {"axes": ["channel", "y", "x"]}}])],

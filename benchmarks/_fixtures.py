@@ -1,0 +1,11 @@
+"""Build the test-suite's real fixture packages for demos and benchmarks (until the exporters exist)."""
+from __future__ import annotations
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
+
+from packages import build_package  # noqa: E402
+
+__all__ = ["build_package"]
