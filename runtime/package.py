@@ -12,6 +12,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
@@ -152,7 +153,7 @@ def _unpack(zip_path: Path) -> Path:
                 for member in archive.infolist():
                     _check_member(member, zip_path)
                 archive.extractall(staging)
-        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as e:
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, zlib.error, ValueError) as e:
             raise PackageError(f"cannot unpack '{zip_path}': {e}; the zip is corrupted: get or export it again") from None
         (staging / ".complete").touch()
         try:

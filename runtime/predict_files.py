@@ -31,9 +31,8 @@ def _samples(model: Model, inputs: Sequence[str]) -> list[dict[str, Path]]:
     return [sample]
 
 
-def _output_paths(model: Model, sample: dict[str, Path], out: Path, many: bool, suffix: str) -> dict[str, Path]:
+def _output_paths(model: Model, sample: dict[str, Path], out: Path, many: bool, suffix: str, stem: str) -> dict[str, Path]:
     out_ids = [t.id for t in model.description.outputs]
-    stem = next(iter(sample.values())).stem
     if not many and out.suffix.lower() in WRITE_SUFFIXES:
         if len(out_ids) == 1:
             return {out_ids[0]: out}
@@ -77,10 +76,15 @@ def predict_files(
     dataset_stats = None
     if len(samples) > 1 and any(m.is_dataset for ops in model.preprocessing.values() for op in ops for m in op.measures):
         dataset_stats = model.dataset_statistics(read(s) for s in samples)
+    firsts = [next(iter(s.values())) for s in samples]
+    plain = [p.stem for p in firsts]
+    stems = [p.name.replace(".", "_") if plain.count(p.stem) > 1 else p.stem for p in firsts]  # img.tif + img.npy
+    if len(set(stems)) < len(stems):
+        raise InputError(f"several inputs would write the same output name ({sorted(stems)}); rename them")
     items = []
-    for sample in samples:
+    for sample, stem in zip(samples, stems):
         arrays, sample_axes = read(sample)
-        targets = _output_paths(model, sample, output, len(samples) > 1, suffix)
+        targets = _output_paths(model, sample, output, len(samples) > 1, suffix, stem)
         results = model.predict_with_axes(
             arrays, sample_axes or None, tile=tile_sizes, dataset_stats=dataset_stats,
             progress=ProgressBar(f"{next(iter(sample.values())).name}", enabled=not quiet),

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import BiozooError
+from .errors import BiozooError, InputError
 from .onnx_scan import onnx_versions
 
 # onnxruntime 1.16 reads IR <= 9 and opset <= 19: packages meant for the field must stay within that.
@@ -60,7 +60,10 @@ def spec_validation(source: Path) -> dict[str, Any]:
     except ImportError:
         return {"name": "bioimageio.spec", "passed": True, "skipped": True,
                 "detail": "bioimageio.spec is not installed (pip install 'biozoo[train]'); spec validation skipped"}
-    descr = load_description(str(source), perform_io_checks=True)
+    try:
+        descr = load_description(str(source), perform_io_checks=True)
+    except Exception as e:  # bioimageio.spec raises parser/IO errors of many libraries
+        return {"name": "bioimageio.spec", "passed": False, "detail": f"cannot be read: {type(e).__name__}: {e}"}
     summary = descr.validation_summary
     errors = [f"{'.'.join(map(str, e.loc))}: {e.msg}" for d in summary.details for e in d.errors]
     return {"name": "bioimageio.spec", "passed": summary.status in ("passed", "valid-format"),
@@ -84,6 +87,8 @@ def validate_package(source: Path, device: str = "cpu") -> dict[str, Any]:
         checks.append(_check("onnx-compatibility", lambda: _onnx_compat(model)))
     except BiozooError as e:
         checks.append({"name": "load", "passed": False, "detail": str(e)})
+    if not source.exists():  # bioimageio.spec would take a missing path for a bioimage.io id and go online
+        raise InputError(f"package '{source}' does not exist; expected a .zip, a folder, or an rdf.yaml path")
     checks.append(spec_validation(source))
     return {"source": str(source), "status": "passed" if all(c["passed"] for c in checks) else "failed",
             "checks": checks}

@@ -124,9 +124,6 @@ def test_validate(rdf, tmp_path, break_it, failed):
         assert "sha256 mismatch for 'cover.png'" in checks["files"]["detail"]
 
 
-@pytest.mark.xfail(strict=True, reason="validate_package calls bioimageio.spec's load_description on packages biozoo "
-                   "could not open and lets its exceptions (ruyaml ReaderError / ParserError) escape: "
-                   "traceback, exit 1")
 @pytest.mark.parametrize("what", ["corrupted-zip", "invalid-yaml"])
 def test_validate_unopenable_package_reports_without_traceback(rdf, tmp_path, what):
     if what == "corrupted-zip":
@@ -172,8 +169,6 @@ def test_predict_several_inputs_into_a_folder(rdf, tmp_path):
     assert tifffile.imread(tmp_path / "out" / "img1.tif").shape == (56, 56)
 
 
-@pytest.mark.xfail(strict=True, reason="predict_files names folder outputs by input stem only: img.tif and img.npy "
-                   "both go to OUT/img.tif, the second silently overwrites the first (exit 0, one file)")
 def test_predict_inputs_with_the_same_stem_do_not_overwrite_each_other(rdf, tmp_path):
     files = [write(tmp_path / f"img{s}", rand((48, 48), seed=i)) for i, s in enumerate([".tif", ".npy"])]
     proc = cli(tmp_path, "predict", rdf("unet2d").parent, *files, "-o", tmp_path / "out", ok=(0, 2))
@@ -266,12 +261,7 @@ BAD = {  # name: (build (rdf, zipped, tmp_path) -> CLI args after "predict", exp
     "no-such-package": (lambda r, z, t: [t / "nothere.zip", IMG2D(t)], "does not exist"),
     "invalid-tile": (lambda r, z, t: [r("unet2d").parent, IMG2D(t), "--tile", "a,b"], "--tile"),
 }
-KNOWN_BUGS = {"corrupted-zip": "package._unpack catches BadZipFile/OSError/EOFError but not zlib.error: a zip with "
-                               "damaged deflate data gives a zlib.error traceback and exit 1"}
-
-
-@pytest.mark.parametrize("case", [pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[k]))
-                                  if k in KNOWN_BUGS else k for k in BAD])
+@pytest.mark.parametrize("case", list(BAD))
 def test_predict_bad_input_exit_2_one_line_no_traceback_no_output(rdf, zipped, tmp_path, case):
     build, message = BAD[case]
     args = build(rdf, zipped, tmp_path)
