@@ -1,6 +1,6 @@
 """`biozoo bench`: biozoo's predict vs a raw InferenceSession.run on the same preprocessed array, one run.
 
-Both are timed warm (after one untimed call), median of `runs`; the ratio is what the command prints. With
+Both are timed warm (after one untimed call), in alternation, median of `runs`; the ratio is what the command prints. With
 `vs_core`, bioimageio.core's predict runs on the same package and input too (when it is installed), both as a user
 calls it (`bioimageio.core.predict`, which builds its pipeline per call) and with a reused pipeline.
 """
@@ -18,13 +18,20 @@ from .tiling import plan_tiles
 
 
 def _median_seconds(fn: Callable[[], Any], runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
+    return _interleaved([fn], runs)[0]
+
+
+def _interleaved(fns: list[Callable[[], Any]], runs: int) -> list[float]:
+    """Median seconds per function, timed in alternation so that drifts of the machine hit all alike."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(runs):
+        for fn, bucket in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def bench_input(model: Model, size: int, seed: int = 0) -> np.ndarray:
@@ -50,7 +57,6 @@ def run_bench(model: Model, size: int, runs: int = 5, vs_core: bool = False) -> 
     t = desc.inputs[0]
     x = bench_input(model, size)
     axes = t.letters
-    biozoo_s = _median_seconds(lambda: model.predict(x, axes=axes), runs)
 
     # the array biozoo hands to onnxruntime: preprocessed, padded to a valid shape
     arrays, _ = model.prepare_inputs(x, axes)
@@ -63,7 +69,7 @@ def run_bench(model: Model, size: int, runs: int = 5, vs_core: bool = False) -> 
     plan = plan_tiles(desc, {t.id: pre.shape})
     feed = {t.id: np.ascontiguousarray(pad_to(pre, plan.input_shapes[t.id], model.pad_mode), dtype=np.float32)}
     session = model.session.session
-    raw_s = _median_seconds(lambda: session.run(None, feed), runs)
+    biozoo_s, raw_s = _interleaved([lambda: model.predict(x, axes=axes), lambda: session.run(None, feed)], runs)
     result: dict[str, Any] = {
         "model": desc.name, "provider": model.provider, "input_shape": list(x.shape), "tiles": plan.n_tiles,
         "runs": runs, "biozoo_s": biozoo_s, "raw_onnxruntime_s": raw_s, "ratio_biozoo_over_raw": biozoo_s / raw_s,
