@@ -280,3 +280,12 @@ def test_predict_bad_input_exit_2_one_line_no_traceback_no_output(rdf, zipped, t
 def test_usage_errors_exit_2(tmp_path, args):
     proc = cli(tmp_path, *args, ok=(2,))
     assert "usage: biozoo" in proc.stderr and "error:" in proc.stderr and proc.stdout == ""
+
+
+def test_cpu_fallback_says_one_line_and_no_cuda_error_wall(rdf, tmp_path):
+    from biozoo.runtime.session import cuda_driver_available
+
+    if cuda_driver_available():
+        pytest.skip("this machine has a CUDA driver")
+    proc = cli(tmp_path, "info", rdf("fixed").parent)
+    assert proc.stderr.strip().splitlines() == ["biozoo: onnxruntime runs on CPUExecutionProvider"]
