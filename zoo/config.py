@@ -1,0 +1,138 @@
+"""Training recipes as strict pydantic v2 configs (CAREamics style).
+
+A recipe YAML parses into one `Recipe`; unknown keys are errors, bounds are checked by `Field`, the task is a
+discriminator, and cross-field rules (patch size divisible by 2**depth, split fractions summing to 1) are
+validators. Errors name the YAML path that is wrong ("training.lr: ...").
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from biozoo.runtime import TrainingError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    name: str = Field(description="registered architecture, e.g. unet2d")
+    depth: int = Field(3, ge=1, le=6)
+    base_channels: int = Field(16, ge=1, le=256)
+    convs_per_block: int = Field(2, ge=1, le=4)
+    batch_norm: bool = False
+    residual: bool = False
+
+
+class EarlyStopping(_Strict):
+    monitor: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    patience: int = Field(10, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainingConfig(_Strict):
+    batch_size: int = Field(8, ge=1, le=1024)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["none", "cosine", "plateau"] = "cosine"
+    epochs: int = Field(50, ge=1)
+    steps_per_epoch: int = Field(20, ge=1)
+    early_stopping: Optional[EarlyStopping] = EarlyStopping()
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
+
+
+class DataConfig(_Strict):
+    dataset: str = Field(description="a dataset name from `biozoo data list`, or a folder with images/ (+ masks/ or targets/)")
+    tile: Optional[int] = Field(128, ge=16, description="cut images into disjoint tiles of this size before splitting")
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    patch_size: tuple[int, ...] = (64, 64)
+    percentiles: tuple[float, float] = (1.0, 99.8)
+    augment: bool = True
+    foreground_aware: bool = True
+    weighted_sampling: Literal["auto", "on", "off"] = "auto"
+    pixel_size: Optional[tuple[float, ...]] = Field(None, description="training pixel size in micrometer, per space axis")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "DataConfig":
+        if abs(sum(self.fractions) - 1.0) > 1e-6 or min(self.fractions) <= 0:
+            raise ValueError(f"fractions {self.fractions} must be positive and sum to 1 (train, val, test)")
+        if self.percentiles[0] >= self.percentiles[1]:
+            raise ValueError(f"percentiles {self.percentiles}: the low one must be below the high one")
+        return self
+
+
+class _RecipeBase(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    description: str = ""
+    model: ModelConfig
+    data: DataConfig
+    training: TrainingConfig = TrainingConfig()
+
+    @model_validator(mode="after")
+    def _patch_fits_depth(self) -> "_RecipeBase":
+        step = 2**self.model.depth
+        bad = [p for p in self.data.patch_size if p % step]
+        if bad:
+            raise ValueError(
+                f"data.patch_size {self.data.patch_size} must be divisible by 2**model.depth = {step}; "
+                f"use e.g. {tuple(max(step, p // step * step) for p in self.data.patch_size)}"
+            )
+        return self
+
+
+class SegmentationRecipe(_RecipeBase):
+    task: Literal["segmentation"]
+    classes: tuple[str, ...] = ("background", "foreground", "boundary")
+
+
+class CareRecipe(_RecipeBase):
+    task: Literal["care"]
+    noise: tuple[float, float] = Field((1.0, 0.05), description="Poisson gain and Gaussian sigma of the noisy inputs")
+
+
+class N2VRecipe(_RecipeBase):
+    task: Literal["n2v"]
+    masked_fraction: float = Field(0.002, gt=0, le=0.05)
+    neighbourhood: int = Field(5, ge=3, le=11)
+    n2v2: bool = False
+    noise: tuple[float, float] = (1.0, 0.05)
+
+
+Recipe = Annotated[Union[SegmentationRecipe, CareRecipe, N2VRecipe], Field(discriminator="task")]
+
+
+class _RecipeFile(BaseModel):
+    recipe: Recipe
+
+
+def parse_recipe(data: dict[str, Any], source: str = "recipe") -> Union[SegmentationRecipe, CareRecipe, N2VRecipe]:
+    """Validate a recipe dict; errors list each wrong YAML path with what was expected."""
+    try:
+        return _RecipeFile(recipe=data).recipe
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = [str(p) for p in err["loc"][1:] if str(p) not in ("segmentation", "care", "n2v")]
+            lines.append(f"  {'.'.join(loc) or '(top level)'}: {err['msg']} (got {err.get('input')!r})")
+        raise TrainingError(f"{source} is not a valid recipe:\n" + "\n".join(lines)) from None
+
+
+def load_recipe(path: Union[str, Path]) -> Union[SegmentationRecipe, CareRecipe, N2VRecipe]:
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"recipe '{path}' does not exist; see specs/recipes/ for examples")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise TrainingError(f"recipe '{path}' is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise TrainingError(f"recipe '{path}' must be a mapping of settings; got {type(data).__name__}")
+    return parse_recipe(data, str(path))
