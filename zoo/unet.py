@@ -1,0 +1,231 @@
+"""U-Net for 2D and 3D images (segmentation, CARE restoration, Noise2Void / N2V2).
+
+Design choices a caller must know:
+
+- 'same' 3x3(x3) convolutions, so the output has the input's space shape; valid sizes are multiples of
+  ``2**depth`` (the pooling factor) from ``2 * 2**depth`` (two pixels at the bottom, so the deepest convs see
+  neighbours and not only padding). See ``UNet.io_contract``.
+- Upsampling by 2x2 transposed convolutions (the original U-Net "up-conv"); skip connections by concatenation.
+- ``n2v2=True`` is the N2V2 variant (Hoeck et al. 2022): max-blur-pool instead of max-pool and no skip connection at
+  the top level, both of which remove the checkerboard artefacts of plain Noise2Void.
+- Nothing behaves differently in training mode except BatchNorm (no dropout), so eval outputs are deterministic
+  and independent of the other samples of a batch.
+- The final activation is a module (``model.activation``), never a functional call: the receptive-field probe and
+  exporters can see and replace it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from biozoo.runtime.errors import BiozooError
+
+from .io_contract import IOContract
+from .receptive_field import contract_with_receptive_field, receptive_field_of
+from .registry import build_config, register_model
+
+FINAL_ACTIVATIONS = ("none", "sigmoid", "softmax")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Every hyperparameter of a U-Net; ``dataclasses.asdict(model.config)`` rebuilds it via ``create_model``."""
+
+    spatial_dims: int = 2
+    in_channels: int = 1
+    out_channels: int = 1
+    depth: int = 4
+    base_channels: int = 32
+    convs_per_block: int = 2
+    batch_norm: bool = True
+    residual: bool = False
+    final_activation: str = "none"
+    n2v2: bool = False
+
+    def __post_init__(self) -> None:
+        ints = {"in_channels": 1, "out_channels": 1, "depth": 1, "base_channels": 1, "convs_per_block": 1}
+        for name, low in ints.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise BiozooError(f"U-Net {name} must be an int >= {low}, got {value!r}")
+        if self.spatial_dims not in (2, 3):
+            raise BiozooError(f"U-Net spatial_dims must be 2 or 3, got {self.spatial_dims!r}")
+        if self.depth > 8:
+            raise BiozooError(f"U-Net depth {self.depth} is too deep: inputs would need multiples of 2**{self.depth}")
+        for name in ("batch_norm", "residual", "n2v2"):
+            if not isinstance(getattr(self, name), bool):
+                raise BiozooError(f"U-Net {name} must be true or false, got {getattr(self, name)!r}")
+        if self.final_activation not in FINAL_ACTIVATIONS:
+            raise BiozooError(
+                f"U-Net final_activation {self.final_activation!r} is unknown; expected one of {FINAL_ACTIVATIONS}"
+            )
+        if self.final_activation == "softmax" and self.out_channels < 2:
+            raise BiozooError("U-Net final_activation 'softmax' needs out_channels >= 2 (one per class); use 'sigmoid'")
+
+
+def _conv(dims: int, cin: int, cout: int, kernel: int, bias: bool = True) -> nn.Module:
+    cls = nn.Conv2d if dims == 2 else nn.Conv3d
+    return cls(cin, cout, kernel, padding=kernel // 2, bias=bias)
+
+
+class ConvBlock(nn.Module):
+    """``convs_per_block`` x (conv, [BN], ReLU); residual: the last ReLU acts on body + (1x1-projected) input."""
+
+    def __init__(self, dims: int, cin: int, cout: int, n_convs: int, batch_norm: bool, residual: bool) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(n_convs):
+            layers.append(_conv(dims, cin if i == 0 else cout, cout, 3, bias=not batch_norm))
+            if batch_norm:
+                layers.append((nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d)(cout))
+            layers.append(nn.ReLU(inplace=False))
+        self.residual = residual
+        if residual:
+            layers.pop()  # the ReLU comes after the sum
+            self.shortcut: nn.Module = nn.Identity() if cin == cout else _conv(dims, cin, cout, 1)
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.residual:
+            return F.relu(self.body(x) + self.shortcut(x))
+        return self.body(x)
+
+
+class MaxBlurPool(nn.Module):
+    """N2V2's max-blur-pool: max over 2x2 windows at stride 1, then a [1,2,1]-binomial blur at stride 2.
+
+    The stride-1 max is an ``nn.MaxPool`` module (not a functional call) so the receptive-field probe can see it.
+    The blur kernel is a non-persistent buffer: a constant, kept out of checkpoints.
+    """
+
+    def __init__(self, dims: int, channels: int) -> None:
+        super().__init__()
+        self.dims = dims
+        self.max = (nn.MaxPool2d if dims == 2 else nn.MaxPool3d)(2, stride=1)
+        k1 = torch.tensor([1.0, 2.0, 1.0])
+        kernel = k1[:, None] * k1[None, :] if dims == 2 else k1[:, None, None] * k1[None, :, None] * k1[None, None, :]
+        kernel = (kernel / kernel.sum()).expand(channels, 1, *kernel.shape).contiguous()
+        self.kernel: torch.Tensor
+        self.register_buffer("kernel", kernel, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.max(x)
+        conv = F.conv2d if self.dims == 2 else F.conv3d
+        return conv(x, self.kernel.to(x.dtype), stride=2, padding=1, groups=self.kernel.shape[0])
+
+
+class UNet(nn.Module):
+    """Encoder of ``depth`` pooling levels, bottleneck, decoder with skips, 1x1 head and final activation."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        dims = c.spatial_dims
+        ch = [c.base_channels * 2**level for level in range(c.depth + 1)]
+        pool = nn.MaxPool2d if dims == 2 else nn.MaxPool3d
+        self.encoders = nn.ModuleList()
+        self.downs = nn.ModuleList()
+        cin = c.in_channels
+        for level in range(c.depth):
+            self.encoders.append(ConvBlock(dims, cin, ch[level], c.convs_per_block, c.batch_norm, c.residual))
+            self.downs.append(MaxBlurPool(dims, ch[level]) if c.n2v2 else pool(2))
+            cin = ch[level]
+        self.bottom = ConvBlock(dims, cin, ch[c.depth], c.convs_per_block, c.batch_norm, c.residual)
+        up = nn.ConvTranspose2d if dims == 2 else nn.ConvTranspose3d
+        self.ups = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for level in reversed(range(c.depth)):
+            self.ups.append(up(ch[level + 1], ch[level], 2, stride=2))
+            skip = 0 if (c.n2v2 and level == 0) else ch[level]
+            block = ConvBlock(dims, ch[level] + skip, ch[level], c.convs_per_block, c.batch_norm, c.residual)
+            self.decoders.append(block)
+        self.head = _conv(dims, ch[0], c.out_channels, 1)
+        self.activation: nn.Module = {
+            "none": nn.Identity(),
+            "sigmoid": nn.Sigmoid(),
+            "softmax": nn.Softmax(dim=1),
+        }[c.final_activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for encode, down in zip(self.encoders, self.downs):
+            x = encode(x)
+            skips.append(x)
+            x = down(x)
+        x = self.bottom(x)
+        top = len(self.decoders) - 1
+        for i, (up, decode) in enumerate(zip(self.ups, self.decoders)):
+            x = up(x)
+            skip = skips.pop()
+            if not (self.config.n2v2 and i == top):
+                x = torch.cat([skip, x], dim=1)
+            x = decode(x)
+        return self.activation(self.head(x))
+
+    def io_contract(self, *, measure: bool = True) -> IOContract:
+        """Axes, sizes (``2**depth`` steps from ``2 * 2**depth``) and, when ``measure``, receptive field and halo.
+
+        The receptive field is measured once per process and per architecture on a one-channel proxy with the same
+        connectivity (see biozoo.zoo.receptive_field); it does not depend on the weights.
+        """
+        c = self.config
+        step = 2**c.depth
+        contract = IOContract(
+            axes="bcyx" if c.spatial_dims == 2 else "bczyx",
+            in_channels=c.in_channels,
+            out_channels=c.out_channels,
+            size_step=step,
+            min_size=2 * step,
+        )
+        if not measure:
+            return contract
+        return contract_with_receptive_field(contract, receptive_field_of(UNet, self.receptive_field_config()))
+
+    def receptive_field_config(self) -> UNetConfig:
+        """The cheapest config with this model's connectivity (channels and BN never change the receptive field)."""
+        return dataclasses.replace(
+            self.config, in_channels=1, out_channels=1, base_channels=1, batch_norm=False, final_activation="none"
+        )
+
+
+def _unet(spatial_dims: int, defaults: dict[str, Any], overrides: dict[str, Any]) -> UNet:
+    if overrides.get("spatial_dims", spatial_dims) != spatial_dims:  # asdict(model.config) passes it back: allowed
+        raise BiozooError(
+            f"spatial_dims={overrides['spatial_dims']!r} conflicts with the model name (unet{spatial_dims}d is "
+            f"{spatial_dims}D); choose the model by name instead: unet2d or unet3d (or their _tiny variants)"
+        )
+    values = {**defaults, **overrides, "spatial_dims": spatial_dims}
+    return UNet(build_config(UNetConfig, values, model=f"unet{spatial_dims}d"))
+
+
+_TINY = {"depth": 2, "base_channels": 4, "convs_per_block": 2}
+
+
+@register_model("unet2d")
+def unet2d(**overrides: Any) -> UNet:
+    """2D U-Net, depth 4, 32 base channels: the usual choice for nuclei segmentation, CARE and N2V."""
+    return _unet(2, {}, overrides)
+
+
+@register_model("unet2d_tiny")
+def unet2d_tiny(**overrides: Any) -> UNet:
+    """2D U-Net of depth 2 with 4 base channels, for tests: same code paths, milliseconds per step."""
+    return _unet(2, _TINY, overrides)
+
+
+@register_model("unet3d")
+def unet3d(**overrides: Any) -> UNet:
+    """3D U-Net, depth 3, 16 base channels (3D feature maps are 8x larger per level than 2D ones)."""
+    return _unet(3, {"depth": 3, "base_channels": 16}, overrides)
+
+
+@register_model("unet3d_tiny")
+def unet3d_tiny(**overrides: Any) -> UNet:
+    """3D U-Net of depth 2 with 2 base channels, for tests."""
+    return _unet(3, {**_TINY, "base_channels": 2}, overrides)
