@@ -1,0 +1,31 @@
+"""`biozoo train RECIPE.yaml --out RUN_DIR [--resume]`, plugged into the CLI via the biozoo.commands entry points.
+
+Imports torch only when the command runs, so `biozoo info` and friends stay torch-free.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a model from a YAML recipe (see specs/recipes/)",
+                              description="Train a model from a YAML recipe into a run folder.")
+    p.add_argument("recipe", metavar="RECIPE.yaml", help="a recipe file, or a name from specs/recipes (e.g. unet-nuclei-2d)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, metrics, test metrics")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt exactly")
+    p.add_argument("--json", action="store_true", help="print the test metrics as one JSON object")
+    p.set_defaults(func=_train)
+
+
+def _train(args) -> int:
+    from biozoo.specs import recipe_path
+
+    from .train import train_recipe
+
+    source = Path(args.recipe)
+    if not source.exists() and not source.suffix:
+        source = recipe_path(args.recipe)
+    result = train_recipe(source, Path(args.out), resume=args.resume, progress=not args.quiet)
+    print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    return 0
