@@ -26,6 +26,7 @@ from .training import plot_curves, train_loop
 
 log = logging.getLogger("biozoo")
 AnyRecipe = Union[SegmentationRecipe, CareRecipe, N2VRecipe]
+VAL_MASKED_FRACTION = 0.02
 
 
 def prepare_data(recipe: AnyRecipe) -> Path:
@@ -84,7 +85,8 @@ def _validator(recipe: AnyRecipe, images, targets, step: int):
         for i, img in enumerate(images):
             x = torch.from_numpy(img[None, None])
             if isinstance(recipe, N2VRecipe):  # self-supervised: clean targets are never used for training choices
-                masked, mask = n2v_mask(x, torch.Generator().manual_seed(g_seed + i), recipe.masked_fraction,
+                # a fixed, denser mask than in training: a stable estimate of the blind-spot error
+                masked, mask = n2v_mask(x, torch.Generator().manual_seed(g_seed + i), VAL_MASKED_FRACTION,
                                         recipe.neighbourhood, median=recipe.n2v2)
                 losses.append(n2v_loss(torch.from_numpy(_predict(model, masked[0, 0].numpy(), step))[None], x, mask).item())
             elif isinstance(recipe, SegmentationRecipe):

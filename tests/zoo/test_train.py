@@ -47,7 +47,7 @@ def _recipe(folder, task="segmentation", **extra):
 def test_segmentation_run_dir_holds_everything(folder, tmp_path):
     result = train_recipe(_recipe(folder), tmp_path / "run", progress=False)
     run = tmp_path / "run"
-    for name in ("best.pt", "last.pt", "metrics.csv", "split.json", "stats.json", "receptive_field.json",
+    for name in ("best.pt", "last.pt", "metrics.csv", "curves.png", "split.json", "stats.json", "receptive_field.json",
                  "test_metrics.json", "recipe.yaml"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "test_metrics.json").read_text())

@@ -194,7 +194,8 @@ def load_folder(data_dir: Union[str, Path], names: Sequence[str], task: Task, nd
                 ) -> tuple[list[np.ndarray], Optional[list[np.ndarray]], list[tuple[float, float]]]:
     """Read `images/<name>` (+ `masks/` or `targets/`), normalize each image; return (images, targets, percentiles).
 
-    Segmentation masks become classes (labels_to_classes); CARE targets are normalized with their own percentiles.
+    Segmentation masks become classes (labels_to_classes); CARE targets get the same affine transform as their
+    input image, so that PSNRs of the input, of the prediction and of a baseline are all measured on one scale.
     """
     root = Path(data_dir)
     sub = {"segmentation": "masks", "care": "targets", "n2v": None}[task]
@@ -207,8 +208,9 @@ def load_folder(data_dir: Union[str, Path], names: Sequence[str], task: Task, nd
         used.append(p)
         if sub == "masks":
             targets.append(labels_to_classes(_read(root / sub / n, ndim), boundary_width))
-        elif sub == "targets":
-            targets.append(percentile_normalize(_read(root / sub / n, ndim), *percentiles)[0])
+        elif sub == "targets":  # the input's transform: prediction, input and target share one intensity scale
+            lo, hi = p
+            targets.append(((_read(root / sub / n, ndim).astype(np.float32) - lo) / (hi - lo + 1e-6)).astype(np.float32))
     return images, targets, used
 
 
