@@ -14,7 +14,9 @@ import numpy as np
 
 from .description import ParameterizedSize
 from .model import Model
-from .tiling import plan_tiles
+from .ops import run_chain
+from .stats import StatsContext
+from .tiling import pad_to, plan_tiles
 
 
 def _median_seconds(fn: Callable[[], Any], runs: int) -> float:
@@ -60,10 +62,6 @@ def run_bench(model: Model, size: int, runs: int = 5, vs_core: bool = False) -> 
 
     # the array biozoo hands to onnxruntime: preprocessed, padded to a valid shape
     arrays, _ = model.prepare_inputs(x, axes)
-    from .stats import StatsContext
-    from .ops import run_chain
-    from .tiling import pad_to
-
     ids = tuple(a.id for a in t.axes)
     pre = run_chain(model.preprocessing[t.id], arrays[t.id], ids, StatsContext({t.id: (arrays[t.id], ids)}))
     plan = plan_tiles(desc, {t.id: pre.shape})
