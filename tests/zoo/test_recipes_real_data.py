@@ -11,7 +11,7 @@ import pytest
 from biozoo.specs import list_recipes, recipe_path
 from biozoo.zoo.train import train_recipe
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # three trainings: ~15 min on 2 cores
 TEN_MINUTES = 600
 
 
