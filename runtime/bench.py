@@ -14,8 +14,6 @@ import numpy as np
 
 from .description import ParameterizedSize
 from .model import Model
-from .ops import run_chain
-from .stats import StatsContext
 from .tiling import pad_to, plan_tiles
 
 
@@ -61,9 +59,7 @@ def run_bench(model: Model, size: int, runs: int = 5, vs_core: bool = False) -> 
     axes = t.letters
 
     # the array biozoo hands to onnxruntime: preprocessed, padded to a valid shape
-    arrays, _ = model.prepare_inputs(x, axes)
-    ids = tuple(a.id for a in t.axes)
-    pre = run_chain(model.preprocessing[t.id], arrays[t.id], ids, StatsContext({t.id: (arrays[t.id], ids)}))
+    pre = model.preprocess(model.prepare_inputs(x, axes)[0])[t.id]
     plan = plan_tiles(desc, {t.id: pre.shape})
     feed = {t.id: np.ascontiguousarray(pad_to(pre, plan.input_shapes[t.id], model.pad_mode), dtype=np.float32)}
     session = model.session.session

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .errors import BiozooError, InputError
+from .errors import BiozooError
 
 log = logging.getLogger("biozoo")
 
@@ -24,19 +24,6 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
     else:
         print(text)
 
-
-def _parse_tile(text: Optional[str], axes_hint: str = "yx") -> Optional[dict[str, int]]:
-    if not text:
-        return None
-    parts = text.split(",")
-    ids = axes_hint[-len(parts):] if len(parts) <= len(axes_hint) else ""
-    try:
-        sizes = [int(p) for p in parts]
-    except ValueError:
-        sizes = []
-    if not ids or not sizes or any(s <= 0 for s in sizes):
-        raise InputError(f"--tile '{text}' is not valid; expected positive integers per space axis, e.g. --tile 512,512")
-    return dict(zip(ids, sizes))
 
 
 def cmd_info(args) -> int:

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import numpy as np
@@ -176,10 +175,7 @@ class Model:
     ) -> dict[str, np.ndarray]:
         """Preprocess, run (padded and tiled as needed), postprocess. Arrays are in model layout."""
         raw = {tid: (x, self._axis_ids(tid)) for tid, x in arrays.items()}
-        pre_stats = StatsContext(raw, dataset_stats)
-        processed = {
-            tid: run_chain(self.preprocessing[tid], x, self._axis_ids(tid), pre_stats) for tid, x in arrays.items()
-        }
+        processed = self.preprocess(arrays, dataset_stats)
         plan = plan_tiles(self.description, {k: v.shape for k, v in processed.items()}, tile, tile_budget)
         outputs = run_tiled(self.description, processed, self.session.run, plan, self.pad_mode, progress)
         if not postprocess:
@@ -188,6 +184,13 @@ class Model:
         return {
             tid: run_chain(self.postprocessing[tid], y, self._axis_ids(tid), post_stats) for tid, y in outputs.items()
         }
+
+    def preprocess(
+        self, arrays: Mapping[str, np.ndarray], dataset_stats: Optional[DatasetStatistics] = None
+    ) -> dict[str, np.ndarray]:
+        """Run each input's preprocessing chain (statistics taken from the raw inputs, as the spec says)."""
+        stats = StatsContext({tid: (x, self._axis_ids(tid)) for tid, x in arrays.items()}, dataset_stats)
+        return {tid: run_chain(self.preprocessing[tid], x, self._axis_ids(tid), stats) for tid, x in arrays.items()}
 
     def _axis_ids(self, tensor_id: str) -> tuple[str, ...]:
         return tuple(a.id for a in self.description.tensor(tensor_id).axes)

@@ -15,6 +15,20 @@ from .model import Model, load
 from .progress import ProgressBar
 
 
+def parse_tile(text: Optional[str], axes_hint: str = "yx") -> Optional[dict[str, int]]:
+    if not text:
+        return None
+    parts = text.split(",")
+    ids = axes_hint[-len(parts):] if len(parts) <= len(axes_hint) else ""
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        sizes = []
+    if not ids or not sizes or any(s <= 0 for s in sizes):
+        raise InputError(f"--tile '{text}' is not valid; expected positive integers per space axis, e.g. --tile 512,512")
+    return dict(zip(ids, sizes))
+
+
 def _samples(model: Model, inputs: Sequence[str]) -> list[dict[str, Path]]:
     """Group INPUT arguments into samples: one file per sample, or ID=FILE pairs for multi-input models."""
     ids = [t.id for t in model.description.inputs]
@@ -55,8 +69,6 @@ def predict_files(
     suffix: str = "tif",
     quiet: bool = False,
 ) -> dict[str, Any]:
-    from .cli import _parse_tile
-
     model = load(package, device=device)
     samples = _samples(model, inputs)
     for sample in samples:  # fail fast, before any work, on files that are not there
@@ -64,7 +76,7 @@ def predict_files(
             if not path.is_file():
                 raise InputError(f"input file '{path}' does not exist")
     space = "".join(a.letter for a in model.description.inputs[0].axes if a.type == "space")
-    tile_sizes = _parse_tile(tile, space)
+    tile_sizes = parse_tile(tile, space)
 
     def read(sample: dict[str, Path]):
         arrays, file_axes = {}, {}

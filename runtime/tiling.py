@@ -77,6 +77,8 @@ def output_shapes(model: ModelDescription, input_shapes: Mapping[str, Sequence[i
 
 def _tileable_axes(model: ModelDescription, primary: Tensor) -> list[Axis]:
     """Space axes of the primary input that every other tensor follows 1:1 (offset 0) or not at all."""
+    if any(isinstance(b.size, DataDependentSize) for t in model.outputs for b in t.axes):
+        return []  # outputs of data-dependent size (e.g. box lists) cannot be stitched
     axes = [a for a in primary.axes if a.type == "space" and isinstance(a.size, (int, ParameterizedSize))]
     ok = []
     for a in axes:
@@ -88,8 +90,6 @@ def _tileable_axes(model: ModelDescription, primary: Tensor) -> list[Axis]:
         ]
         if any(r.offset != 0 for r in refs):
             continue
-        if any(isinstance(b.size, DataDependentSize) for t in model.outputs for b in t.axes):
-            return []
         others = [t for t in model.inputs if t.id != primary.id]
         if any(a.id in [b.id for b in t.axes] and not isinstance(t.axis(a.id).size, SizeReference) for t in others):
             continue

@@ -1,7 +1,6 @@
 """`biozoo validate`: bioimageio.spec's validation (offline, when installed) plus biozoo's own checks."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,7 +54,6 @@ def _onnx_compat(model) -> str:
 def spec_validation(source: Path) -> dict[str, Any]:
     """Run bioimageio.spec's validation with IO checks, offline; 'skipped' when bioimageio.spec is absent."""
     try:
-        os.environ.setdefault("BIOIMAGEIO_PERFORM_IO_CHECKS", "true")
         from bioimageio.spec import load_description
     except ImportError:
         return {"name": "bioimageio.spec", "passed": True, "skipped": True,

@@ -7,7 +7,6 @@ import ast
 import dataclasses
 import hashlib
 import json
-import sys
 import zipfile
 from pathlib import Path
 
