@@ -55,7 +55,8 @@ def _predict(model: torch.nn.Module, image: np.ndarray, step: int) -> np.ndarray
     return y[(slice(None), *(slice(0, n) for n in image.shape))]
 
 
-def _build(recipe: AnyRecipe) -> torch.nn.Module:
+def build_model(recipe: AnyRecipe) -> torch.nn.Module:
+    """The untrained network a recipe describes (the exporter rebuilds it this way before loading best.pt)."""
     m = recipe.model
     out = len(recipe.classes) if isinstance(recipe, SegmentationRecipe) else 1
     extra = {"n2v2": recipe.n2v2} if isinstance(recipe, N2VRecipe) else {}
@@ -146,7 +147,7 @@ def train_recipe(recipe: Union[AnyRecipe, str, Path], out: Path, resume: bool = 
     val_images, val_targets, _ = load_folder(folder, split.val, truth_task, len(d.patch_size), d.percentiles)
     test_images, test_targets, _ = load_folder(folder, split.test, truth_task, len(d.patch_size), d.percentiles)
     seed_everything(recipe.training.seed)  # weight init must not depend on what ran before in this process
-    model = _build(recipe)
+    model = build_model(recipe)
     contract = model.io_contract()
     make_batch, loss = _losses(recipe, train_ds)
     state = train_loop(model, loss, make_batch, _validator(recipe, val_images, val_targets, contract.size_step),
