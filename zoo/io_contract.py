@@ -4,8 +4,9 @@ One frozen object per model answers every shape question the other layers ask: t
 axes and the rdf ``{min, step}`` sizes and halo from it, the runtime tiles with it, training picks patch sizes with
 it, and tests build inputs with it. Keeping it in one place stops those answers from drifting apart.
 
-All zoo models are dense "same-size" predictors: the output has the input's space shape (scale 1, offset 0), only
-the channel count changes.
+Zoo models are dense predictors: the output has the input's space shape divided by ``output_stride`` (1 for
+"same-size" models such as the U-Net; the subsampling grid for StarDist or a detector), offset 0; the channel count
+may change.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class IOContract:
     min_size: int
     receptive_field: Optional[int] = None
     halo: int = 0
+    output_stride: int = 1
 
     def __post_init__(self) -> None:
         if self.axes not in _AXES:
@@ -47,6 +49,14 @@ class IOContract:
             raise BiozooError(f"IOContract receptive_field must be >= 1 or None, got {self.receptive_field!r}")
         if self.halo < 0:
             raise BiozooError(f"IOContract halo must be >= 0, got {self.halo!r}")
+        if not isinstance(self.output_stride, int) or self.output_stride < 1:
+            raise BiozooError(f"IOContract output_stride must be a positive int, got {self.output_stride!r}")
+        # Every valid input size must map to a whole output size, or tiles would not stitch exactly.
+        if self.size_step % self.output_stride or self.min_size % self.output_stride:
+            raise BiozooError(
+                f"IOContract output_stride {self.output_stride} must divide size_step {self.size_step} and "
+                f"min_size {self.min_size}; raise them to multiples of {self.output_stride}"
+            )
 
     @property
     def space_axes(self) -> str:
@@ -83,11 +93,11 @@ class IOContract:
         return (batch, self.in_channels, *space)
 
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
-        """The output shape for a valid input shape: same batch and space sizes, ``out_channels`` channels."""
+        """The output shape for a valid input shape: same batch, space sizes ``// output_stride``, ``out_channels``."""
         if len(input_shape) != len(self.axes):
             raise BiozooError(f"input shape {tuple(input_shape)} does not match axes {self.axes!r}")
         self.check_space(input_shape[2:])
-        return (input_shape[0], self.out_channels, *input_shape[2:])
+        return (input_shape[0], self.out_channels, *(int(n) // self.output_stride for n in input_shape[2:]))
 
     def check_space(self, space: Sequence[int]) -> None:
         """Raise a BiozooError saying what is wrong and the nearest valid sizes unless every size is valid."""
