@@ -1,0 +1,187 @@
+"""`biozoo export RUN_DIR -o PACKAGE.zip`: a training run -> a validated, deterministic bioimage.io package.
+
+Order matters: every check that can refuse the model (ONNX export, parity, batch independence, spec validation,
+biozoo's own test of the written folder) runs in a scratch folder before the zip is written, atomically; a refused
+export leaves nothing at the destination.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from biozoo.runtime.errors import ExportError
+
+from .documents import write_cover, write_readme
+from .onnx_export import DEFAULT_OPSET, export_onnx
+from .parity import check_batch_independence, check_parity, onnx_forward, torch_forward
+from .rdf import RdfParts, TensorFiles, build_model_descr, write_rdf
+from .run_dir import RunDir, object_sizes, open_run, test_image
+from .tasks import TASKS
+from .zipper import write_deterministic_zip
+
+INPUT_ID = "raw"
+TOLERANCE = {"absolute_tolerance": 1e-3, "relative_tolerance": 1e-3, "mismatched_elements_per_million": 0}
+PERCENTILE_EPS = 1e-6  # the scale_range op's default eps, also used by training's percentile_normalize
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    package: Path
+    sha256: str
+    parity: dict
+    batch_independence: dict
+    test: dict
+
+    def as_dict(self) -> dict:
+        return {"package": str(self.package), "sha256": self.sha256, "parity": self.parity,
+                "batch_independence": self.batch_independence, "test": self.test}
+
+
+def normalize(raw: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """What the package's scale_range preprocessing does to one sample (linear percentiles over all its pixels)."""
+    lo, hi = (np.percentile(raw, q) for q in percentiles)
+    return ((raw - lo) / (hi - lo + PERCENTILE_EPS)).astype(np.float32)
+
+
+def _valid_random_inputs(contract, channels: int, seed: int = 0) -> list[np.ndarray]:
+    """Two random inputs at other valid sizes (one at the minimum, one non-square), batch 2: parity beyond the test
+    tile's shape catches sizes traced as constants."""
+    rng = np.random.default_rng(seed)
+    lo = contract.min_tile
+    sizes = [(lo,) * contract.spatial_dims, tuple(lo + contract.size_step * (k + 1) for k in range(contract.spatial_dims))]
+    return [rng.standard_normal((2, channels, *s)).astype(np.float32) for s in sizes]
+
+
+def _timestamp(run: RunDir) -> str:
+    """SOURCE_DATE_EPOCH (the reproducible-builds convention) or the time the best checkpoint was written."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    seconds = int(epoch) if epoch else int(run.path("best.pt").stat().st_mtime)
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).replace(tzinfo=None).isoformat()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export_run(run_dir: Union[str, Path], out: Union[str, Path], *, authors: Sequence[str] = ("biozoo",),
+               license: str = "CC-BY-4.0", opset: int = DEFAULT_OPSET, name: Optional[str] = None) -> ExportReport:
+    """Package the training run in ``run_dir`` as ``out`` (a .zip); raises ExportError when a check refuses it."""
+    out = Path(out)
+    if out.suffix != ".zip":
+        raise ExportError(f"output '{out}' must end in .zip (a bioimage.io package is a zip file)")
+    run = open_run(Path(run_dir))
+    spec = TASKS.get(run.recipe.task)
+    if spec is None:
+        raise ExportError(f"run '{run.root}' is a '{run.recipe.task}' run; biozoo exports {', '.join(sorted(TASKS))}")
+    net = run.trained_model()
+    exported = spec.wrap(net).eval()
+    contract = run.contract(net)
+    raw = test_image(run, contract)
+    percentiles = tuple(run.recipe.data.percentiles)
+    x = normalize(raw, percentiles)[None, None]
+    with tempfile.TemporaryDirectory(prefix="biozoo-export-") as tmp:
+        folder = Path(tmp)
+        reference = torch_forward(exported)
+        expected = reference(x)
+        info = export_onnx(exported, torch.from_numpy(x), folder / "weights.onnx", input_name=INPUT_ID,
+                           output_names=(spec.output_id,), opset=opset)
+        candidate = onnx_forward(info.path)
+        parity = check_parity(reference, candidate, [x, *_valid_random_inputs(contract, x.shape[1])]).as_dict()
+        diffs = [check_batch_independence(f, x[0], where) for f, where in
+                 ((reference, "torch model"), (candidate, "exported ONNX graph"))]
+        independence = {"max_abs_difference": max(diffs), "passed": True}
+        files = TensorFiles("test_input.npy", "test_output.npy", "sample_input.tif", "sample_output.tif")
+        _write_tensors(folder, files, raw[None, None].astype(np.float32), expected)
+        write_cover(folder / "cover.png", raw, spec.cover(expected[0]),
+                    (0.0, 1.0) if run.recipe.task == "segmentation" else None)
+        attachments = []
+        if run.path("curves.png").is_file():
+            shutil.copyfile(run.path("curves.png"), folder / "curves.png")
+            attachments.append("curves.png")
+        biozoo_config = _biozoo_config(run, contract, parity, independence)
+        write_readme(folder / "README.md", name=name or run.recipe.name,
+                     description=run.recipe.description or spec.output_description,
+                     task_notes=list(spec.notes), metrics_lines=spec.metrics_text(run.test_metrics),
+                     training_rows=_training_rows(run, contract), parity=parity, independence=independence,
+                     tolerance=TOLERANCE, input_id=INPUT_ID, output_id=spec.output_id, axes=contract.axes,
+                     has_curves=bool(attachments))
+        parts = RdfParts(
+            name=name or run.recipe.name, description=run.recipe.description or spec.output_description,
+            authors=authors, license=license, tags=spec.tags, cite=spec.citations(run.recipe),
+            documentation="README.md", covers=["cover.png"], attachments=attachments, input_id=INPUT_ID,
+            output_id=spec.output_id, input_description="raw image; normalized inside the package (scale_range)",
+            output_description=spec.output_description, space_axes=contract.space_axes,
+            in_channels=[f"channel{i}" for i in range(x.shape[1])], out_channels=spec.channel_names(run.recipe),
+            min_size=contract.min_tile, size_step=contract.size_step, halo=contract.halo,
+            pixel_size=run.recipe.data.pixel_size, percentiles=percentiles, files=files, onnx_file="weights.onnx",
+            onnx_sha256=_sha256(info.path), opset=info.opset, tolerance=TOLERANCE, biozoo_config=biozoo_config,
+            timestamp=_timestamp(run),
+        )
+        write_rdf(build_model_descr(parts, folder), folder / "rdf.yaml")
+        test = _self_test(folder)
+        write_deterministic_zip(folder, out)
+    return ExportReport(out, _sha256(out), parity, independence, test)
+
+
+def _write_tensors(folder: Path, files: TensorFiles, test_input: np.ndarray, test_output: np.ndarray) -> None:
+    import tifffile
+
+    np.save(folder / files.test_input, test_input)
+    np.save(folder / files.test_output, test_output)
+    # sample tensors are for humans and the website: plain TIFFs without a timestamp (deterministic bytes)
+    for name, data in ((files.sample_input, test_input), (files.sample_output, test_output)):
+        tifffile.imwrite(folder / name, data, metadata=None, datetime=False, software=False)
+
+
+def _self_test(folder: Path) -> dict:
+    """The package as written must pass biozoo's own test; anything else is an exporter bug, not a user error."""
+    from biozoo.runtime import load
+
+    report = load(folder / "rdf.yaml", device="cpu").test()
+    if report.get("status") != "passed":
+        raise ExportError(f"the written package fails `biozoo test`: {json.dumps(report)[:2000]}")
+    return {"status": report["status"]}
+
+
+def _biozoo_config(run: RunDir, contract, parity: dict, independence: dict) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    r = run.recipe
+    pixel = r.data.pixel_size
+    return {
+        "format": 1, "task": r.task, "recipe": r.name, "exported_by": f"biozoo {version('biozoo')}",
+        "training": {
+            "dataset": r.data.dataset,
+            "pixel_size": dict(zip(contract.space_axes, map(float, pixel))) if pixel else None,
+            "pixel_size_unit": "micrometer" if pixel else None,
+            "normalization": {"op": "scale_range", "percentiles": list(r.data.percentiles), "per": "sample"},
+            "intensity_percentiles": run.stats.get("normalized_intensity_percentiles"),
+            "receptive_field": contract.receptive_field, "halo": contract.halo,
+            "object_size": object_sizes(run) if r.task in ("segmentation", "stardist", "detection") else None,
+            "split_manifest_hash": run.split.get("manifest_hash"),
+        },
+        "test_metrics": run.test_metrics, "parity": parity, "batch_independence": independence,
+    }
+
+
+def _training_rows(run: RunDir, contract) -> list[tuple[str, Any]]:
+    r, m = run.recipe, run.test_metrics
+    return [
+        ("recipe", f"`{r.name}` ({r.task}, {r.model.name}, depth {r.model.depth}, {r.model.base_channels} channels)"),
+        ("data", f"`{r.data.dataset}`, split train/val/test = {m.get('split')}"),
+        ("split manifest", f"`{run.split.get('manifest_hash', '?')}`"),
+        ("epochs", f"{m.get('epochs_run')} run, best {m.get('best_epoch')}, stopped early: {m.get('stopped_early')}"),
+        ("normalization", f"per image, percentiles {tuple(r.data.percentiles)} -> 0..1"),
+        ("pixel size", f"{tuple(r.data.pixel_size)} micrometer" if r.data.pixel_size else "unknown"),
+        ("receptive field", f"{contract.receptive_field} px (halo {contract.halo} px used for tiling)"),
+    ]
