@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-slow demo bench clean
+.PHONY: install test test-slow test-compat demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# Packages must load under the oldest onnxruntime biozoo supports (1.16, in its own venv) and the latest.
+test-compat: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests/exporters/test_ort_compat.py
+
 demo: $(STAMP)
 	$(BIN)/python benchmarks/demo.py demo-output
 
@@ -29,4 +33,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_runtime.py --size 2048
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) .venv-ort116 demo-output .pytest_cache
