@@ -106,7 +106,27 @@ class N2VRecipe(_RecipeBase):
     noise: tuple[float, float] = (1.0, 0.05)
 
 
-Recipe = Annotated[Union[SegmentationRecipe, CareRecipe, N2VRecipe], Field(discriminator="task")]
+class DetectionRecipe(_RecipeBase):
+    """Boxes from YOLO labels (data folder labels/*.txt) or derived from instance masks (masks/)."""
+
+    task: Literal["detection"]
+    classes: tuple[str, ...] = ("nucleus",)
+    stride: int = Field(4, ge=1, description="output stride of the head maps: a power of two <= 2**model.depth")
+    min_visible: float = Field(0.5, gt=0, le=1, description="a box cut by a patch border stays a target when this "
+                                                             "fraction of its area is inside the patch")
+    iou_threshold: float = Field(0.5, gt=0, le=1, description="NMS IoU threshold (also in the exported graph)")
+    score_threshold: Optional[float] = Field(None, ge=0, lt=1, description="the package's score threshold; null: "
+                                             "the best-F1 threshold (IoU 0.5) on the validation split")
+    max_detections: int = Field(1000, ge=1, le=100000, description="per image and class, after NMS")
+
+    @model_validator(mode="after")
+    def _stride_fits_depth(self) -> "DetectionRecipe":
+        if self.stride & (self.stride - 1) or self.stride > 2**self.model.depth:
+            raise ValueError(f"stride {self.stride} must be a power of two <= 2**model.depth = {2**self.model.depth}")
+        return self
+
+
+Recipe = Annotated[Union[SegmentationRecipe, CareRecipe, N2VRecipe, DetectionRecipe], Field(discriminator="task")]
 
 
 class _RecipeFile(BaseModel):
@@ -120,7 +140,7 @@ def parse_recipe(data: dict[str, Any], source: str = "recipe") -> Union[Segmenta
     except ValidationError as e:
         lines = []
         for err in e.errors():
-            loc = [str(p) for p in err["loc"][1:] if str(p) not in ("segmentation", "care", "n2v")]
+            loc = [str(p) for p in err["loc"][1:] if str(p) not in ("segmentation", "care", "n2v", "detection")]
             lines.append(f"  {'.'.join(loc) or '(top level)'}: {err['msg']} (got {err.get('input')!r})")
         raise TrainingError(f"{source} is not a valid recipe:\n" + "\n".join(lines)) from None
 
