@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from .checks import CHECKS, help_text
 from .errors import BiozooError
 
 log = logging.getLogger("biozoo")
@@ -35,10 +36,20 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _log_checks(checks: list[dict[str, Any]]) -> None:
+    """Warnings and errors of the input checks on stderr (stdout stays one JSON object with --json)."""
+    for c in checks:
+        if c["status"] in ("warning", "error"):
+            where = f"{c['input']}: " if c.get("input") else ""
+            log.warning("%s [%s] %s%s", c["status"], c["name"], where, c["message"])
+
+
 def cmd_test(args) -> int:
+    from .checks import parse_no_check
     from .model import load
 
-    report = load(args.package, device=args.device).test()
+    skip = parse_no_check(args.no_check)
+    report = load(args.package, device=args.device).test(skip_checks=skip)
     lines = [f"{report['name']}: {report['status'].upper()} on {report['provider']}"]
     for tid, r in report["outputs"].items():
         detail = r.get("reason") or (
@@ -48,6 +59,8 @@ def cmd_test(args) -> int:
         lines.append(f"  output {tid}: {'ok' if r['passed'] else 'FAILED'} ({detail})")
     for c in report["size_checks"]:
         lines.append(f"  sizes {c['input_shapes']}: {'ok' if c['passed'] else 'FAILED ' + c.get('reason', '')}")
+    for c in report.get("checks", []):
+        lines.append(f"  check {c['name']}: {c['status']} ({c['message']})")
     _emit(args, report, "\n".join(lines))
     return 0 if report["status"] == "passed" else 1
 
@@ -55,7 +68,7 @@ def cmd_test(args) -> int:
 def cmd_validate(args) -> int:
     from .validate import validate_package
 
-    report = validate_package(Path(args.package))
+    report = validate_package(Path(args.package), skip_checks=args.no_check)
     lines = [f"{args.package}: {report['status'].upper()}"]
     for c in report["checks"]:
         lines.append(f"  {'ok' if c['passed'] else 'FAILED'} {c['name']}: {c['detail']}")
@@ -69,8 +82,10 @@ def cmd_predict(args) -> int:
 
     summary = predict_files(
         args.package, args.inputs, Path(args.output), axes=args.axes, tile=args.tile, device=args.device,
-        suffix=args.format, quiet=args.quiet,
+        suffix=args.format, quiet=args.quiet, pixel_size=args.pixel_size, rescale=args.rescale, mask=args.mask,
+        ignore_value=args.ignore_value, no_check=args.no_check,
     )
+    _log_checks(summary["checks"])
     text = "\n".join(f"{item['input']} -> {', '.join(item['written'].values())}" for item in summary["items"])
     _emit(args, summary, text)
     return 0
@@ -101,15 +116,35 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=fn)
         return p
 
+    def no_check(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--no-check", action="append", default=[], metavar="NAME",
+                       help=f"turn one check off (repeatable): {', '.join(CHECKS)}")
+
     command("info", cmd_info, "show a package's tensors, axes, sizes, ops, weights, license and citation")
-    command("validate", cmd_validate, "bioimageio.spec validation plus biozoo's own checks", device=False)
-    command("test", cmd_test, "reproduce the package's test tensors within its tolerance; probe other sizes")
-    p = command("predict", cmd_predict, "run a model on TIFF/NPY/PNG files; write TIFF or NPY")
+    no_check(command("validate", cmd_validate, "bioimageio.spec validation plus biozoo's own checks (incl. batch "
+                                               "independence)", device=False))
+    no_check(command("test", cmd_test, "reproduce the package's test tensors within its tolerance; probe other sizes; "
+                                       "check batch independence; report the input checks on the test tensors"))
+    p = command("predict", cmd_predict, "run a model on TIFF/NPY/PNG files; write TIFF or NPY. Every input is checked "
+                                        "against the model's training conditions (see --no-check)")
     p.add_argument("inputs", metavar="INPUT", nargs="+", help="image files; for multi-input models ID=FILE")
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
     p.add_argument("--axes", help="axes of the input files, e.g. yx, cyx, zyx (default: from the file or the model)")
     p.add_argument("--tile", help="tile size per space axis, e.g. 512,512 (default: whole image within a budget)")
     p.add_argument("--format", choices=("tif", "npy"), default="tif", help="output format for folder outputs")
+    p.add_argument("--pixel-size", metavar="Y,X", help="input pixel size in micrometers, one value or one per space "
+                   "axis (e.g. 0.65,0.65; units like 325nm allowed); overrides the TIFF/OME/ImageJ metadata")
+    p.add_argument("--rescale", action="store_true", help="when the input pixel size differs from the training one by "
+                   "more than 10%%: resample to the training resolution (linear), predict, resample back (nearest "
+                   "neighbour for labels); without it such an input is refused")
+    p.add_argument("--mask", metavar="FILE", help="image of the input's size: non-zero = pixels to use; the others are "
+                   "left out of the normalization statistics and get 0 (labels, probabilities) or NaN (other float "
+                   "outputs) in the outputs")
+    p.add_argument("--ignore-value", type=float, metavar="V", help="treat pixels equal to V as masked (as --mask). "
+                   "Without --mask/--ignore-value, solid regions of 0 or of the image maximum covering > 20%% of the "
+                   "image are masked automatically (check masked-normalization)")
+    no_check(p)
+    p.epilog = "checks (all on by default): " + help_text()
     p = command("bench", cmd_bench, "biozoo predict vs raw onnxruntime (and bioimageio.core) in one run")
     p.add_argument("--size", type=int, default=2048, help="length of every space axis of the random input")
     p.add_argument("--runs", type=int, default=5, help="timed runs per contender (median reported)")

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Union
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from .package import Package, open_package
 from .session import OnnxSession
 from .stats import DatasetStatistics, Measure, StatsContext
 from .tiling import DEFAULT_TILE_BUDGET, plan_tiles, run_tiled
+
+if TYPE_CHECKING:
+    from .conditions import Prediction
 
 ArrayInputs = Union[np.ndarray, Mapping[str, np.ndarray]]
 AxesArg = Union[None, str, Mapping[str, str]]
@@ -77,15 +80,20 @@ class Model:
         tile_budget: int = DEFAULT_TILE_BUDGET,
         dataset_stats: Optional[DatasetStatistics] = None,
         progress: Progress = None,
+        **checks: Any,
     ) -> Union[np.ndarray, dict[str, np.ndarray]]:
         """Run the model on numpy arrays; outputs come back in the caller's axis conventions.
 
         `inputs`: one array (single-input models) or a dict by input tensor id. `axes`: letters per array, e.g.
         "yx", "cyx", "zyx", "byx" (a str for all inputs or a dict by id); guessed from the model when omitted.
         `tile`: tile length per space axis id, e.g. {"y": 512, "x": 512}; default: whole image within `tile_budget`.
+        Input checks (see checks.py): `pixel_size` (micrometers: one number, one per space axis, or a dict),
+        `rescale`, `mask` (non-zero = pixels to use), `ignore_value`, `skip_checks` (names, like --no-check).
+        A pixel-size mismatch raises InputError; warnings are raised as `biozoo.runtime.checks.InputWarning`.
+        Use `predict_with_report` to get the check results as data.
         """
         outputs = self.predict_with_axes(
-            inputs, axes, tile=tile, tile_budget=tile_budget, dataset_stats=dataset_stats, progress=progress
+            inputs, axes, tile=tile, tile_budget=tile_budget, dataset_stats=dataset_stats, progress=progress, **checks
         )
         if len(outputs) == 1:
             return next(iter(outputs.values()))[0]
@@ -100,17 +108,40 @@ class Model:
         tile_budget: int = DEFAULT_TILE_BUDGET,
         dataset_stats: Optional[DatasetStatistics] = None,
         progress: Progress = None,
+        **checks: Any,
     ) -> dict[str, tuple[np.ndarray, str]]:
         """Like predict, but every output comes with its axes string (for writers and viewers)."""
-        arrays, caller_axes = self.prepare_inputs(inputs, axes)
-        outputs = self.run_model_layout(
-            arrays, tile=tile, tile_budget=tile_budget, dataset_stats=dataset_stats, progress=progress
+        prediction = self.predict_with_report(
+            inputs, axes, tile=tile, tile_budget=tile_budget, dataset_stats=dataset_stats, progress=progress, **checks
         )
-        primary = self.description.inputs[0].id
-        return {
-            tid: axes_mod.from_model_layout(data, self.description.output(tid), caller_axes.get(primary))
-            for tid, data in outputs.items()
-        }
+        prediction.report.warn()
+        return prediction.outputs
+
+    def predict_with_report(
+        self,
+        inputs: ArrayInputs,
+        axes: AxesArg = None,
+        *,
+        tile: Optional[Mapping[str, int]] = None,
+        tile_budget: int = DEFAULT_TILE_BUDGET,
+        dataset_stats: Optional[DatasetStatistics] = None,
+        progress: Progress = None,
+        pixel_size: Any = None,
+        rescale: bool = False,
+        mask: Optional[np.ndarray] = None,
+        ignore_value: Optional[float] = None,
+        skip_checks: Iterable[str] = (),
+        file_pixel_size: Optional[Mapping[str, float]] = None,
+        batch_effects: bool = True,
+    ) -> "Prediction":
+        """Predict and return a Prediction: `.outputs` (array, axes) by output id and `.report` (a CheckReport)."""
+        from .checks import parse_no_check
+        from .conditions import InputOptions, predict_checked
+
+        opts = InputOptions(pixel_size=pixel_size, file_pixel_size=dict(file_pixel_size) if file_pixel_size else None,
+                            rescale=rescale, mask=mask, ignore_value=ignore_value, skip=parse_no_check(skip_checks))
+        return predict_checked(self, inputs, axes, opts, tile=tile, tile_budget=tile_budget,
+                               dataset_stats=dataset_stats, progress=progress, batch_effects=batch_effects)
 
     def dataset_statistics(self, samples: Iterable[Any], axes: AxesArg = None) -> DatasetStatistics:
         """Accumulate the dataset statistics the preprocessing needs over many samples (one pass).
@@ -125,11 +156,12 @@ class Model:
             stats.update({tid: (x, self._axis_ids(tid)) for tid, x in arrays.items()})
         return stats
 
-    def test(self, sizes: bool = True) -> dict[str, Any]:
-        """Reproduce the package's test tensors (and check other valid sizes); see testing.run_model_test."""
+    def test(self, sizes: bool = True, skip_checks: Iterable[str] = ()) -> dict[str, Any]:
+        """Reproduce the package's test tensors, check other valid sizes and batch independence, report the input
+        checks on the test tensors; see testing.run_model_test."""
         from .testing import run_model_test
 
-        return run_model_test(self, check_sizes=sizes)
+        return run_model_test(self, check_sizes=sizes, skip_checks=skip_checks)
 
     # ---- building blocks (used by test and bench) ------------------------------------------------------------
     def prepare_inputs(self, inputs: ArrayInputs, axes: AxesArg) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -174,22 +206,43 @@ class Model:
         postprocess: bool = True,
     ) -> dict[str, np.ndarray]:
         """Preprocess, run (padded and tiled as needed), postprocess. Arrays are in model layout."""
-        raw = {tid: (x, self._axis_ids(tid)) for tid, x in arrays.items()}
         processed = self.preprocess(arrays, dataset_stats)
+        return self.run_processed(processed, arrays, tile=tile, tile_budget=tile_budget, dataset_stats=dataset_stats,
+                                  progress=progress, postprocess=postprocess)
+
+    def run_processed(
+        self,
+        processed: Mapping[str, np.ndarray],
+        raw_arrays: Mapping[str, np.ndarray],
+        *,
+        tile: Optional[Mapping[str, int]] = None,
+        tile_budget: int = DEFAULT_TILE_BUDGET,
+        dataset_stats: Optional[DatasetStatistics] = None,
+        progress: Progress = None,
+        postprocess: bool = True,
+        masks: Optional[Mapping[str, np.ndarray]] = None,
+    ) -> dict[str, np.ndarray]:
+        """Run (padded and tiled) on preprocessed inputs, then postprocess (statistics also see the raw inputs)."""
+        raw = {tid: (x, self._axis_ids(tid)) for tid, x in raw_arrays.items()}
         plan = plan_tiles(self.description, {k: v.shape for k, v in processed.items()}, tile, tile_budget)
         outputs = run_tiled(self.description, processed, self.session.run, plan, self.pad_mode, progress)
         if not postprocess:
             return outputs
-        post_stats = StatsContext({**raw, **{tid: (y, self._axis_ids(tid)) for tid, y in outputs.items()}}, dataset_stats)
+        post_stats = StatsContext({**raw, **{tid: (y, self._axis_ids(tid)) for tid, y in outputs.items()}},
+                                  dataset_stats, masks)
         return {
             tid: run_chain(self.postprocessing[tid], y, self._axis_ids(tid), post_stats) for tid, y in outputs.items()
         }
 
     def preprocess(
-        self, arrays: Mapping[str, np.ndarray], dataset_stats: Optional[DatasetStatistics] = None
+        self,
+        arrays: Mapping[str, np.ndarray],
+        dataset_stats: Optional[DatasetStatistics] = None,
+        masks: Optional[Mapping[str, np.ndarray]] = None,
     ) -> dict[str, np.ndarray]:
-        """Run each input's preprocessing chain (statistics taken from the raw inputs, as the spec says)."""
-        stats = StatsContext({tid: (x, self._axis_ids(tid)) for tid, x in arrays.items()}, dataset_stats)
+        """Run each input's preprocessing chain (statistics taken from the raw inputs, as the spec says;
+        `masks`: bool arrays by tensor id, True = pixel used by the statistics)."""
+        stats = StatsContext({tid: (x, self._axis_ids(tid)) for tid, x in arrays.items()}, dataset_stats, masks)
         return {tid: run_chain(self.preprocessing[tid], x, self._axis_ids(tid), stats) for tid, x in arrays.items()}
 
     def _axis_ids(self, tensor_id: str) -> tuple[str, ...]:

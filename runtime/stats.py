@@ -52,21 +52,33 @@ class DatasetStatistics:
         self.measures = tuple(dict.fromkeys(m for m in measures if m.is_dataset))
         self._acc: dict[Measure, _Pooled] = {m: _Pooled() for m in self.measures}
 
-    def update(self, tensors: Mapping[str, tuple[np.ndarray, Sequence[str]]]) -> None:
+    def update(self, tensors: Mapping[str, tuple[np.ndarray, Sequence[str]]],
+               masks: Optional[Mapping[str, np.ndarray]] = None) -> None:
+        """Add one call's tensors; `masks` (bool, broadcastable, True = valid) exclude pixels from the statistics."""
         for m, acc in self._acc.items():
             if m.tensor_id not in tensors:
                 continue
             data, axes = tensors[m.tensor_id]
             idx = _reduce_axes(m.axes, axes, m.tensor_id)
             x = np.asarray(data, dtype=np.float64)
+            valid = None if masks is None else masks.get(m.tensor_id)
             if m.kind == "quantile":
-                value = np.quantile(x, m.q, axis=idx, keepdims=True)
+                value = (np.quantile(x, m.q, axis=idx, keepdims=True) if valid is None
+                         else masked_reduce(x, valid, idx, lambda v: np.quantile(v, m.q)))
                 acc.quantile_sum = value if acc.quantile_sum is None else acc.quantile_sum + value
                 acc.samples += 1
                 continue
-            n = float(np.prod([x.shape[i] for i in idx]))
-            mean = x.mean(axis=idx, keepdims=True)
-            m2 = ((x - mean) ** 2).sum(axis=idx, keepdims=True)
+            if valid is None:
+                n = float(np.prod([x.shape[i] for i in idx]))
+                mean = x.mean(axis=idx, keepdims=True)
+                m2 = ((x - mean) ** 2).sum(axis=idx, keepdims=True)
+            else:
+                w = np.broadcast_to(valid, x.shape)
+                n = w.sum(axis=idx, keepdims=True).astype(np.float64)
+                if not n.all():
+                    raise InputError(f"the mask of '{m.tensor_id}' leaves no valid pixel for its statistics")
+                mean = np.where(w, x, 0.0).sum(axis=idx, keepdims=True) / n
+                m2 = np.where(w, (x - mean) ** 2, 0.0).sum(axis=idx, keepdims=True)
             if acc.mean is None:
                 acc.count, acc.mean, acc.m2 = n, mean, m2
             else:  # Chan et al. pooled update
@@ -103,6 +115,7 @@ class StatsContext:
 
     tensors: Mapping[str, tuple[np.ndarray, Sequence[str]]]
     dataset: Optional[DatasetStatistics] = None
+    masks: Optional[Mapping[str, np.ndarray]] = None  # tensor id -> bool "valid", broadcastable to the tensor
     _cache: dict[Measure, np.ndarray] = field(default_factory=dict)
 
     def get(self, m: Measure, target_axes: Sequence[str]) -> np.ndarray:
@@ -129,6 +142,9 @@ class StatsContext:
             raise InputError(f"statistics need tensor '{m.tensor_id}', which is not part of this call")
         data, axes = self.tensors[m.tensor_id]
         idx = _reduce_axes(m.axes, axes, m.tensor_id)
+        valid = None if self.masks is None else self.masks.get(m.tensor_id)
+        if valid is not None:
+            return _masked_measure(m, data, valid, idx)
         if m.kind == "quantile":
             method = m.method if not m.is_dataset else "linear"  # dataset quantiles: linear, as in bioimageio.core
             return np.quantile(data, m.q, axis=idx, keepdims=True, method=method).astype(np.float64)
@@ -147,3 +163,29 @@ def _reduce_axes(reduce: Optional[tuple[str, ...]], axes: Sequence[str], tensor_
             "the package's processing kwargs are inconsistent with its axes"
         )
     return tuple(i for i, a in enumerate(axes) if a in reduce)
+
+
+def masked_reduce(data: np.ndarray, valid: np.ndarray, idx: tuple[int, ...], fn) -> np.ndarray:
+    """fn over the valid elements of every slice reduced over `idx`; keepdims shape, float64."""
+    keep = [i for i in range(data.ndim) if i not in idx]
+    moved = np.moveaxis(data, keep, range(len(keep)))
+    ok = np.moveaxis(np.broadcast_to(valid, data.shape), keep, range(len(keep)))
+    head = moved.shape[: len(keep)]
+    moved, ok = moved.reshape(head + (-1,)), ok.reshape(head + (-1,))
+    out = np.empty(head, dtype=np.float64)
+    for k in np.ndindex(*head):
+        values = moved[k][ok[k]]
+        if values.size == 0:
+            raise InputError("the mask leaves no valid pixel to compute normalization statistics from; "
+                             "check the mask (non-zero = pixels to use) or the ignored value")
+        out[k] = fn(values)
+    return out.reshape([data.shape[i] if i in keep else 1 for i in range(data.ndim)])
+
+
+def _masked_measure(m: Measure, data: np.ndarray, valid: np.ndarray, idx: tuple[int, ...]) -> np.ndarray:
+    if m.kind == "quantile":
+        method = m.method if not m.is_dataset else "linear"
+        return masked_reduce(data, valid, idx, lambda v: np.quantile(v, m.q, method=method))
+    if m.kind == "mean":
+        return masked_reduce(data, valid, idx, np.mean)
+    return masked_reduce(data, valid, idx, np.std)

@@ -1,11 +1,12 @@
-"""`biozoo test`: reproduce a package's test tensors, then probe other valid sizes and batch 2.
+"""`biozoo test`: reproduce a package's test tensors, probe other valid sizes and batch 2, check batch independence,
+and report the input checks on the test tensors (see checks.py).
 
 Tolerances come from config.bioimageio.reproducibility_tolerance (defaults rtol 1e-3, atol 1e-3, 100 mismatched
 elements per million): an element mismatches when |out - expected| > atol + rtol * |expected|.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 
@@ -123,8 +124,15 @@ def _check_probe(model: "Model", test_inputs, shapes) -> dict[str, Any]:
     return check
 
 
-def run_model_test(model: "Model", check_sizes: bool = True) -> dict[str, Any]:
+def run_model_test(model: "Model", check_sizes: bool = True, skip_checks: Iterable[str] = ()) -> dict[str, Any]:
+    """Reproduce the test outputs, probe sizes, and run the checks: batch independence (a failure fails the test)
+    and the input checks on the test tensors (reported only; `skip_checks` names checks to leave out)."""
+    from .batch_independence import check_batch_independence
+    from .checks import CheckReport
+    from .conditions import test_tensor_checks
+
     desc = model.description
+    checks = CheckReport(skip_checks)
     report: dict[str, Any] = {"name": desc.name, "provider": model.provider, "outputs": {}, "size_checks": []}
     inputs = {tid: x.astype(np.float32) for tid, x in load_test_tensors(model, "inputs").items()}
     expected = load_test_tensors(model, "outputs")
@@ -139,6 +147,15 @@ def run_model_test(model: "Model", check_sizes: bool = True) -> dict[str, Any]:
     if check_sizes:
         for shapes in _probe_shapes(model, inputs):
             report["size_checks"].append(_check_probe(model, inputs, shapes))
-    checks = [*report["outputs"].values(), *report["size_checks"]]
-    report["status"] = "passed" if all(c["passed"] for c in checks) else "failed"
+    if checks.enabled("batch-independence"):
+        checks.results.append(check_batch_independence(model, inputs))
+    try:
+        test_tensor_checks(model, inputs, actual, checks)
+    except BiozooError as e:  # e.g. statistics the test input cannot provide: the reproduction above decides
+        report["checks_error"] = str(e)
+    checks.disabled()
+    report["checks"] = checks.as_list()
+    results = [*report["outputs"].values(), *report["size_checks"]]
+    independent = all(c.status != "error" for c in checks.results if c.name == "batch-independence")
+    report["status"] = "passed" if all(c["passed"] for c in results) and independent else "failed"
     return report

@@ -1,8 +1,9 @@
-"""`biozoo validate`: bioimageio.spec's validation (offline, when installed) plus biozoo's own checks."""
+"""`biozoo validate`: bioimageio.spec's validation (offline, when installed) plus biozoo's own checks, among them
+batch independence (a sample's output must not depend on the rest of its batch)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .errors import BiozooError, InputError
 from .onnx_scan import onnx_versions
@@ -74,15 +75,26 @@ def _spec_version() -> str:
     return version("bioimageio.spec")
 
 
-def validate_package(source: Path, device: str = "cpu") -> dict[str, Any]:
+def _batch_independence(model) -> dict[str, Any]:
+    from .batch_independence import check_batch_independence
+
+    result = check_batch_independence(model)
+    return {**result.as_dict(), "passed": result.status != "error", "detail": result.message}
+
+
+def validate_package(source: Path, device: str = "cpu", skip_checks: Iterable[str] = ()) -> dict[str, Any]:
+    from .checks import parse_no_check
     from .model import load
 
+    skip = parse_no_check(skip_checks)
     checks: list[dict[str, Any]] = []
     try:
         model = load(source, device=device)
         checks.append({"name": "load", "passed": True, "detail": f"opened, description parsed, ops built, session on {model.provider}"})
         checks.append(_check("files", lambda: _file_references(model)))
         checks.append(_check("onnx-compatibility", lambda: _onnx_compat(model)))
+        if "batch-independence" not in skip:
+            checks.append(_batch_independence(model))
     except BiozooError as e:
         checks.append({"name": "load", "passed": False, "detail": str(e)})
     if not source.exists():  # bioimageio.spec would take a missing path for a bioimage.io id and go online

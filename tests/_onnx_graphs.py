@@ -167,3 +167,61 @@ def heads(seed: int, names: Sequence[str]) -> bytes:
     for name in names:
         g.output(name, g.conv(x, 4, 1, 1), dims)
     return g.serialize("heads")
+
+
+def blob_segmenter(layers: int = 7, gain: float = 12.0) -> bytes:
+    """raw (batch,1,y,x) -> logits: `layers` 3x3 box filters, then gain * (smoothed - 0.5).
+
+    A deterministic "segmenter" (foreground = bright after normalization) with a known receptive field of
+    1 + 2 * layers pixels, for tests of the input checks that need meaningful objects in the output."""
+    g = Graph(0)
+    dims = ["batch", 1, "y", "x"]
+    x = g.input("raw", dims)
+    box = np.full((1, 1, 3, 3), 1.0 / 9.0)
+    for _ in range(layers):
+        x = g.op("Conv", [x, g.const(box), g.const([0.0])], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    out = g.op("Add", [g.op("Mul", [x, g.const([gain])]), g.const([-gain / 2])])
+    g.output("prob", out, dims)
+    return g.serialize("blob_segmenter")
+
+
+def batch_mixing(seed: int = 13) -> bytes:
+    """raw (batch,1,y,x) -> out: subtracts the mean over batch AND space (ReduceMean axes [0, 2, 3]) before a
+    conv: a normalization across the batch inside the graph, so each sample's output depends on the others."""
+    g = Graph(seed)
+    dims = ["batch", 1, "y", "x"]
+    x = g.input("raw", dims)
+    mean = g.op("ReduceMean", [x], axes=[0, 2, 3], keepdims=1)
+    g.output("out", g.conv(g.op("Sub", [x, mean]), 1, 1), dims)
+    return g.serialize("batch_mixing")
+
+
+def batchnorm_training_mode(seed: int = 17) -> bytes:
+    """conv -> BatchNorm2d -> relu -> conv exported from torch with TrainingMode.TRAINING: the BatchNormalization
+    node has training_mode=1 and normalizes with the statistics of the batch it is given (the classic export bug).
+    Needs torch (imported here only)."""
+    import io
+
+    import torch
+
+    torch.manual_seed(seed)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(4)
+            self.head = torch.nn.Conv2d(4, 1, 1)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.bn(self.conv(x))))
+
+    buffer = io.BytesIO()
+    dynamic = {0: "batch", 2: "y", 3: "x"}
+    torch.onnx.export(Net().train(), (torch.randn(2, 1, 32, 32),), buffer, opset_version=OPSET, dynamo=False,
+                      input_names=["raw"], output_names=["prob"], dynamic_axes={"raw": dynamic, "prob": dynamic},
+                      training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False)
+    model = onnx.load_from_string(buffer.getvalue())
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()

@@ -254,7 +254,54 @@ def _kind(kind: str) -> dict[str, Any]:
                                                             "min_percentile": 1.0, "max_percentile": 99.0}},
                            {"id": "clip", "kwargs": {"min": 0.0, "max": 1.0}}]),
                      _out("zmuv", [BATCH, chan("zmuv"), *yx_ref("raw")], [{"id": "zero_mean_unit_variance"}])])
+    if kind in ("batch_mixing", "bn_train"):  # batch-dependent nets (not in KINDS: bn_train needs torch)
+        onnx_bytes = graphs.batch_mixing() if kind == "batch_mixing" else graphs.batchnorm_training_mode()
+        out_id = "out" if kind == "batch_mixing" else "prob"
+        return dict(
+            name=f"biozoo test {kind}", onnx=onnx_bytes,
+            description="A net whose outputs depend on the other samples of the batch: "
+                        + ("ReduceMean over batch and space inside the graph." if kind == "batch_mixing" else
+                           "BatchNormalization exported from torch in training mode."),
+            inputs=[_inp("raw", [BATCH, chan("raw"), *yx(param(16, 8))], _img(rng, (1, 1, 32, 32)),
+                         [{"id": "zero_mean_unit_variance", "kwargs": {"axes": ["channel", "y", "x"]}}])],
+            outputs=[_out(out_id, [BATCH, chan(out_id), *yx_ref("raw", 2)])])
+    if kind == "blobseg":  # not in KINDS: for the input checks (tests/runtime/test_checks*.py)
+        um = {"scale": 0.5, "unit": "micrometer"}
+        return dict(
+            name="biozoo test blobseg", onnx=graphs.blob_segmenter(),
+            description="Deterministic blob segmenter: 7 box filters, foreground where the smoothed normalized input "
+                        "exceeds 0.5; receptive field 15 px. Carries a config.biozoo block (training conditions).",
+            inputs=[_inp("raw", [BATCH, chan("raw"), *yx(param(16, 8), **um)], blob_image(rng, 64, 6, 5),
+                         [{"id": "scale_range", "kwargs": {"axes": ["channel", "y", "x"], "min_percentile": 1.0,
+                                                           "max_percentile": 99.8}}])],
+            outputs=[_out("prob", [BATCH, chan("foreground"), *yx_ref("raw", 8, **um)], [{"id": "sigmoid"}])],
+            config={"biozoo": {"format": 1, "task": "segmentation", "training": BLOBSEG_TRAINING}})
     raise ValueError(f"unknown kind {kind!r}, expected one of {KINDS}")
+
+
+def blob_image(rng: np.random.Generator, size: int, count: int, radius: float, background: float = 10.0,
+               foreground: float = 200.0, noise: float = 3.0) -> np.ndarray:
+    """A synthetic fluorescence-like image (1, 1, size, size): `count` bright discs of `radius` on a dark, noisy
+    background, float32."""
+    yy, xx = np.mgrid[:size, :size]
+    img = np.full((size, size), background, dtype=np.float64)
+    margin = radius + 1
+    for _ in range(count):
+        cy, cx = rng.uniform(margin, size - margin, 2)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = foreground
+    img += rng.normal(0.0, noise, img.shape)
+    return img.astype(np.float32)[None, None]
+
+
+# training conditions of the blobseg fixture: discs of radius 5 at 0.5 um; intensity percentiles measured on
+# blob_image(...) after scale_range (see tests/runtime/test_checks.py, which recomputes and compares them)
+BLOBSEG_TRAINING = {
+    "pixel_size": {"y": 0.5, "x": 0.5}, "pixel_size_unit": "micrometer",
+    "normalization": {"op": "scale_range", "percentiles": [1.0, 99.8], "per": "sample"},
+    "intensity_percentiles": {"1": 0.0, "50": 0.03, "99": 0.98},
+    "receptive_field": 15, "halo": 8,
+    "object_size": {"median_diameter_px": 10.0, "p95_diameter_px": 11.0, "count": 6},
+}
 
 
 # ---------------------------------------------------------------- package writing
@@ -348,6 +395,8 @@ def build_package(kind: str, dest: pathlib.Path, *, zip: bool = False) -> pathli
         "covers": covers, "inputs": tensors["inputs"], "outputs": tensors["outputs"],
         "weights": weights,
     }
+    if spec.get("config"):
+        rdf["config"] = spec["config"]
     (folder / "rdf.yaml").write_text(yaml.dump(rdf, Dumper=_Dumper, sort_keys=False))
     if not zip:
         return folder / "rdf.yaml"

@@ -1,0 +1,215 @@
+"""A prediction under the input checks: pixel size (and --rescale), masked normalization, distribution shift,
+batch effects, receptive field. Model.predict / predict_with_report call `predict_checked`.
+
+Order matters: the pixel-size check runs first and raises before any compute (so `biozoo predict` writes nothing);
+masks are decided at the resolution the network sees; distribution shift looks at the normalized input that goes
+into the network; the receptive-field check measures objects at the model's resolution, before resampling back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping, Optional
+
+import numpy as np
+
+from . import axes as axes_mod
+from . import input_checks, masking, pixelsize
+from .checks import CheckReport, training_conditions
+from .objects import segmentation_like
+from .resample import order_for, resample
+
+if TYPE_CHECKING:
+    from .model import Model
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    """What the caller says about an input beyond its pixels (CLI flags / predict keyword arguments)."""
+
+    pixel_size: pixelsize.PixelSizeArg = None  # overrides the file's metadata
+    file_pixel_size: Optional[pixelsize.PixelSize] = None  # read from the file by predict_files
+    rescale: bool = False
+    mask: Optional[np.ndarray] = None  # non-zero = valid; space axes only, or the input's own shape
+    ignore_value: Optional[float] = None
+    skip: frozenset[str] = frozenset()
+
+
+@dataclass
+class Prediction:
+    """Outputs (with their axes, in the caller's conventions) and the check report of one call."""
+
+    outputs: dict[str, tuple[np.ndarray, str]]
+    report: CheckReport
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+def _rescale(arrays: dict[str, np.ndarray], model: "Model", factors: Mapping[str, float]) -> dict[str, np.ndarray]:
+    out = {}
+    for tid, x in arrays.items():
+        t = model.description.input(tid)
+        lengths = {i: max(1, round(x.shape[i] * factors[a.id])) for i, a in enumerate(t.axes)
+                   if a.type == "space" and a.id in factors}
+        out[tid] = resample(x, lengths, "linear")
+    return out
+
+
+def _valid_mask(model: "Model", x: np.ndarray, caller: str, opts: InputOptions, report: CheckReport,
+                factors: Optional[Mapping[str, float]], original: np.ndarray) -> Optional[np.ndarray]:
+    """The primary input's valid mask at the model's resolution, or None (all valid); adds the report entry."""
+    name, t = "masked-normalization", model.description.inputs[0]
+    if opts.mask is not None or opts.ignore_value is not None:
+        if opts.mask is not None:
+            valid, source = masking.mask_from_array(opts.mask, original, t, caller), "--mask"
+        else:
+            valid, source = masking.mask_from_value(original, t, opts.ignore_value), f"--ignore-value {opts.ignore_value:g}"
+        if factors:
+            valid = resample(valid.astype(np.uint8), {i: x.shape[i] for i, a in enumerate(t.axes) if a.type == "space"},
+                             "nearest").astype(bool)
+        masking.check_not_empty(valid, t, source)
+        excluded = 1.0 - float(valid.mean())
+        report.add(name, "ok", f"{source}: {excluded:.1%} of the pixels excluded from the normalization statistics; "
+                               "outputs there are background (0) or NaN", source=source, excluded_fraction=
+                   round(excluded, 4))
+        return valid if excluded > 0 else None
+    if not report.enabled(name):
+        return None
+    valid, numbers = masking.detect_constant_regions(x, t)
+    if valid is None:
+        report.add(name, "ok", "no large constant (blacked-out or saturated) regions; all pixels used")
+        return None
+    excluded = 1.0 - float(valid.mean())
+    kinds = ", ".join(sorted({f"{r['kind']} ({r['value']:g})" for r in numbers["regions"]}))
+    report.add(name, "warning", f"{excluded:.1%} of the pixels lie in large constant regions ({kinds}); they are "
+                                "excluded from the normalization statistics and the outputs there are background "
+                                "(0) or NaN. Pass --mask/--ignore-value to say so explicitly, or --no-check "
+                                "masked-normalization to use every pixel", excluded_fraction=round(excluded, 4),
+               **numbers)
+    return valid
+
+
+@dataclass
+class Prepared:
+    """One call's inputs at the model's resolution, masked pixels filled, with what is needed to finish."""
+
+    arrays: dict[str, np.ndarray]
+    caller: dict[str, str]
+    valid: Optional[np.ndarray]  # primary input, True = used by the statistics
+    factors: Optional[dict[str, float]]  # pixel-size resampling, input/training size per axis id
+    original_shapes: dict[str, tuple[int, ...]]
+    raw: np.ndarray  # primary input at the model's resolution, before filling (for intensity summaries)
+
+    @property
+    def masks(self) -> Optional[dict[str, np.ndarray]]:
+        return None if self.valid is None else {next(iter(self.arrays)): self.valid}
+
+
+def prepare(model: "Model", inputs: Any, axes: Any, opts: InputOptions, report: CheckReport) -> Prepared:
+    """Check the pixel size (raising on a mismatch without --rescale), resample, decide and apply the mask."""
+    desc = model.description
+    primary = desc.inputs[0]
+    arrays, caller = model.prepare_inputs(inputs, axes)
+    arrays = {primary.id: arrays.pop(primary.id), **arrays} if primary.id in arrays else arrays
+    space = input_checks.tensor_space_axes(primary)
+    given = pixelsize.parse_pixel_size(opts.pixel_size, [a.id for a in space])
+    source = "--pixel-size" if given is not None else "TIFF metadata"
+    factors = input_checks.pixel_size(report, training_conditions(desc.config), space,
+                                      given or opts.file_pixel_size, source, opts.rescale)
+    original_shapes = {tid: x.shape for tid, x in arrays.items()}
+    original = arrays[primary.id]
+    if factors:
+        arrays = _rescale(arrays, model, factors)
+    x = arrays[primary.id]
+    valid = _valid_mask(model, x, caller.get(primary.id, primary.letters), opts, report, factors, original)
+    if valid is not None:
+        arrays[primary.id] = masking.fill_masked(x, valid, primary)
+    return Prepared(arrays, caller, valid, factors, original_shapes, x)
+
+
+def predict_checked(model: "Model", inputs: Any, axes: Any, opts: InputOptions, *, tile=None, tile_budget: int,
+                    dataset_stats=None, progress=None, batch_effects: bool = True) -> Prediction:
+    desc = model.description
+    primary = desc.inputs[0]
+    report = CheckReport(opts.skip)
+    p = prepare(model, inputs, axes, opts, report)
+    if batch_effects:
+        _batch_effects_in_call(model, report, p.raw, p.valid)
+    processed = model.preprocess(p.arrays, dataset_stats, p.masks)
+    input_checks.distribution_shift(report, training_conditions(desc.config), processed[primary.id], p.valid)
+    outputs = model.run_processed(processed, p.arrays, tile=tile, tile_budget=tile_budget,
+                                  dataset_stats=dataset_stats, progress=progress, masks=p.masks)
+    if p.valid is not None:
+        outputs = _mask_outputs(model, outputs, p.valid)
+    input_checks.receptive_field(report, model, outputs)
+    if p.factors:
+        outputs = _resample_back(model, outputs, p.original_shapes)
+    report.disabled()
+    result = {tid: axes_mod.from_model_layout(y, desc.output(tid), p.caller.get(primary.id))
+              for tid, y in outputs.items()}
+    return Prediction(result, report)
+
+
+def _batch_effects_in_call(model: "Model", report: CheckReport, x: np.ndarray, valid: Optional[np.ndarray]) -> None:
+    t = model.description.inputs[0]
+    batch = next((i for i, a in enumerate(t.axes) if a.type == "batch"), None)
+    n = x.shape[batch] if batch is not None else 1
+    summaries = []
+    for b in range(n):
+        sel = tuple([slice(None)] * batch + [slice(b, b + 1)]) if batch is not None else ()
+        v = valid[sel] if valid is not None and batch is not None and valid.shape[batch] > 1 else valid
+        summaries.append((f"sample {b}", input_checks.intensity_summary(x[sel], v)))
+    input_checks.batch_effects(report, summaries, input_checks.dataset_normalized(model))
+
+
+def _mask_outputs(model: "Model", outputs: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, np.ndarray]:
+    desc = model.description
+    masked = {}
+    for tid, y in outputs.items():
+        t = desc.output(tid)
+        m = masking.output_mask(valid, desc.inputs[0], t, y.shape)
+        if m is None:
+            masked[tid] = y
+            continue
+        value = masking.fill_value_for(t, segmentation_like(t, desc.config, y.dtype), y.dtype)
+        masked[tid] = masking.apply_output_mask(y, m, value)
+    return masked
+
+
+def _resample_back(model: "Model", outputs: dict[str, np.ndarray], original_shapes) -> dict[str, np.ndarray]:
+    """Outputs back onto the input's original grid: lengths from the description for the original input shape."""
+    from .tiling import output_shapes
+
+    desc = model.description
+    wanted = output_shapes(desc, original_shapes)
+    back = {}
+    for tid, y in outputs.items():
+        t, shape = desc.output(tid), wanted.get(tid)
+        if shape is None:
+            back[tid] = y  # data-dependent sizes (e.g. box lists) are not images
+            continue
+        lengths = {i: shape[i] for i, a in enumerate(t.axes) if a.type == "space" and shape[i] != y.shape[i]}
+        back[tid] = resample(y, lengths, order_for(y)) if lengths else y
+    return back
+
+
+def test_tensor_checks(model: "Model", inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
+                       report: CheckReport) -> None:
+    """The input checks on a package's own test tensors (`biozoo test`): they report, never mask or resample, so
+    that the test reproduces the package's outputs exactly as the package defines them."""
+    desc = model.description
+    primary = desc.inputs[0]
+    training = training_conditions(desc.config)
+    x = inputs[primary.id]
+    if report.enabled("pixel-size"):
+        report.add("pixel-size", "skipped", "test tensors are at the training resolution by definition")
+    if report.enabled("masked-normalization"):
+        valid, numbers = masking.detect_constant_regions(x, primary)
+        if valid is None:
+            report.add("masked-normalization", "ok", "no large constant regions in the test input")
+        else:
+            report.add("masked-normalization", "warning", f"the test input has large constant regions "
+                       f"({1 - float(valid.mean()):.1%} of its pixels): `biozoo predict` would exclude them from the "
+                       "normalization statistics; `biozoo test` reproduces the outputs without masking", **numbers)
+    _batch_effects_in_call(model, report, x, None)
+    processed = model.preprocess(inputs)
+    input_checks.distribution_shift(report, training, processed[primary.id], None)
+    input_checks.receptive_field(report, model, outputs)

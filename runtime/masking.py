@@ -1,0 +1,174 @@
+"""Masked normalization: which pixels the statistics may use, and what the outputs hold where they may not.
+
+Masks are boolean "valid" arrays in the primary input's model layout, with every axis that is neither batch nor
+space collapsed to 1 (a pixel is valid or not in all its channels). Sources, in order of precedence:
+`--mask FILE` (non-zero = valid), `--ignore-value V` (pixels equal to V in every channel are invalid), and
+auto-detection: solid regions of exactly 0 or of the image maximum (blacked-out or saturated areas) that survive a
+morphological opening with a 9-pixel box and cover more than 20% of a sample. The opening keeps isolated zero pixels
+of a clipped dark background in the statistics and removes only large uniform areas.
+
+Masked input pixels are filled with the median of the valid ones (per sample and channel) before the network runs,
+so a black or saturated edge does not create false structure at the border of the valid region; the outputs there
+are set to 0 (labels, masks, probabilities: background) or NaN (other float outputs, e.g. restorations).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .description import Tensor
+from .errors import InputError
+from .resample import resample
+
+AUTO_MIN_FRACTION = 0.20
+AUTO_BOX_RADIUS = 4  # 9-pixel box
+
+
+def _collapsed(tensor: Tensor) -> tuple[int, ...]:
+    return tuple(i for i, a in enumerate(tensor.axes) if a.type not in ("batch", "space"))
+
+
+def _space(tensor: Tensor) -> list[int]:
+    return [i for i, a in enumerate(tensor.axes) if a.type == "space"]
+
+
+def _window_sum(x: np.ndarray, axis: int, r: int) -> np.ndarray:
+    n = x.shape[axis]
+    c = np.cumsum(x, axis=axis, dtype=np.int64)
+    c = np.concatenate([np.zeros_like(np.take(c, [0], axis=axis)), c], axis=axis)
+    idx = np.arange(n)
+    return np.take(c, np.minimum(idx + r + 1, n), axis=axis) - np.take(c, np.maximum(idx - r, 0), axis=axis)
+
+
+def opening(region: np.ndarray, axes: Sequence[int], r: int = AUTO_BOX_RADIUS) -> np.ndarray:
+    """Binary opening with a (2r+1)-box over `axes` (the image border counts as inside the region)."""
+    outside = (~region).astype(np.int32)
+    for a in axes:
+        outside = _window_sum(outside, a, r)
+    eroded = (outside == 0).astype(np.int32)
+    for a in axes:
+        eroded = _window_sum(eroded, a, r)
+    return (eroded > 0) & region
+
+
+def detect_constant_regions(x: np.ndarray, tensor: Tensor) -> tuple[Optional[np.ndarray], dict]:
+    """Auto-detect blacked-out / saturated regions per sample; returns (valid mask or None, numbers)."""
+    collapsed, space = _collapsed(tensor), _space(tensor)
+    batch = next((i for i, a in enumerate(tensor.axes) if a.type == "batch"), None)
+    invalid = np.zeros([1 if i in collapsed else n for i, n in enumerate(x.shape)], dtype=bool)
+    found: list[dict] = []
+    for b in range(x.shape[batch] if batch is not None else 1):
+        sel = (slice(None),) * batch + (slice(b, b + 1),) if batch is not None else ()
+        sample = x[sel]
+        for value, label in ((0.0, "zero"), (float(sample.max()), "saturated")):
+            if label == "saturated" and value <= float(sample.min()):
+                continue  # a constant image: nothing to normalize against, not a region to exclude
+            const = np.all(sample == value, axis=collapsed, keepdims=True) if collapsed else sample == value
+            if const.mean() < AUTO_MIN_FRACTION:
+                continue
+            region = opening(const, space)
+            fraction = float(region.mean())
+            if fraction >= AUTO_MIN_FRACTION and fraction < 1.0:
+                invalid[sel] |= region
+                found.append({"sample": b, "value": value, "kind": label, "fraction": round(fraction, 4)})
+    if not found:
+        return None, {}
+    return ~invalid, {"regions": found}
+
+
+def mask_from_array(mask: np.ndarray, x: np.ndarray, tensor: Tensor, caller_axes: str) -> np.ndarray:
+    """A user mask (space axes only, or the input's full shape in the caller's axes) as a valid mask."""
+    from .axes import to_model_layout
+
+    mask = np.asarray(mask)
+    space = _space(tensor)
+    want = tuple(x.shape[i] for i in space)
+    if mask.ndim == len(space):
+        if mask.shape != want:
+            raise InputError(
+                f"--mask has shape {mask.shape}, the input's space axes "
+                f"({''.join(tensor.axes[i].id for i in space)}) have {want}; the mask must cover the image pixel by pixel"
+            )
+        shape = [x.shape[i] if i in space else 1 for i in range(x.ndim)]
+        return (mask != 0).reshape(shape)
+    try:
+        full = to_model_layout(mask, caller_axes, tensor)
+    except InputError:
+        full = None
+    if full is None or full.shape != x.shape:
+        raise InputError(
+            f"--mask has shape {mask.shape}; expected the shape of the image's space axes {want} "
+            f"(or the input's own shape); non-zero = pixels to use"
+        )
+    collapsed = _collapsed(tensor)
+    return np.any(full != 0, axis=collapsed, keepdims=True) if collapsed else full != 0
+
+
+def mask_from_value(x: np.ndarray, tensor: Tensor, value: float) -> np.ndarray:
+    collapsed = _collapsed(tensor)
+    equal = np.all(x == np.float32(value), axis=collapsed, keepdims=True) if collapsed else x == np.float32(value)
+    return ~equal
+
+
+def check_not_empty(valid: np.ndarray, tensor: Tensor, source: str) -> None:
+    batch = next((i for i, a in enumerate(tensor.axes) if a.type == "batch"), None)
+    per_sample = valid.reshape(valid.shape[batch], -1) if batch is not None else valid.reshape(1, -1)
+    empty = [i for i, row in enumerate(per_sample) if not row.any()]
+    if empty:
+        raise InputError(
+            f"{source} leaves no valid pixel in sample(s) {empty}: nothing to normalize against; "
+            "check the mask (non-zero = pixels to use) or the ignored value"
+        )
+
+
+def fill_masked(x: np.ndarray, valid: np.ndarray, tensor: Tensor) -> np.ndarray:
+    """A copy of x with invalid pixels set to the median of the valid ones, per sample and channel."""
+    keep = [i for i, a in enumerate(tensor.axes) if a.type not in ("space",)]
+    out = x.copy()
+    full_valid = np.broadcast_to(valid, x.shape)
+    for index in np.ndindex(*[x.shape[i] for i in keep]):
+        sel = [slice(None)] * x.ndim
+        for i, k in zip(keep, index):
+            sel[i] = k
+        v = full_valid[tuple(sel)]
+        if v.all():
+            continue
+        plane = out[tuple(sel)]
+        plane[~v] = np.median(plane[v]) if v.any() else 0
+    return out
+
+
+def output_mask(valid: np.ndarray, source: Tensor, target: Tensor, shape: Sequence[int]) -> Optional[np.ndarray]:
+    """The input's valid mask mapped onto an output of `shape` (nearest neighbour when scaled); None when the
+    output's space axes do not follow the input's (nothing sensible to mask)."""
+    src_index = {a.id: i for i, a in enumerate(source.axes) if a.type in ("space", "batch")}
+    follow = [(j, a.id) for j, a in enumerate(target.axes) if a.type in ("space", "batch") and a.id in src_index]
+    if not any(target.axes[j].type == "space" for j, _ in follow) or any(
+            a.type == "space" and a.id not in src_index for a in target.axes):
+        return None
+    order = [src_index[aid] for _, aid in follow]
+    rest = [i for i in range(valid.ndim) if i not in order]
+    if any(valid.shape[i] != 1 for i in rest):
+        return None  # e.g. a batch the output does not have
+    m = valid.transpose(order + rest).reshape([valid.shape[i] for i in order])
+    per_axis = [1] * len(target.axes)
+    for k, (j, _) in enumerate(follow):
+        per_axis[j] = m.shape[k]
+    m = m.reshape(per_axis)
+    if any(target.axes[j].type == "batch" and m.shape[j] not in (1, shape[j]) for j, _ in follow):
+        return None
+    lengths = {j: shape[j] for j, _ in follow if target.axes[j].type == "space"}
+    return resample(m.astype(np.uint8), lengths, "nearest").astype(bool)
+
+
+def fill_value_for(output: Tensor, segmentation_like: bool, dtype: np.dtype) -> float:
+    if dtype.kind != "f" or segmentation_like:
+        return 0.0
+    return float("nan")
+
+
+def apply_output_mask(y: np.ndarray, valid: np.ndarray, value: float) -> np.ndarray:
+    out = np.array(y, copy=True)
+    out[~np.broadcast_to(valid, out.shape)] = value
+    return out
