@@ -70,7 +70,11 @@ class RunDir:
     def contract(self, net: torch.nn.Module) -> Any:
         """The model's IO contract carrying the receptive field measured at training time."""
         rf = self.receptive_field
-        return net.io_contract().with_receptive_field(int(rf["receptive_field"]), int(rf["halo"]))
+        contract = net.io_contract()
+        # bioimageio.core's blockwise predict grows each block by the halo on both sides: a halo on the size-step
+        # grid keeps those blocks valid (a larger halo is always safe, only a smaller one would be wrong)
+        halo = -(-int(rf["halo"]) // contract.size_step) * contract.size_step
+        return contract.with_receptive_field(int(rf["receptive_field"]), halo)
 
 
 def open_run(root: Path) -> RunDir:
