@@ -94,7 +94,7 @@ def check_batch_independence(model: "Model", test_inputs: Optional[Mapping[str, 
             continue  # no batch axis, or a data-dependent size: nothing to compare sample-wise
         results[t.id] = compare(np.take(both[t.id], [0], axis=b), first[t.id], desc.tolerance_for(t.id))
     numbers: dict[str, Any] = {
-        "input": source,
+        "probe": source,
         "max_abs_difference": {k: r.get("max_abs_error") for k, r in results.items()},
         "mismatched_per_million": {k: r.get("mismatched_per_million") for k, r in results.items()},
     }

@@ -46,8 +46,10 @@ class CheckResult:
             raise ValueError(f"bad check result {self.name!r}/{self.status!r}")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "message": self.message,
-                **({"input": self.input} if self.input is not None else {}), **self.numbers}
+        fixed = {"name": self.name, "status": self.status, "message": self.message}
+        if self.input is not None:
+            fixed["input"] = self.input
+        return {**fixed, **{k: v for k, v in self.numbers.items() if k not in fixed}}
 
     def line(self) -> str:
         where = f"{self.input}: " if self.input else ""

@@ -153,8 +153,8 @@ def distribution_shift(report: CheckReport, training: Mapping[str, Any], process
     got = np.percentile(_subsample(values.astype(np.float64, copy=False)), qs)
     spread = max(float(expected[-1] - expected[0]), 1e-6)
     deviation = np.abs(got - expected) / spread
-    numbers = {"percentiles": [f"{q:g}" for q in qs], "input": [round(float(v), 4) for v in got],
-               "training": [float(v) for v in expected], "max_deviation": round(float(deviation.max()), 3)}
+    numbers = {"percentiles": [f"{q:g}" for q in qs], "input_values": [round(float(v), 4) for v in got],
+               "training_values": [float(v) for v in expected], "max_deviation": round(float(deviation.max()), 3)}
     pairs = ", ".join(f"p{q:g} {g:.3g} (training {e:.3g})" for q, g, e in zip(qs, got, expected))
     if deviation.max() > SHIFT_LIMIT:
         report.add(name, "warning", f"after normalization the input's intensities are far from the training data's: "
