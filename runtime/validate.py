@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .errors import BiozooError, InputError
+from .export_record import export_record_checks
 from .onnx_scan import onnx_versions
 
 # onnxruntime 1.16 reads IR <= 9 and opset <= 19: packages meant for the field must stay within that.
@@ -93,6 +94,7 @@ def validate_package(source: Path, device: str = "cpu", skip_checks: Iterable[st
         checks.append({"name": "load", "passed": True, "detail": f"opened, description parsed, ops built, session on {model.provider}"})
         checks.append(_check("files", lambda: _file_references(model)))
         checks.append(_check("onnx-compatibility", lambda: _onnx_compat(model)))
+        checks.extend(export_record_checks(model))
         if "batch-independence" not in skip:
             checks.append(_batch_independence(model))
     except BiozooError as e:
