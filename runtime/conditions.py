@@ -7,7 +7,7 @@ into the network; the receptive-field check measures objects at the model's reso
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import numpy as np
@@ -40,7 +40,6 @@ class Prediction:
 
     outputs: dict[str, tuple[np.ndarray, str]]
     report: CheckReport
-    numbers: dict[str, Any] = field(default_factory=dict)
 
 
 def _rescale(arrays: dict[str, np.ndarray], model: "Model", factors: Mapping[str, float]) -> dict[str, np.ndarray]:
@@ -61,7 +60,8 @@ def _valid_mask(model: "Model", x: np.ndarray, caller: str, opts: InputOptions, 
         if opts.mask is not None:
             valid, source = masking.mask_from_array(opts.mask, original, t, caller), "--mask"
         else:
-            valid, source = masking.mask_from_value(original, t, opts.ignore_value), f"--ignore-value {opts.ignore_value:g}"
+            valid = masking.mask_from_value(original, t, opts.ignore_value)
+            source = f"--ignore-value {opts.ignore_value:g}"
         if factors:
             valid = resample(valid.astype(np.uint8), {i: x.shape[i] for i, a in enumerate(t.axes) if a.type == "space"},
                              "nearest").astype(bool)

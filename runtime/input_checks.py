@@ -1,8 +1,9 @@
 """The input checks themselves: each looks at one aspect of an input and adds one result to a CheckReport.
 
 Thresholds (documented in the CLI help and README): pixel size +-10%; receptive field: at least a quarter of the
-objects larger than it (foreground components merge touching objects, so a few large ones prove nothing); distribution shift: a percentile of the normalized input more than half the
-training p_low..p_high range away from the training value; batch effects: per-sample intensity spreads (p99 - p1)
+objects larger than it (foreground components merge touching objects, so a few large ones prove nothing);
+distribution shift: a percentile of the normalized input more than half the training p_low..p_high range away from
+the training value; batch effects: per-sample intensity spreads (p99 - p1)
 differing more than 2x, or medians further apart than half the typical spread.
 """
 from __future__ import annotations
@@ -56,8 +57,8 @@ def pixel_size(report: CheckReport, training: Mapping[str, Any], space_axes: Seq
                 f"--rescale needs the input's pixel size, which {source} does not state; pass --pixel-size "
                 f"{','.join(f'{train[a.id]:g}' for a in space_axes if a.id in train)} (micrometers, one per axis)")
         report.add(name, "warning", f"the input's pixel size is unknown (no OME/ImageJ/resolution metadata; pass "
-                                    f"--pixel-size); the model was trained at {pixelsize.format_size(train)}: make sure "
-                                    "the input has that resolution", **numbers)
+                                    f"--pixel-size); the model was trained at {pixelsize.format_size(train)}: make "
+                                    "sure the input has that resolution", **numbers)
         return None
     shared = {a: given[a] for a in train if a in given}
     numbers.update(input_pixel_size_um=shared, input_source=source)

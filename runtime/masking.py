@@ -88,7 +88,8 @@ def mask_from_array(mask: np.ndarray, x: np.ndarray, tensor: Tensor, caller_axes
         if mask.shape != want:
             raise InputError(
                 f"--mask has shape {mask.shape}, the input's space axes "
-                f"({''.join(tensor.axes[i].id for i in space)}) have {want}; the mask must cover the image pixel by pixel"
+                f"({''.join(tensor.axes[i].id for i in space)}) have {want}; the mask must cover the image pixel by "
+                "pixel"
             )
         shape = [x.shape[i] if i in space else 1 for i in range(x.ndim)]
         return (mask != 0).reshape(shape)

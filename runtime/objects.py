@@ -1,8 +1,7 @@
 """Objects in a segmentation output: connected components and their sizes (for the receptive-field check).
 
-The runtime does not depend on scipy: `label` uses scipy.ndimage when it is installed and otherwise a vectorized
-union-find in numpy (hooking plus pointer jumping, a few dozen passes even for large images); both label
-face-connected components identically up to label numbering.
+The runtime does not depend on scipy (and importing scipy.ndimage would cost more than labelling): `label` is a
+run-based union-find in numpy, face connectivity like scipy.ndimage.label (a test compares the two).
 """
 from __future__ import annotations
 
@@ -19,48 +18,58 @@ _SEGMENTATION_OPS = ("sigmoid", "softmax", "binarize")
 
 
 def label(foreground: np.ndarray) -> tuple[np.ndarray, int]:
-    """Face-connected components of a boolean array: (labels 1..n, 0 background; n)."""
-    try:
-        from scipy import ndimage
-    except ImportError:
-        return label_numpy(foreground)
-    labels, n = ndimage.label(foreground)
-    return labels, int(n)
+    """Face-connected components of a boolean array (any ndim): (labels 1..n, 0 background; n).
 
-
-def label_numpy(foreground: np.ndarray) -> tuple[np.ndarray, int]:
-    fg = np.asarray(foreground, dtype=bool)
-    index = np.arange(fg.size).reshape(fg.shape)
+    Run-based union-find in numpy: runs of foreground along the last axis are the nodes, and each overlap between
+    runs that are neighbours along another axis is one edge (recorded once per overlap, not per pixel). Roots are
+    found by hooking and pointer jumping. All passes are vectorized; a 2048x2048 mask takes a fraction of a second.
+    """
+    fg = np.ascontiguousarray(foreground, dtype=bool)
+    if fg.ndim == 0 or not fg.any():
+        return np.zeros(fg.shape, dtype=np.int32), 0
+    before = np.zeros_like(fg)
+    before[..., 1:] = fg[..., :-1]
+    start = fg & ~before  # the first pixel of every run along the last axis
+    run = np.cumsum(start.ravel()).reshape(fg.shape) - 1  # run index of every foreground pixel
+    n_runs = int(run[fg].max()) + 1
     a_parts, b_parts = [], []
-    for axis in range(fg.ndim):
+    for axis in range(fg.ndim - 1):
         lo = [slice(None)] * fg.ndim
         hi = [slice(None)] * fg.ndim
         lo[axis], hi[axis] = slice(0, -1), slice(1, None)
-        both = fg[tuple(lo)] & fg[tuple(hi)]
-        a_parts.append(index[tuple(lo)][both])
-        b_parts.append(index[tuple(hi)][both])
-    a, b = np.concatenate(a_parts), np.concatenate(b_parts)
-    parent = np.arange(fg.size)
-    while True:
+        lo, hi = tuple(lo), tuple(hi)
+        edge = fg[lo] & fg[hi]
+        # along the last axis the pair (run above, run below) stays the same until either run starts anew
+        same = np.zeros_like(edge)
+        same[..., 1:] = edge[..., :-1] & ~start[lo][..., 1:] & ~start[hi][..., 1:]
+        keep = edge & ~same
+        a_parts.append(run[lo][keep])
+        b_parts.append(run[hi][keep])
+    a = np.concatenate(a_parts) if a_parts else np.zeros(0, np.int64)
+    b = np.concatenate(b_parts) if b_parts else np.zeros(0, np.int64)
+    parent = _roots(n_runs, a, b)
+    _, compact = np.unique(parent, return_inverse=True)
+    labels = np.zeros(fg.shape, dtype=np.int32)
+    labels[fg] = compact[run[fg]] + 1
+    return labels, int(compact.max()) + 1
+
+
+def _roots(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Union-find over n nodes with edges (a, b): every node's smallest connected node (its root)."""
+    parent = np.arange(n)
+    while a.size:
         ra, rb = parent[a], parent[b]
         differ = ra != rb
-        if not differ.any():
+        a, b, ra, rb = a[differ], b[differ], ra[differ], rb[differ]  # edges inside one tree never matter again
+        if not a.size:
             break
-        a, b = a[differ], b[differ]  # edges inside one tree never matter again
-        ra, rb = ra[differ], rb[differ]
         np.minimum.at(parent, np.maximum(ra, rb), np.minimum(ra, rb))  # hook the larger root under the smaller
-        while True:  # pointer jumping: every pixel points at its root
+        while True:  # pointer jumping: every node points at its root
             jumped = parent[parent]
             if np.array_equal(jumped, parent):
                 break
             parent = jumped
-    roots = parent.reshape(fg.shape)[fg]
-    labels = np.zeros(fg.shape, dtype=np.int32)
-    if roots.size:
-        _, labels[fg] = np.unique(roots, return_inverse=True)
-        labels[fg] += 1
-        return labels, int(labels.max())
-    return labels, 0
+    return parent
 
 
 def segmentation_like(tensor: Tensor, config: Mapping[str, Any], dtype: np.dtype) -> bool:

@@ -8,6 +8,9 @@ from the tensors as they were when the chain started: the raw inputs for preproc
 Dataset statistics come either from the data of the current call (all samples in it jointly) or from a
 `DatasetStatistics` accumulated over many inputs (e.g. every file given to `biozoo predict`): means and variances
 pooled exactly, quantiles averaged over samples (the estimate bioimageio.core uses too).
+
+Masks (masked normalization, see masking.py): a boolean "valid" array per tensor, broadcastable to it, restricts
+every statistic of that tensor to the valid elements; without a mask the code path is the unmasked one, unchanged.
 """
 from __future__ import annotations
 

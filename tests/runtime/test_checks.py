@@ -16,7 +16,7 @@ import packages
 from biozoo.runtime import InputError, load
 from biozoo.runtime.checks import CHECKS, InputWarning, parse_no_check
 from biozoo.runtime.masking import detect_constant_regions
-from biozoo.runtime.objects import label_numpy
+from biozoo.runtime.objects import label
 from biozoo.runtime.pixelsize import parse_pixel_size, read_pixel_size
 from biozoo.runtime.resample import resample
 from biozoo.runtime.stats import DatasetStatistics, Measure, StatsContext
@@ -106,12 +106,12 @@ def test_resample_round_trip_and_labels():
     assert np.array_equal(resample(big, {0: 20, 1: 30}, "nearest"), labels)
 
 
-@pytest.mark.parametrize("shape", [(64, 80), (12, 20, 24)])
-def test_numpy_labelling_matches_scipy(shape):
+@pytest.mark.parametrize("shape", [(64, 80), (12, 20, 24), (1, 9)])
+def test_labelling_matches_scipy(shape):
     ndimage = pytest.importorskip("scipy.ndimage")
     rng = np.random.default_rng(len(shape))
     fg = rng.random(shape) < 0.45
-    mine, n = label_numpy(fg)
+    mine, n = label(fg)
     ref, m = ndimage.label(fg)
     assert n == m
     # the same partition: a one-to-one map between label values
