@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from . import input_checks
+from . import detections, input_checks
 from .checks import CheckReport, parse_no_check, training_conditions
 from .conditions import InputOptions, prepare
 from .errors import InputError
@@ -107,6 +107,7 @@ def predict_files(
         return arrays, {k: v for k, v in file_axes.items() if v}
 
     _refuse_early(model, samples, options)
+    boxes = detections.detection_outputs(model.description)  # box-list outputs go to YOLO txt + CSV + JSON
     report = CheckReport(skip)
     dataset_stats = None
     if len(samples) > 1 and dataset_normalized(model):
@@ -128,8 +129,13 @@ def predict_files(
             ignore_value=ignore_value, skip_checks=skip, batch_effects=dataset_stats is None,
         )
         results = prediction.outputs
-        written = {}
-        for tid, (data, out_axes) in results.items():
+        written, found = {}, {}
+        if boxes is not None:
+            height, width = detections.image_size(arrays[primary], sample_axes.get(primary))
+            written, found = detections.write_prediction(
+                output, stem, results, boxes, height, width, str(sample[primary]),
+                _factors(model, opts) if rescale else None)
+        for tid, (data, out_axes) in results.items() if boxes is None else ():
             write_image(targets[tid], data, out_axes)
             written[tid] = str(targets[tid])
         report.extend(prediction.report, str(sample[primary]))
@@ -138,8 +144,17 @@ def predict_files(
             "written": written,
             "shapes": {tid: list(d.shape) for tid, (d, _) in results.items()},
             "axes": {tid: a for tid, (_, a) in results.items()},
+            **({"detections": found} if boxes is not None else {}),
         })
     return {"model": model.name, "provider": model.provider, "items": items, "checks": report.as_list()}
+
+
+def _factors(model: Model, opts: InputOptions) -> Optional[dict[str, float]]:
+    """What --rescale resamples the primary input by (input / training pixel size per space axis id)."""
+    space = [a for a in model.description.inputs[0].axes if a.type == "space"]
+    given = parse_pixel_size(opts.pixel_size, [a.id for a in space])
+    return input_checks.pixel_size(CheckReport(opts.skip), training_conditions(model.description.config), space,
+                                   given or opts.file_pixel_size, "--pixel-size", True)
 
 
 def _refuse_early(model: Model, samples, options) -> None:

@@ -12,8 +12,11 @@ Design choices a caller must know:
   "peak NMS"), box edges from the distances. ``DetectorWithNMS`` appends greedy box NMS; exported with
   ``export_detector_onnx`` the NMS is ONNX ``NonMaxSuppression`` inside the graph, and the outputs are
   ``boxes [K, 4]`` (x_min, y_min, x_max, y_max in input pixels, pixel edges as in biozoo.zoo.boxes),
-  ``scores [K]`` and ``classes [K]`` (int64), sorted by decreasing score, K data dependent. That graph takes one
-  image at a time (batch 1): box lists of several images cannot share one tensor.
+  ``scores [K]`` and ``labels [K]`` (int64), sorted by decreasing score, K data dependent. Labels follow
+  torchvision's detection convention: 1 = the first class, 0 = background (never output); YOLO files use
+  ``label - 1``. Why not 0-based class ids: a one-class detector's would be all zeros, and bioimageio.spec refuses
+  a test tensor whose values are all ~0. The graph takes one image at a time (batch 1): box lists of several
+  images cannot share one tensor.
 - Inputs: multiples of ``2**depth`` from ``2 * 2**depth``, as for the U-Net.
 """
 from __future__ import annotations
@@ -217,7 +220,7 @@ class _NonMaxSuppression(torch.autograd.Function):
 
 
 class DetectorWithNMS(nn.Module):
-    """The exported form: one image ``[1, C, H, W]`` -> ``(boxes [K, 4], scores [K], classes [K] int64)``.
+    """The exported form: one image ``[1, C, H, W]`` -> ``(boxes [K, 4], scores [K], labels [K] int64, 1-based)``.
 
     ``score_threshold`` drops weak peaks, ``iou_threshold`` is the NMS overlap limit, ``max_detections`` caps K per
     class. Outputs are sorted by decreasing score.
@@ -248,10 +251,10 @@ class DetectorWithNMS(nn.Module):
         out_boxes = boxes[0].index_select(0, idx)
         out_scores = scores[0].reshape(-1).index_select(0, cls * scores.shape[2] + idx)
         _, order = torch.topk(out_scores, out_scores.shape[0])  # exports as TopK (torch.sort does not)
-        return out_boxes[order], out_scores[order], cls[order]
+        return out_boxes[order], out_scores[order], cls[order] + 1
 
 
-OUTPUT_NAMES = ("boxes", "scores", "classes")
+OUTPUT_NAMES = ("boxes", "scores", "labels")
 
 
 def export_detector_onnx(model: DetectorWithNMS, example: torch.Tensor, path: Union[str, Path], *,
