@@ -22,7 +22,8 @@ CHECKS: dict[str, str] = {
                             "(blacked-out or saturated, > 20% of the image), from the normalization statistics",
     "batch-effects": "dataset-wide normalization over inputs whose intensity distributions differ strongly",
     "distribution-shift": "the normalized input's intensity percentiles vs those of the training data",
-    "receptive-field": "objects in the output larger than the network's receptive field",
+    "receptive-field": "objects in the output larger than the network's receptive field, or far from the size of "
+                       "the training objects",
     "batch-independence": "a sample's output must not depend on the other samples of its batch "
                           "(batch norm in training mode, normalization across the batch inside the graph)",
 }

@@ -1,7 +1,8 @@
 """The input checks themselves: each looks at one aspect of an input and adds one result to a CheckReport.
 
 Thresholds (documented in the CLI help and README): pixel size +-10%; receptive field: at least a quarter of the
-objects larger than it (foreground components merge touching objects, so a few large ones prove nothing);
+objects larger than it (foreground components merge touching objects, so a few large ones prove nothing), or, when
+the package records the training objects' size, a median object diameter more than 2x off it (at least 5 objects);
 distribution shift: a percentile of the normalized input more than half the training p_low..p_high range away from
 the training value; batch effects: per-sample intensity spreads (p99 - p1)
 differing more than 2x, or medians further apart than half the typical spread.
@@ -20,6 +21,8 @@ from .errors import InputError
 from .objects import RESTORATION_TASKS, foreground, object_diameters, segmentation_like
 
 LARGE_OBJECT_FRACTION = 0.25  # a few merged (touching) objects must not fire it
+SIZE_RATIO_LIMIT = 2.0  # median object diameter vs the training objects'
+MIN_OBJECTS_FOR_SIZE = 5
 SHIFT_LIMIT = 0.5
 SPREAD_RATIO_LIMIT = 2.0
 MEDIAN_SHIFT_LIMIT = 0.5
@@ -125,15 +128,31 @@ def receptive_field(report: CheckReport, model: Any, outputs: Mapping[str, np.nd
                        max_diameter_px=round(float(d.max()), 2), larger_than_receptive_field=large)
         sizes = (f"median diameter {np.median(d):.1f} px, 95th percentile {p95:.1f} px, largest {d.max():.1f} px vs "
                  f"a receptive field of {rf:g} px")
+        trained = numbers.get("training_median_diameter_px")
+        ratio = float(np.median(d)) / float(trained) if trained else None
+        if ratio is not None:
+            numbers["median_diameter_vs_training"] = round(ratio, 3)
         if large >= max(1, LARGE_OBJECT_FRACTION * d.size):
             factor = float(np.percentile(d, 75)) / float(rf)
             report.add(name, "warning", f"{large} of {d.size} objects in '{t.id}' are larger than the network's "
                                         f"receptive field ({sizes}): the network cannot see them whole. Downsample "
                                         f"the input about {math.ceil(factor * 10) / 10:g}x (or pass its true "
                                         "--pixel-size with --rescale) so that objects fit", **numbers)
+        elif ratio is not None and d.size >= MIN_OBJECTS_FOR_SIZE and not 1 / SIZE_RATIO_LIMIT <= ratio <= \
+                SIZE_RATIO_LIMIT:
+            # objects too large for the network often come out fragmented: the output's sizes are then far off
+            # the training objects' although none exceeds the receptive field
+            report.add(name, "warning", f"objects in '{t.id}' have a median diameter of {np.median(d):.1f} px, the "
+                                        f"training objects {float(trained):.1f} px ({ratio:.2f}x, more than "
+                                        f"{SIZE_RATIO_LIMIT:g}x off): the input is probably at another scale than "
+                                        "the training data (objects too large for the network come out fragmented), "
+                                        "or the segmentation failed. Check the pixel size (--pixel-size, --rescale)",
+                       **numbers)
+        elif large == 0:
+            report.add(name, "ok", f"all {d.size} objects in '{t.id}' fit the receptive field ({sizes})", **numbers)
         else:
-            report.add(name, "ok", f"{large} of {d.size} objects in '{t.id}' are larger than the receptive field "
-                                   f"(fewer than a quarter: touching objects merge in the output; {sizes})", **numbers)
+            report.add(name, "ok", f"{large} of {d.size} objects in '{t.id}' are larger than the receptive field, "
+                                   f"fewer than a quarter (touching objects merge in the output; {sizes})", **numbers)
         return
     report.add(name, "skipped", "no output of this model holds labels, masks or probabilities to measure objects in")
 
