@@ -244,3 +244,5 @@ def run_chain(ops: Sequence[Op], x: np.ndarray, axes: Axes, stats: StatsContext)
     for op in ops:
         x = op(x, axes, stats)
     return x
+
+from . import stardist_post  # noqa: E402,F401  (registers stardist_postprocessing, an Op subclass, into OPS)

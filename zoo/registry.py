@@ -24,7 +24,7 @@ C = TypeVar("C")
 
 _MODELS: dict[str, Factory] = {}
 # Modules whose import registers architectures; loaded on first use so that `import biozoo.zoo` stays light.
-_ARCHITECTURE_MODULES = ("biozoo.zoo.unet", "biozoo.zoo.detector")
+_ARCHITECTURE_MODULES = ("biozoo.zoo.unet", "biozoo.zoo.detector", "biozoo.zoo.stardist")
 
 
 def _load_architectures() -> None:

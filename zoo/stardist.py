@@ -1,0 +1,133 @@
+"""StarDist 2D (Schmidt et al., MICCAI 2018): a U-Net whose output is, per pixel of a ``grid``-subsampled raster,
+the probability of being an object's centre region and ``n_rays`` distances to the object's boundary.
+
+Layout as stardist's own model: ``log2(grid)`` stem levels (convolutions, then 2x2 max-pooling) bring the input to
+the grid raster, a U-Net runs there, one 3x3 convolution follows it, and two 1x1 heads give the probability logit
+and the distances. ``forward`` returns one tensor (B, 1 + n_rays, Y / grid, X / grid): channel 0 is the sigmoid
+probability, channels 1.. the distances in input pixels (linear; the loss wants them, the runtime's
+``stardist_postprocessing`` turns them into polygons). ``heads`` returns the logit instead, for a stable BCE.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from biozoo.runtime.errors import BiozooError
+
+from .io_contract import IOContract
+from .receptive_field import contract_with_receptive_field, receptive_field_of
+from .registry import build_config, register_model
+from .unet import ConvBlock, UNet, UNetConfig
+
+
+@dataclass(frozen=True)
+class StarDistConfig:
+    """Every hyperparameter; ``dataclasses.asdict(model.config)`` rebuilds the model via ``create_model``."""
+
+    in_channels: int = 1
+    n_rays: int = 32
+    grid: int = 2
+    depth: int = 3
+    base_channels: int = 32
+    convs_per_block: int = 2
+    batch_norm: bool = False
+    residual: bool = False
+    features: int = 128
+
+    def __post_init__(self) -> None:
+        ints = {"in_channels": 1, "n_rays": 3, "grid": 1, "depth": 1, "base_channels": 1, "convs_per_block": 1,
+                "features": 1}
+        for name, low in ints.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise BiozooError(f"StarDist {name} must be an int >= {low}, got {value!r}")
+        if self.grid & (self.grid - 1) or self.grid > 8:
+            raise BiozooError(f"StarDist grid must be 1, 2, 4 or 8 (a power of two, the subsampling of the output "
+                              f"raster); got {self.grid}")
+        if self.depth > 6:
+            raise BiozooError(f"StarDist depth {self.depth} is too deep: inputs would need multiples of "
+                              f"{2**self.depth * self.grid}")
+        for name in ("batch_norm", "residual"):
+            if not isinstance(getattr(self, name), bool):
+                raise BiozooError(f"StarDist {name} must be true or false, got {getattr(self, name)!r}")
+
+
+class StarDist2D(nn.Module):
+    def __init__(self, config: StarDistConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        stem: list[nn.Module] = []
+        cin = c.in_channels
+        for _ in range(c.grid.bit_length() - 1):
+            stem += [ConvBlock(2, cin, c.base_channels, c.convs_per_block, c.batch_norm, c.residual), nn.MaxPool2d(2)]
+            cin = c.base_channels
+        self.stem = nn.Sequential(*stem)
+        self.body = UNet(UNetConfig(spatial_dims=2, in_channels=cin, out_channels=c.features, depth=c.depth,
+                                    base_channels=c.base_channels, convs_per_block=c.convs_per_block,
+                                    batch_norm=c.batch_norm, residual=c.residual))
+        self.after = nn.Sequential(nn.ReLU(), nn.Conv2d(c.features, c.features, 3, padding=1), nn.ReLU())
+        self.prob = nn.Conv2d(c.features, 1, 1)
+        self.dist = nn.Conv2d(c.features, c.n_rays, 1)
+
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probability logits (B, 1, y, x), distances (B, n_rays, y, x)) on the grid raster."""
+        features = self.after(self.body(self.stem(x)))
+        return self.prob(features), self.dist(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits, dist = self.heads(x)
+        return torch.cat([torch.sigmoid(logits), dist], dim=1)
+
+    def io_contract(self, *, measure: bool = True) -> IOContract:
+        """Sizes (multiples of ``2**depth * grid`` from twice that), output stride ``grid`` and, when ``measure``,
+        the receptive field and halo in input pixels (measured on the maps repeated onto the input grid)."""
+        c = self.config
+        step = 2**c.depth * c.grid
+        contract = IOContract(axes="bcyx", in_channels=c.in_channels, out_channels=1 + c.n_rays, size_step=step,
+                              min_size=2 * step, output_stride=c.grid)
+        if not measure:
+            return contract
+        return contract_with_receptive_field(contract, receptive_field_of(_input_grid_proxy, self.receptive_field_config()))
+
+    def receptive_field_config(self) -> StarDistConfig:
+        """The cheapest config with this model's connectivity (channels and BN never change the receptive field)."""
+        return dataclasses.replace(self.config, in_channels=1, n_rays=3, base_channels=1, features=1, batch_norm=False)
+
+
+class _OnInputGrid(nn.Module):
+    """The output repeated ``grid`` times along y and x (one value per input pixel), for the receptive-field probe."""
+
+    def __init__(self, net: StarDist2D) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.net.config.grid
+        return self.net(x).repeat_interleave(g, dim=2).repeat_interleave(g, dim=3)
+
+    def io_contract(self, *, measure: bool = False) -> IOContract:
+        return dataclasses.replace(self.net.io_contract(measure=False), output_stride=1)
+
+
+def _input_grid_proxy(config: StarDistConfig) -> _OnInputGrid:
+    return _OnInputGrid(StarDist2D(config))
+
+
+def _stardist(defaults: dict[str, Any], overrides: dict[str, Any], name: str) -> StarDist2D:
+    return StarDist2D(build_config(StarDistConfig, {**defaults, **overrides}, model=name))
+
+
+@register_model("stardist2d")
+def stardist2d(**overrides: Any) -> StarDist2D:
+    """StarDist 2D: 32 rays, grid 2, U-Net of depth 3 with 32 base channels (stardist's 2D defaults)."""
+    return _stardist({}, overrides, "stardist2d")
+
+
+@register_model("stardist2d_tiny")
+def stardist2d_tiny(**overrides: Any) -> StarDist2D:
+    """StarDist 2D with 8 rays, depth 1, 4 base channels and 8 features, for tests."""
+    return _stardist({"n_rays": 8, "depth": 1, "base_channels": 4, "features": 8}, overrides, "stardist2d_tiny")
