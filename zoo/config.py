@@ -126,7 +126,31 @@ class DetectionRecipe(_RecipeBase):
         return self
 
 
-Recipe = Annotated[Union[SegmentationRecipe, CareRecipe, N2VRecipe, DetectionRecipe], Field(discriminator="task")]
+class StarDistRecipe(_RecipeBase):
+    """Star-convex polygons from instance masks (masks/): probability + ray distances, NMS in the runtime."""
+
+    task: Literal["stardist"]
+    n_rays: int = Field(32, ge=3, le=256)
+    grid: int = Field(2, ge=1, le=8, description="subsampling of the output raster (a power of two)")
+    head_features: int = Field(128, ge=1, le=1024, description="channels of the convolution after the U-Net")
+    dist_weight: float = Field(0.2, gt=0, description="weight of the distance loss next to the probability BCE")
+    prob_threshold: Optional[float] = Field(None, gt=0, lt=1, description="null: optimized on the validation split")
+    nms_threshold: Optional[float] = Field(None, ge=0, lt=1, description="null: optimized on the validation split")
+    border: int = Field(2, ge=0, description="post-processing drops candidates this many grid pixels from the border")
+
+    @model_validator(mode="after")
+    def _grid_fits(self) -> "StarDistRecipe":
+        step = 2**self.model.depth * self.grid
+        if self.grid & (self.grid - 1):
+            raise ValueError(f"grid {self.grid} must be a power of two (1, 2, 4 or 8)")
+        if any(p % step for p in self.data.patch_size) or len(self.data.patch_size) != 2:
+            raise ValueError(f"data.patch_size {self.data.patch_size} must be 2D and divisible by 2**model.depth * "
+                             f"grid = {step}")
+        return self
+
+
+Recipe = Annotated[Union[SegmentationRecipe, CareRecipe, N2VRecipe, DetectionRecipe, StarDistRecipe],
+                   Field(discriminator="task")]
 
 
 class _RecipeFile(BaseModel):
@@ -140,7 +164,8 @@ def parse_recipe(data: dict[str, Any], source: str = "recipe") -> Union[Segmenta
     except ValidationError as e:
         lines = []
         for err in e.errors():
-            loc = [str(p) for p in err["loc"][1:] if str(p) not in ("segmentation", "care", "n2v", "detection")]
+            loc = [str(p) for p in err["loc"][1:]
+                   if str(p) not in ("segmentation", "care", "n2v", "detection", "stardist")]
             lines.append(f"  {'.'.join(loc) or '(top level)'}: {err['msg']} (got {err.get('input')!r})")
         raise TrainingError(f"{source} is not a valid recipe:\n" + "\n".join(lines)) from None
 
