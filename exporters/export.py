@@ -80,6 +80,10 @@ def export_run(run_dir: Union[str, Path], out: Union[str, Path], *, authors: Seq
     if out.suffix != ".zip":
         raise ExportError(f"output '{out}' must end in .zip (a bioimage.io package is a zip file)")
     run = open_run(Path(run_dir))
+    if run.recipe.task == "detection":  # box-list outputs: its own graph (NMS inside), outputs and test tensors
+        from .detection import export_detection
+
+        return export_detection(run, out, authors=authors, license=license, opset=opset, name=name)
     spec = TASKS.get(run.recipe.task)
     if spec is None:
         raise ExportError(f"run '{run.root}' is a '{run.recipe.task}' run; biozoo exports {', '.join(sorted(TASKS))}")
