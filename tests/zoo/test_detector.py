@@ -200,35 +200,3 @@ def test_detection_recipe_checks():
         parse_recipe({**base, "stride": 16})
     with pytest.raises(TrainingError, match="iou_threshold"):
         parse_recipe({**base, "iou_threshold": 0})
-
-
-def test_training_writes_a_complete_run_dir(tmp_path):
-    from biozoo.zoo.train import train_recipe
-
-    folder = _synthetic_folder(tmp_path / "data")
-    recipe = parse_recipe({
-        "name": "det-smoke", "task": "detection", "classes": ["blob"],
-        "model": {"name": "detector2d_tiny", "depth": 3, "base_channels": 4, "batch_norm": True},
-        "data": {"dataset": str(folder), "tile": None, "patch_size": [48, 48], "fractions": [0.5, 0.25, 0.25]},
-        "training": {"epochs": 2, "steps_per_epoch": 3, "batch_size": 4, "lr": 0.01, "early_stopping": None,
-                     "threads": 1}})  # one thread: a tiny net on a shared machine is faster without thread sync
-    threads = torch.get_num_threads()
-    try:
-        result = train_recipe(recipe, tmp_path / "run", progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    run = tmp_path / "run"
-    for name in ("recipe.yaml", "best.pt", "last.pt", "metrics.csv", "curves.png", "split.json", "stats.json",
-                 "receptive_field.json", "test_metrics.json"):
-        assert (run / name).is_file(), name
-    metrics = json.loads((run / "test_metrics.json").read_text())
-    assert metrics == json.loads(json.dumps(result))
-    assert 0 <= metrics["mAP50-95"] <= metrics["mAP50"] <= 1 and metrics["ground_truth"] > 0
-    assert 0 <= metrics["baseline"]["mAP50"] <= 1 and metrics["split"] == {"train": 4, "val": 2, "test": 2}
-    assert 0 < metrics["postprocessing"]["score_threshold"] < 1
-    assert "val_map50" in (run / "metrics.csv").read_text().splitlines()[0]
-    stats = json.loads((run / "stats.json").read_text())
-    assert stats["class_frequencies"]["blob"] > 0 and stats["box_size"]["median_px"] > 4
-    assert json.loads((run / "receptive_field.json").read_text())["output_stride"] == 4
-    assert sorted(p.name for p in (folder / "labels").glob("*.txt")) == sorted(
-        p.stem + ".txt" for p in (folder / "images").glob("*.tif"))
