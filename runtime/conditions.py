@@ -68,8 +68,8 @@ def _valid_mask(model: "Model", x: np.ndarray, caller: str, opts: InputOptions, 
         masking.check_not_empty(valid, t, source)
         excluded = 1.0 - float(valid.mean())
         report.add(name, "ok", f"{source}: {excluded:.1%} of the pixels excluded from the normalization statistics; "
-                               "outputs there are background (0) or NaN", source=source, excluded_fraction=
-                   round(excluded, 4))
+                               "outputs there are background (0) or NaN", source=source,
+                   excluded_fraction=round(excluded, 4))
         return valid if excluded > 0 else None
     if not report.enabled(name):
         return None
@@ -91,6 +91,7 @@ def _valid_mask(model: "Model", x: np.ndarray, caller: str, opts: InputOptions, 
 class Prepared:
     """One call's inputs at the model's resolution, masked pixels filled, with what is needed to finish."""
 
+    primary: str
     arrays: dict[str, np.ndarray]
     caller: dict[str, str]
     valid: Optional[np.ndarray]  # primary input, True = used by the statistics
@@ -100,7 +101,7 @@ class Prepared:
 
     @property
     def masks(self) -> Optional[dict[str, np.ndarray]]:
-        return None if self.valid is None else {next(iter(self.arrays)): self.valid}
+        return None if self.valid is None else {self.primary: self.valid}
 
 
 def prepare(model: "Model", inputs: Any, axes: Any, opts: InputOptions, report: CheckReport) -> Prepared:
@@ -108,7 +109,6 @@ def prepare(model: "Model", inputs: Any, axes: Any, opts: InputOptions, report: 
     desc = model.description
     primary = desc.inputs[0]
     arrays, caller = model.prepare_inputs(inputs, axes)
-    arrays = {primary.id: arrays.pop(primary.id), **arrays} if primary.id in arrays else arrays
     space = input_checks.tensor_space_axes(primary)
     given = pixelsize.parse_pixel_size(opts.pixel_size, [a.id for a in space])
     source = "--pixel-size" if given is not None else "TIFF metadata"
@@ -122,7 +122,7 @@ def prepare(model: "Model", inputs: Any, axes: Any, opts: InputOptions, report: 
     valid = _valid_mask(model, x, caller.get(primary.id, primary.letters), opts, report, factors, original)
     if valid is not None:
         arrays[primary.id] = masking.fill_masked(x, valid, primary)
-    return Prepared(arrays, caller, valid, factors, original_shapes, x)
+    return Prepared(primary.id, arrays, caller, valid, factors, original_shapes, x)
 
 
 def predict_checked(model: "Model", inputs: Any, axes: Any, opts: InputOptions, *, tile=None, tile_budget: int,
@@ -191,7 +191,7 @@ def _resample_back(model: "Model", outputs: dict[str, np.ndarray], original_shap
     return back
 
 
-def test_tensor_checks(model: "Model", inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
+def check_test_tensors(model: "Model", inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
                        report: CheckReport) -> None:
     """The input checks on a package's own test tensors (`biozoo test`): they report, never mask or resample, so
     that the test reproduces the package's outputs exactly as the package defines them."""

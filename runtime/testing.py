@@ -129,7 +129,7 @@ def run_model_test(model: "Model", check_sizes: bool = True, skip_checks: Iterab
     and the input checks on the test tensors (reported only; `skip_checks` names checks to leave out)."""
     from .batch_independence import check_batch_independence
     from .checks import CheckReport
-    from .conditions import test_tensor_checks
+    from .conditions import check_test_tensors
 
     desc = model.description
     checks = CheckReport(skip_checks)
@@ -150,7 +150,7 @@ def run_model_test(model: "Model", check_sizes: bool = True, skip_checks: Iterab
     if checks.enabled("batch-independence"):
         checks.results.append(check_batch_independence(model, inputs))
     try:
-        test_tensor_checks(model, inputs, actual, checks)
+        check_test_tensors(model, inputs, actual, checks)
     except BiozooError as e:  # e.g. statistics the test input cannot provide: the reproduction above decides
         report["checks_error"] = str(e)
     checks.disabled()
