@@ -156,14 +156,13 @@ def nms(xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float, classes: Opt
     xyxy = np.asarray(xyxy, np.float64).reshape(-1, 4)
     order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
     cls = np.zeros(len(xyxy), np.int64) if classes is None else np.asarray(classes)
-    iou = box_iou(xyxy, xyxy)
     suppressed = np.zeros(len(xyxy), bool)
     keep = []
-    for i in order:
+    for i in order:  # one IoU row per kept box, not the full matrix: thousands of weak candidates stay cheap
         if suppressed[i]:
             continue
         keep.append(i)
-        suppressed |= (iou[i] > iou_threshold) & (cls == cls[i])
+        suppressed |= (box_iou(xyxy[i], xyxy)[0] > iou_threshold) & (cls == cls[i])
     return np.asarray(keep, np.int64)
 
 

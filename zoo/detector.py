@@ -38,7 +38,7 @@ from .registry import build_config, register_model
 from .unet import ConvBlock
 
 MAX_LOG_DISTANCE = 8.0  # exp(8) * stride: far beyond any image; keeps exp finite for wild logits
-PRIOR = 0.01  # initial objectness probability (focal-loss convention): training starts from "nothing here"
+PRIOR = 0.1  # initial objectness probability (CenterNet: bias -2.19): training starts from "little here"
 
 
 @dataclass(frozen=True)
@@ -247,11 +247,19 @@ class DetectorWithNMS(nn.Module):
         boxes, scores = decode(self.net(x), c.num_classes, c.stride)
         selected = _NonMaxSuppression.apply(boxes, scores, self.max_per_class, self.iou_threshold,
                                             self.score_threshold)
-        cls, idx = selected[:, 1], selected[:, 2]
-        out_boxes = boxes[0].index_select(0, idx)
-        out_scores = scores[0].reshape(-1).index_select(0, cls * scores.shape[2] + idx)
-        _, order = torch.topk(out_scores, out_scores.shape[0])  # exports as TopK (torch.sort does not)
-        return out_boxes[order], out_scores[order], cls[order] + 1
+        # One order whatever NonMaxSuppression did with tied scores: by (class, box index), then by decreasing
+        # score with ties kept in that order (ONNX TopK's documented tie-break; a stable sort in eager mode).
+        flat = selected[:, 1] * scores.shape[2] + selected[:, 2]
+        _, first = torch.topk(-flat.to(torch.float64), flat.shape[0])  # unique keys: no ties here
+        flat = flat[first]
+        out_scores = scores[0].reshape(-1).index_select(0, flat)
+        if torch.jit.is_tracing():  # exports as TopK (torch.sort does not export)
+            _, order = torch.topk(out_scores, out_scores.shape[0])
+        else:
+            _, order = torch.sort(out_scores, descending=True, stable=True)
+        flat = flat[order]
+        cells = scores.shape[2]
+        return boxes[0].index_select(0, flat % cells), out_scores[order], flat // cells + 1
 
 
 OUTPUT_NAMES = ("boxes", "scores", "labels")

@@ -356,6 +356,14 @@ def _stats(recipe: DetectionRecipe, images: list[np.ndarray], truths: list[B.Box
 
 
 def _write(path: Path, data: Any) -> None:
+    """Atomic JSON; NaN (e.g. precision without any detection) becomes null, so the file is strict JSON."""
+    def clean(v):
+        if isinstance(v, float) and v != v:
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return [clean(x) for x in v] if isinstance(v, (list, tuple)) else v
+
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    tmp.write_text(json.dumps(clean(data), indent=1, allow_nan=False))
     tmp.replace(path)

@@ -131,6 +131,18 @@ def test_in_graph_nms_matches_the_eager_reference(pooled_onnx, shape, centres):
     assert "NonMaxSuppression" in {n.op_type for n in onnx.load(str(path)).graph.node}
 
 
+def test_tied_scores_give_one_order_in_torch_and_onnxruntime(pooled_onnx):
+    """A flat image: every cell is a peak with the same score, NMS and sorting meet nothing but ties."""
+    module, session, _ = pooled_onnx
+    x = np.full((1, 2, 48, 64), 0.6, np.float32)
+    with torch.no_grad():
+        expected = [t.numpy() for t in module(torch.from_numpy(x))]
+    got = session.run(None, {"raw": x})
+    assert len(got[0]) > 10
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)
+
+
 def test_exported_detector_runs_at_several_sizes_and_refuses_batches(tmp_path):
     torch.manual_seed(0)
     net = create_model("detector2d_tiny").eval()
