@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from .description import Tensor
+from .description import DataDependentSize, Tensor
 from .errors import InputError
 
 KNOWN_LETTERS = set("bctizyx")
@@ -63,7 +63,8 @@ def from_model_layout(data: np.ndarray, tensor: Tensor, caller: Optional[str]) -
     letters = tensor.letters
     if caller is None:
         return data, letters
-    drop = [i for i, letter in enumerate(letters) if letter not in caller and data.shape[i] == 1 and letter in "bcti"]
+    drop = [i for i, letter in enumerate(letters) if letter not in caller and data.shape[i] == 1 and letter in "bcti"
+            and not isinstance(tensor.axes[i].size, DataDependentSize)]  # a list of one box stays a list
     if drop:
         data = data.squeeze(axis=tuple(drop))
         letters = "".join(letter for i, letter in enumerate(letters) if i not in drop)
