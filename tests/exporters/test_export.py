@@ -14,7 +14,12 @@ import yaml
 from biozoo.exporters import TASKS, export_run
 from biozoo.runtime import ExportError
 from biozoo.runtime.cli import main
-from biozoo.specs import list_recipes
+from biozoo.specs import list_recipes, recipe_path
+from biozoo.zoo.config import load_recipe
+
+# A detector can be packaged only once it finds objects (bioimage.io box lists hold >= 1 box), which a few quick steps
+# do not give; detection export runs on a fast synthetic run and on the real recipe in tests/zoo/test_detector_export.py
+QUICK_EXPORTABLE = [r for r in list_recipes() if load_recipe(recipe_path(r)).task != "detection"]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +40,7 @@ def _rdf(package) -> dict:
         return yaml.safe_load(zf.read("rdf.yaml"))
 
 
-@pytest.mark.parametrize("recipe", list_recipes())
+@pytest.mark.parametrize("recipe", QUICK_EXPORTABLE)
 def test_every_recipe_exports_a_package_that_bioimageio_core_and_biozoo_pass(recipe, exported, capsys):
     from bioimageio.core import test_model
 
