@@ -204,6 +204,24 @@ def test_labels_are_derived_once_and_redone_when_a_mask_changes(tmp_path):
     assert len((labels / "s00.txt").read_text().splitlines()) == len(first.splitlines()) - 1
 
 
+def test_yolo_labels_without_masks_are_used_as_given(tmp_path):
+    import shutil
+
+    from biozoo.zoo.train_detector import load_detection_data
+
+    folder = _synthetic_folder(tmp_path / "data", n=2, size=32)
+    truth = B.masks_to_boxes(tifffile.imread(folder / "masks" / "s01.tif"))
+    ensure_labels(folder)
+    shutil.rmtree(folder / "masks")
+    assert ensure_labels(folder) == folder / "labels"
+    images, boxes = load_detection_data(folder, ["s00.tif", "s01.tif"], (1.0, 99.8))
+    assert images[1].shape == (32, 32) and images[1].dtype == np.float32
+    np.testing.assert_allclose(boxes[1].xyxy, truth.xyxy, atol=1e-3)
+    shutil.rmtree(folder / "labels")
+    with pytest.raises(TrainingError, match="neither masks/ .* nor labels/"):
+        ensure_labels(folder)
+
+
 def test_detection_recipe_checks():
     base = {"name": "d", "task": "detection", "model": {"name": "detector2d", "depth": 3},
             "data": {"dataset": "x", "patch_size": [64, 64]}}
