@@ -133,7 +133,8 @@ def receptive_field(report: CheckReport, model: Any, outputs: Mapping[str, np.nd
         if ratio is not None:
             numbers["median_diameter_vs_training"] = round(ratio, 3)
         if large >= max(1, LARGE_OBJECT_FRACTION * d.size):
-            factor = float(np.percentile(d, 75)) / float(rf)
+            # enough to bring most of the too-large objects inside the receptive field (always > 1)
+            factor = max(float(np.percentile(d, 90)), float(d[d > rf].min())) / float(rf)
             report.add(name, "warning", f"{large} of {d.size} objects in '{t.id}' are larger than the network's "
                                         f"receptive field ({sizes}): the network cannot see them whole. Downsample "
                                         f"the input about {math.ceil(factor * 10) / 10:g}x (or pass its true "
