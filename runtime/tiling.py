@@ -114,6 +114,9 @@ def plan_tiles(
 ) -> Plan:
     """Decide padded shapes and tiles for inputs of `shapes` (model layout, before padding)."""
     primary = model.inputs[0]
+    if tile and any(isinstance(b.size, DataDependentSize) for t in model.outputs for b in t.axes):
+        raise InputError("this model's outputs are lists of data-dependent length (e.g. detected boxes), which "
+                         "cannot be stitched from tiles: it runs on whole images; drop --tile / tile=")
     tileable = {a.id: a for a in _tileable_axes(model, primary)}
     pshape = shapes[primary.id]
     per_tile_other = math.prod(n for a, n in zip(primary.axes, pshape) if a.id not in tileable)

@@ -181,6 +181,8 @@ def test_a_detection_package_tests_and_predicts_box_lists(package):
     assert set(out) == {"boxes", "scores", "labels"} and out["labels"].tolist() == [1, 1]
     one = model.predict(_image((64, 96), [(30, 40)]), axes="yx", pixel_size=1.0)
     assert [v.shape for v in one.values()] == [(1, 4), (1,), (1,)]  # a list of one box is still a list
+    with pytest.raises(InputError, match="cannot be stitched from tiles"):
+        model.predict(_image((64, 96), [(30, 40)]), axes="yx", pixel_size=1.0, tile={"y": 32, "x": 32})
 
 
 def test_predict_cli_writes_yolo_csv_json_and_maps_rescaled_boxes_back(package, tmp_path, capsys):
