@@ -8,7 +8,8 @@ The frame is a real HeLa nuclei frame (the hela-nuclei-2d dataset, fetched and c
 --size x --size, so a trained detector finds a realistic number of nuclei (~300) and NMS does real work. Without
 --package/--run the weights are random: convolutions cost the same, but nothing passes the score threshold, so the
 NMS part is idle; the printed line says which case was measured. `biozoo` = load once, then `model.predict` per
-frame (input checks, normalization, padding, session, outputs); `onnxruntime` = the session alone on the normalized frame.
+frame (input checks, normalization, padding, session, outputs); `onnxruntime` = the session alone on the
+normalized frame.
 Numbers are medians of --runs runs on this machine, once: compare, do not quote them as constants.
 """
 from __future__ import annotations

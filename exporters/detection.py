@@ -227,8 +227,9 @@ def _readme(path: Path, title: str, recipe, metrics: dict, training_rows, parity
         "# Validation", "",
         "Held-out test split (made once from file content hashes, never used for training or model selection), "
         "COCO-style 101-point interpolated AP:", "",
-        f"- mAP50 **{metrics['mAP50']:.3f}**, mAP50-95 **{metrics['mAP50-95']:.3f}** over {metrics.get('ground_truth')} "
-        f"objects in {metrics.get('images')} images (detections above score {post.get('map_score_threshold')}).",
+        f"- mAP50 **{metrics['mAP50']:.3f}**, mAP50-95 **{metrics['mAP50-95']:.3f}** over "
+        f"{metrics.get('ground_truth')} objects in {metrics.get('images')} images (detections above score "
+        f"{post.get('map_score_threshold')}).",
         f"- baseline {base.get('name', '?')}: mAP50 {base.get('mAP50', float('nan')):.3f}, mAP50-95 "
         f"{base.get('mAP50-95', float('nan')):.3f}.",
         f"- at the package's score threshold: precision {at.get('precision50', float('nan')):.3f}, recall "

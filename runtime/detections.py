@@ -4,9 +4,10 @@ A detection package (biozoo's detector or any other) has outputs with an ``index
 ``boxes [K, 4]``, ``scores [K]`` and optionally class ids: ``labels [K]`` (torchvision's convention, what biozoo
 exports: 1 = first class, 0 = background) or ``classes [K]`` (0-based). They are found by tensor id or, failing
 that, by shape: the one with a 4-channel axis holds boxes, an integer one the class ids (0-based), the remaining
-float one scores. Everything written uses 0-based class ids, as YOLO label files do. Box corners are ``x_min, y_min, x_max, y_max`` in input pixels with pixel *edge*
-coordinates (column c spans [c, c + 1)); a boxes tensor whose channel names are a permutation of those four names
-is reordered. Class names come from ``config.biozoo.detection.classes`` when the package records them.
+float one scores. Everything written uses 0-based class ids, as YOLO label files do. Box corners are ``x_min,
+y_min, x_max, y_max`` in input pixels with pixel *edge* coordinates (column c spans [c, c + 1)); a boxes tensor
+whose channel names are a permutation of those four names is reordered. Class names come from
+``config.biozoo.detection.classes`` when the package records them.
 
 Only numpy: the runtime never imports torch or biozoo.zoo (the YOLO line format here is the one biozoo.zoo.boxes
 reads; a test holds the two together).

@@ -63,7 +63,8 @@ class DetectorConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise BiozooError(f"detector {name} must be an int >= {low}, got {value!r}")
         if self.depth > 6:
-            raise BiozooError(f"detector depth {self.depth} is too deep: inputs would need multiples of 2**{self.depth}")
+            raise BiozooError(f"detector depth {self.depth} is too deep: inputs would need multiples of "
+                              f"2**{self.depth}")
         if self.stride & (self.stride - 1) or self.stride > 2**self.depth:
             raise BiozooError(f"detector stride {self.stride} must be a power of two <= 2**depth = {2**self.depth}; "
                               "use 4 (the usual choice) or raise depth")

@@ -99,7 +99,8 @@ def augment_boxes(rng: np.random.Generator, image: np.ndarray, boxes: np.ndarray
         for _ in range(int(rng.integers(4))):  # np.rot90: pixel (r, c) -> (w - 1 - c, r)
             image, b = np.rot90(image), np.stack([b[:, 1], w - b[:, 2], b[:, 3], w - b[:, 0]], 1)
     if intensity > 0:
-        image = image * np.float32(1 + rng.uniform(-intensity, intensity)) + np.float32(rng.uniform(-intensity, intensity))
+        scale, shift = 1 + rng.uniform(-intensity, intensity), rng.uniform(-intensity, intensity)
+        image = image * np.float32(scale) + np.float32(shift)
     return np.ascontiguousarray(image, np.float32), b.reshape(-1, 4).astype(np.float32)
 
 

@@ -153,8 +153,8 @@ def package(tmp_path_factory) -> Path:
     rdf["format_version"] = "0.5.4"
     rdf["weights"] = {"onnx": {"source": "weights.onnx", "sha256": _sha(root / "weights.onnx"), "opset_version": 17}}
     rdf["inputs"][0]["test_tensor"] = {"source": "test_input.npy", "sha256": _sha(root / "test_input.npy")}
-    rdf["inputs"][0]["preprocessing"] = [{"id": "scale_range", "kwargs": {"axes": ["channel", "y", "x"],
-                                                                         "min_percentile": 1.0, "max_percentile": 99.8}}]
+    rdf["inputs"][0]["preprocessing"] = [{"id": "scale_range", "kwargs": {
+        "axes": ["channel", "y", "x"], "min_percentile": 1.0, "max_percentile": 99.8}}]
     for out in rdf["outputs"]:
         out["test_tensor"] = {"source": f"test_{out['id']}.npy", "sha256": _sha(root / f"test_{out['id']}.npy")}
     (root / "rdf.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False))

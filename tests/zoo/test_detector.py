@@ -5,7 +5,6 @@ tests/exporters/test_onnx_contract.py; here are the parts that are specific to b
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
