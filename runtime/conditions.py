@@ -141,7 +141,7 @@ def predict_checked(model: "Model", inputs: Any, axes: Any, opts: InputOptions, 
         outputs = _mask_outputs(model, outputs, p.valid)
     input_checks.receptive_field(report, model, outputs)
     if p.factors:
-        outputs = _resample_back(model, outputs, p.original_shapes)
+        outputs = _resample_back(model, outputs, p.original_shapes, p.arrays[primary.id].shape)
     report.disabled()
     result = {tid: axes_mod.from_model_layout(y, desc.output(tid), p.caller.get(primary.id))
               for tid, y in outputs.items()}
@@ -174,21 +174,36 @@ def _mask_outputs(model: "Model", outputs: dict[str, np.ndarray], valid: np.ndar
     return masked
 
 
-def _resample_back(model: "Model", outputs: dict[str, np.ndarray], original_shapes) -> dict[str, np.ndarray]:
-    """Outputs back onto the input's original grid: lengths from the description for the original input shape."""
+def _resample_back(model: "Model", outputs: dict[str, np.ndarray], original_shapes, resampled_shape
+                   ) -> dict[str, np.ndarray]:
+    """Outputs back onto the input's original grid: lengths from the description for the original input shape;
+    box lists (data-dependent sizes, not images) get their corner coordinates scaled instead."""
+    from .detections import detection_outputs
     from .tiling import output_shapes
 
     desc = model.description
     wanted = output_shapes(desc, original_shapes)
+    boxes = detection_outputs(desc)
     back = {}
     for tid, y in outputs.items():
         t, shape = desc.output(tid), wanted.get(tid)
         if shape is None:
-            back[tid] = y  # data-dependent sizes (e.g. box lists) are not images
+            back[tid] = _boxes_back(model, y, boxes, original_shapes, resampled_shape) if boxes and tid == boxes.boxes else y
             continue
         lengths = {i: shape[i] for i, a in enumerate(t.axes) if a.type == "space" and shape[i] != y.shape[i]}
         back[tid] = resample(y, lengths, order_for(y)) if lengths else y
     return back
+
+
+def _boxes_back(model: "Model", xyxy: np.ndarray, which, original_shapes, resampled_shape) -> np.ndarray:
+    """Box corners from the resampled grid onto the original one (x columns by the x ratio, y by the y ratio)."""
+    primary = model.description.inputs[0]
+    original = original_shapes[primary.id]
+    ratio = {a.id: original[i] / resampled_shape[i] for i, a in enumerate(primary.axes) if a.type == "space"}
+    scale = np.ones(xyxy.shape[-1], np.float32)
+    for corner, column in zip(("x", "y", "x", "y"), which.corner_order):
+        scale[column] = ratio.get(corner, 1.0)
+    return (xyxy * scale).astype(xyxy.dtype, copy=False)
 
 
 def check_test_tensors(model: "Model", inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],

@@ -193,17 +193,13 @@ def describe(det: Detections) -> dict[str, Any]:
 
 
 def write_prediction(folder: Path, stem: str, outputs: Mapping[str, Any], which: DetectionOutputs, height: int,
-                     width: int, image: str = "", factors: Optional[Mapping[str, float]] = None
-                     ) -> tuple[dict[str, str], dict[str, Any]]:
+                     width: int, image: str = "") -> tuple[dict[str, str], dict[str, Any]]:
     """`biozoo predict` for a detection package: box files for one image; returns (paths by kind, summary).
 
-    ``factors`` (input / training pixel size per space axis id, what --rescale resampled by) map the boxes from
-    the resampled grid back onto the image: the resampled length was ``max(1, round(n * factor))``.
+    The boxes must already be on the image's grid (with --rescale, prediction maps them back before this).
     """
     if folder.suffix:
         raise InputError(f"output '{folder}': a detection package writes box files (YOLO .txt, .csv, .json) per "
                          "input; give -o a folder")
-    f = factors or {}
-    scale = tuple(n / max(1, round(n * f[a])) if a in f else 1.0 for a, n in (("y", height), ("x", width)))
-    det = to_detections(outputs, which, height, width, scale)  # type: ignore[arg-type]
+    det = to_detections(outputs, which, height, width)
     return write_detections(folder, stem, det, height, width, image), describe(det)

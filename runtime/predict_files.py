@@ -132,9 +132,8 @@ def predict_files(
         written, found = {}, {}
         if boxes is not None:
             height, width = detections.image_size(arrays[primary], sample_axes.get(primary))
-            written, found = detections.write_prediction(
-                output, stem, results, boxes, height, width, str(sample[primary]),
-                _factors(model, opts) if rescale else None)
+            # with --rescale, predict has already mapped the boxes back onto the input's grid
+            written, found = detections.write_prediction(output, stem, results, boxes, height, width, str(sample[primary]))
         for tid, (data, out_axes) in results.items() if boxes is None else ():
             write_image(targets[tid], data, out_axes)
             written[tid] = str(targets[tid])
@@ -147,14 +146,6 @@ def predict_files(
             **({"detections": found} if boxes is not None else {}),
         })
     return {"model": model.name, "provider": model.provider, "items": items, "checks": report.as_list()}
-
-
-def _factors(model: Model, opts: InputOptions) -> Optional[dict[str, float]]:
-    """What --rescale resamples the primary input by (input / training pixel size per space axis id)."""
-    space = [a for a in model.description.inputs[0].axes if a.type == "space"]
-    given = parse_pixel_size(opts.pixel_size, [a.id for a in space])
-    return input_checks.pixel_size(CheckReport(opts.skip), training_conditions(model.description.config), space,
-                                   given or opts.file_pixel_size, "--pixel-size", True)
 
 
 def _refuse_early(model: Model, samples, options) -> None:

@@ -209,3 +209,16 @@ def test_predict_cli_writes_yolo_csv_json_and_maps_rescaled_boxes_back(package, 
     found = json.loads((tmp_path / "out" / "fine.json").read_text())
     centre = sorted(((b[1] + b[3]) / 2, (b[0] + b[2]) / 2) for b in (d["box"] for d in found["detections"]))
     np.testing.assert_allclose(centre, [(2 * cy, 2 * cx) for cy, cx in centres], atol=8)
+
+
+def test_api_rescale_maps_boxes_back_onto_the_input_grid(package):
+    """Model.predict(rescale=True) returns boxes in the caller's pixel coordinates, as `biozoo predict` writes them."""
+    from biozoo.runtime import load
+
+    model = load(package, device="cpu")
+    centres = [(24, 24), (56, 104)]
+    native = model.predict(_image((80, 136), centres), axes="yx", pixel_size=1.0)
+    big = _image((160, 272), [(2 * cy, 2 * cx) for cy, cx in centres], half=16)
+    rescaled = model.predict(big, axes="yx", pixel_size=0.5, rescale=True)
+    assert len(rescaled["boxes"]) == len(native["boxes"]) == 2
+    np.testing.assert_allclose(np.sort(rescaled["boxes"], 0), np.sort(native["boxes"] * 2, 0), atol=8)
