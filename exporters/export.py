@@ -84,6 +84,10 @@ def export_run(run_dir: Union[str, Path], out: Union[str, Path], *, authors: Seq
         from .detection import export_detection
 
         return export_detection(run, out, authors=authors, license=license, opset=opset, name=name)
+    if run.recipe.task == "stardist":  # maps in the graph, labels from the stardist_postprocessing op
+        from .stardist import export_stardist
+
+        return export_stardist(run, out, authors=authors, license=license, opset=opset, name=name)
     spec = TASKS.get(run.recipe.task)
     if spec is None:
         raise ExportError(f"run '{run.root}' is a '{run.recipe.task}' run; biozoo exports {', '.join(sorted(TASKS))}")

@@ -15,11 +15,11 @@ from . import axes as axes_mod
 from .description import ModelDescription, ParameterizedSize, parse_description
 from .errors import InputError, PackageError
 from .onnx_scan import external_data_locations
-from .ops import Op, build_chain, run_chain
+from .ops import Op, build_chain, network_description, run_chain
 from .package import Package, open_package
 from .session import OnnxSession
 from .stats import DatasetStatistics, Measure, StatsContext
-from .tiling import DEFAULT_TILE_BUDGET, plan_tiles, run_tiled
+from .tiling import DEFAULT_TILE_BUDGET, output_shapes, plan_tiles, run_tiled
 
 if TYPE_CHECKING:
     from .conditions import Prediction
@@ -59,6 +59,8 @@ class Model:
         self.postprocessing: dict[str, tuple[Op, ...]] = {
             t.id: build_chain(t, f"outputs[{i}].postprocessing") for i, t in enumerate(description.outputs)
         }
+        # the network's own outputs (before shape-changing post-processing such as StarDist's): what is tiled
+        self.network = network_description(description, self.postprocessing)
         biozoo_config = description.config.get("biozoo") or {}
         self.pad_mode = str(biozoo_config.get("pad_mode", "reflect"))
 
@@ -224,15 +226,20 @@ class Model:
     ) -> dict[str, np.ndarray]:
         """Run (padded and tiled) on preprocessed inputs, then postprocess (statistics also see the raw inputs)."""
         raw = {tid: (x, self._axis_ids(tid)) for tid, x in raw_arrays.items()}
-        plan = plan_tiles(self.description, {k: v.shape for k, v in processed.items()}, tile, tile_budget)
-        outputs = run_tiled(self.description, processed, self.session.run, plan, self.pad_mode, progress)
+        plan = plan_tiles(self.network, {k: v.shape for k, v in processed.items()}, tile, tile_budget)
+        outputs = run_tiled(self.network, processed, self.session.run, plan, self.pad_mode, progress)
         if not postprocess:
             return outputs
         post_stats = StatsContext({**raw, **{tid: (y, self._axis_ids(tid)) for tid, y in outputs.items()}},
                                   dataset_stats, masks)
-        return {
+        final = {
             tid: run_chain(self.postprocessing[tid], y, self._axis_ids(tid), post_stats) for tid, y in outputs.items()
         }
+        if self.network is not self.description:  # e.g. labels from a subsampled grid: back to the input's extent
+            wanted = output_shapes(self.description, {k: v.shape for k, v in processed.items()})
+            final = {tid: y[tuple(slice(0, n) for n in wanted[tid])] if wanted.get(tid) else y
+                     for tid, y in final.items()}
+        return final
 
     def preprocess(
         self,

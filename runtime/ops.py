@@ -5,12 +5,13 @@ axis ids, in the tensor's order. Statistics come from a StatsContext (see stats.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .description import Processing, Tensor
+from .description import ModelDescription, Processing, Tensor
 from .errors import PackageError
 from .stats import Measure, StatsContext
 
@@ -238,6 +239,22 @@ def build_op(proc: Processing, tensor: Tensor, where: str) -> Op:
 
 def build_chain(tensor: Tensor, where: str) -> tuple[Op, ...]:
     return tuple(build_op(p, tensor, f"{where}[{i}]") for i, p in enumerate(tensor.processing))
+
+
+def network_description(description: ModelDescription, chains: Mapping[str, Sequence[Op]]) -> ModelDescription:
+    """What the network itself outputs: outputs whose post-processing changes their shape (an op with
+    ``network_axes``, e.g. stardist_postprocessing: 1 + n_rays channels on a subsampled grid -> one label image)
+    described as before it. Tiling, stitching and the raw-output checks work on this one."""
+    outputs = []
+    for t in description.outputs:
+        axes = t.axes
+        for op in reversed(tuple(chains.get(t.id, ()))):
+            if hasattr(op, "network_axes"):
+                axes = op.network_axes(axes)
+        outputs.append(t if axes == t.axes else dataclasses.replace(t, axes=axes))
+    if all(a is b for a, b in zip(outputs, description.outputs)):
+        return description
+    return dataclasses.replace(description, outputs=tuple(outputs))
 
 
 def run_chain(ops: Sequence[Op], x: np.ndarray, axes: Axes, stats: StatsContext) -> np.ndarray:

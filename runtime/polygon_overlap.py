@@ -19,6 +19,7 @@ the caller can send the rare pairs near its threshold to Clipper itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -64,10 +65,18 @@ class StarPolygons:
 
     @classmethod
     def from_rays(cls, points: np.ndarray, dist: np.ndarray) -> "StarPolygons":
+        """stardist's NMS polygons: float32 vertices truncated to integers; the bbox prefilter uses the float ones."""
         fx, fy = float_vertices(points, dist)
-        # integer vertices relative to the integer centre, kept in float64 (exact): Clipper's points minus centre
-        rel = np.stack([np.trunc(fx), np.trunc(fy)], axis=-1).astype(np.float64)
-        rel -= points[:, None, ::-1]
+        xy = np.stack([np.trunc(fx), np.trunc(fy)], axis=-1)
+        box = np.stack([fx.min(1), fx.max(1), fy.min(1), fy.max(1)], axis=1)
+        return cls.from_vertices(points, xy, box, dist.max(1).astype(np.float32))
+
+    @classmethod
+    def from_vertices(cls, points: np.ndarray, xy: np.ndarray, box: Optional[np.ndarray] = None,
+                      radius: Optional[np.ndarray] = None) -> "StarPolygons":
+        """Polygons from integer vertices ``xy`` (N, n, 2), x then y, around integer centres ``points`` (N, 2) yx."""
+        points = np.asarray(points, np.int64)
+        rel = np.asarray(xy, np.float64) - points[:, None, ::-1]  # exact: small integers in float64
         nrel = np.concatenate([rel[:, 1:], rel[:, :1]], axis=1)
         edges = np.concatenate([rel, nrel - rel], axis=-1)
         turn = _cross(rel[..., 0], rel[..., 1], nrel[..., 0], nrel[..., 1])
@@ -80,10 +89,12 @@ class StarPolygons:
         simple = star.copy()
         if not star.all():
             simple[~star] = _simple(rel[~star])
-        box = np.stack([fx.min(1), fx.max(1), fy.min(1), fy.max(1)], axis=1)
-        ibox = np.trunc(box).astype(np.int64)  # truncation is monotone: the box of the truncated vertices
+        x, y = np.asarray(xy)[..., 0], np.asarray(xy)[..., 1]
+        ibox = np.stack([x.min(1), x.max(1), y.min(1), y.max(1)], axis=1).astype(np.int64)
+        box = ibox.astype(np.float32) if box is None else box
+        radius = np.hypot(rel[..., 0], rel[..., 1]).max(1).astype(np.float32) if radius is None else radius
         perimeter = np.hypot(edges[..., 2], edges[..., 3]).sum(1)
-        return cls(points, area, box, ibox, dist.max(1).astype(np.float32), star, simple, edges, perimeter)
+        return cls(points, area, box, ibox, radius, star, simple, edges, perimeter)
 
     def vertices(self, i: int) -> np.ndarray:
         """Polygon i's integer vertices (n, 2), x then y, as Clipper gets them."""

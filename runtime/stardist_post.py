@@ -261,15 +261,21 @@ class StardistPostprocessing(Op):
         object.__setattr__(self, "grid", grid)
         object.__setattr__(self, "b", b)
 
-    def output_shape(self, shape: Sequence[int], axes: Sequence[str]) -> tuple[int, ...]:
-        """The labels' shape for network output ``shape``: one channel, space axes times the grid."""
-        scale = dict(zip(("y", "x"), self.grid))
-        return tuple(1 if a == "channel" else n * scale.get(a, 1) for a, n in zip(axes, shape))
+    def network_axes(self, axes: Sequence[Any]) -> tuple[Any, ...]:
+        """The network output's axes for the labels' ``axes``: 1 + n_rays channels, space axes on the grid raster
+        (scale times grid, so a size reference gives input size / grid; halo in raster pixels, rounded up)."""
+        import dataclasses
 
-    def network_shape(self, shape: Sequence[int], axes: Sequence[str]) -> tuple[int, ...]:
-        """The network output's shape for labels of ``shape``: 1 + n_rays channels, space axes over the grid."""
         scale = dict(zip(("y", "x"), self.grid))
-        return tuple(1 + self.n_rays if a == "channel" else n // scale.get(a, 1) for a, n in zip(axes, shape))
+        out = []
+        for a in axes:
+            if a.type == "channel":
+                a = dataclasses.replace(a, size=1 + self.n_rays, channel_names=())
+            elif a.id in scale and scale[a.id] > 1:
+                g = scale[a.id]
+                a = dataclasses.replace(a, scale=a.scale * g, halo=-(-a.halo // g))
+            out.append(a)
+        return tuple(out)
 
     def __call__(self, x, axes, stats):
         axes = list(axes)

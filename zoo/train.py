@@ -19,13 +19,13 @@ import yaml
 from biozoo.runtime import TrainingError
 
 from . import metrics as M
-from .config import CareRecipe, DetectionRecipe, N2VRecipe, SegmentationRecipe, load_recipe
+from .config import CareRecipe, DetectionRecipe, N2VRecipe, SegmentationRecipe, StarDistRecipe, load_recipe
 from .n2v import n2v_loss, n2v_mask
 from .registry import create_model
 from .training import plot_curves, seed_everything, train_loop
 
 log = logging.getLogger("biozoo")
-AnyRecipe = Union[SegmentationRecipe, CareRecipe, N2VRecipe, DetectionRecipe]
+AnyRecipe = Union[SegmentationRecipe, CareRecipe, N2VRecipe, DetectionRecipe, StarDistRecipe]
 VAL_MASKED_FRACTION = 0.05
 VAL_MASK_DRAWS = 3
 
@@ -58,6 +58,10 @@ def _predict(model: torch.nn.Module, image: np.ndarray, step: int) -> np.ndarray
 def build_model(recipe: AnyRecipe) -> torch.nn.Module:
     """The untrained network a recipe describes (the exporter rebuilds it this way before loading best.pt)."""
     m = recipe.model
+    if isinstance(recipe, StarDistRecipe):
+        return create_model(m.name, in_channels=1, n_rays=recipe.n_rays, grid=recipe.grid, depth=m.depth,
+                            base_channels=m.base_channels, convs_per_block=m.convs_per_block,
+                            batch_norm=m.batch_norm, residual=m.residual, features=recipe.head_features)
     if isinstance(recipe, DetectionRecipe):
         return create_model(m.name, in_channels=1, num_classes=len(recipe.classes), stride=recipe.stride,
                             depth=m.depth, base_channels=m.base_channels, convs_per_block=m.convs_per_block,
@@ -133,13 +137,17 @@ def train_recipe(recipe: Union[AnyRecipe, str, Path], out: Path, resume: bool = 
     from .data import folder_dataset, load_folder, make_or_load_split
     from .data.augment import Augment
 
-    if not isinstance(recipe, (SegmentationRecipe, CareRecipe, N2VRecipe, DetectionRecipe)):
+    if not isinstance(recipe, (SegmentationRecipe, CareRecipe, N2VRecipe, DetectionRecipe, StarDistRecipe)):
         recipe = load_recipe(recipe)
     out = Path(out)
     if isinstance(recipe, DetectionRecipe):
         from .train_detector import train_detection
 
         return train_detection(recipe, out, resume=resume, **loop_kwargs)
+    if isinstance(recipe, StarDistRecipe):
+        from .train_stardist import train_stardist
+
+        return train_stardist(recipe, out, resume=resume, **loop_kwargs)
     if not resume and (out / "last.pt").exists():
         raise TrainingError(f"'{out}' already holds a run; use --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,10 @@ from biozoo.specs import list_recipes, recipe_path
 from biozoo.zoo.config import load_recipe
 
 # A detector can be packaged only once it finds objects (bioimage.io box lists hold >= 1 box), which a few quick steps
-# do not give; detection export runs on a fast synthetic run and on the real recipe in tests/zoo/test_detector_export.py
-QUICK_EXPORTABLE = [r for r in list_recipes() if load_recipe(recipe_path(r)).task != "detection"]
+# do not give; detection export runs on a fast synthetic run and on the real recipe in tests/zoo/test_detector_export.py.
+# The same holds for StarDist (a label test output without objects): tests/zoo/test_stardist_package.py and
+# tests/zoo/test_stardist_real.py.
+QUICK_EXPORTABLE = [r for r in list_recipes() if load_recipe(recipe_path(r)).task not in ("detection", "stardist")]
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ def _apply(models, op_id, kwargs, x):
 def test_every_spec_op_is_registered():
     assert set(OPS) == {
         "binarize", "clip", "ensure_dtype", "fixed_zero_mean_unit_variance", "scale_linear", "scale_range",
-        "sigmoid", "softmax", "zero_mean_unit_variance", "scale_mean_variance",
+        "sigmoid", "softmax", "zero_mean_unit_variance", "scale_mean_variance", "stardist_postprocessing",
     }
 
 
