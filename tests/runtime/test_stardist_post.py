@@ -14,6 +14,8 @@ from biozoo.runtime.errors import PackageError
 from biozoo.runtime.ops import OPS, build_op
 from biozoo.runtime.polygon_overlap import StarPolygons
 
+ENGINES = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(SP._jit() is None, reason="numba not installed"))]
+
 
 def ellipses(shape=(96, 96), count=12, seed=0) -> np.ndarray:
     """Random touching/overlapping ellipses, later ones on top: a label image of star-convex-ish nuclei."""
@@ -136,22 +138,25 @@ def _brute_force_nms(points, dist, thresh):
     return keep
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("nms_thresh", [0.1, 0.4, 0.7])
-def test_nms_equals_brute_force_greedy_suppression(nms_thresh):
+def test_nms_equals_brute_force_greedy_suppression(nms_thresh, engine):
     prob, dist = noisy_maps(ellipses((48, 48), count=6, seed=5), n_rays=16)
     points, scores, d = SP.candidates(prob, dist, 0.6, b=0)
     assert 50 < len(points) < 400
-    keep = SP.suppress(points, d, nms_thresh)
+    keep = SP.suppress(points, d, nms_thresh, engine)
     np.testing.assert_array_equal(keep, _brute_force_nms(points, d, nms_thresh))
     assert 2 <= keep.sum() < len(points)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("grid,b", [(1, 2), (2, 0), (2, ((1, 3), (0, 2)))])
-def test_nms_and_labels_equal_stardists(grid, b):
+def test_nms_and_labels_equal_stardists(grid, b, engine):
     stardist = pytest.importorskip("stardist")
     prob, dist = noisy_maps(ellipses((128, 96), count=25, seed=grid), grid=grid)
     for pt, nt in ((0.5, 0.4), (0.3, 0.3), (0.7, 0.6)):
-        ours = SP.non_maximum_suppression(dist, prob, grid=(grid, grid), b=b, nms_thresh=nt, prob_thresh=pt)
+        ours = SP.non_maximum_suppression(dist, prob, grid=(grid, grid), b=b, nms_thresh=nt, prob_thresh=pt,
+                                          engine=engine)
         theirs = stardist.non_maximum_suppression(dist, prob, grid=(grid, grid), b=b, nms_thresh=nt, prob_thresh=pt)
         for a, c in zip(ours, theirs):
             np.testing.assert_array_equal(a, c)
@@ -170,12 +175,25 @@ def test_candidates_follow_threshold_border_and_order():
     assert len(SP.candidates(prob, dist, 0.5, b=0)[0]) == 4
 
 
-def test_nms_without_pyclipper_uses_exact_overlaps(monkeypatch):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_nms_without_pyclipper_uses_exact_overlaps(monkeypatch, engine):
     prob, dist = noisy_maps(ellipses((64, 64), count=10, seed=7), n_rays=16)
-    with_clipper = SP.non_maximum_suppression(dist, prob, nms_thresh=0.4, prob_thresh=0.5)
+    with_clipper = SP.non_maximum_suppression(dist, prob, nms_thresh=0.4, prob_thresh=0.5, engine=engine)
     monkeypatch.setattr(SP, "_have_pyclipper", lambda: False)
-    exact = SP.non_maximum_suppression(dist, prob, nms_thresh=0.4, prob_thresh=0.5)
+    exact = SP.non_maximum_suppression(dist, prob, nms_thresh=0.4, prob_thresh=0.5, engine=engine)
     np.testing.assert_array_equal(with_clipper[0], exact[0])
+
+
+def test_the_compiled_and_vectorized_engines_agree_on_messy_maps():
+    if SP._jit() is None:
+        pytest.skip("numba not installed")
+    for seed in range(3):
+        prob, dist = noisy_maps(ellipses((80, 80), count=14, seed=20 + seed), n_rays=32, seed=seed)
+        for pt, nt in ((0.3, 0.2), (0.5, 0.5), (0.2, 0.8)):
+            a = SP.non_maximum_suppression(dist, prob, nms_thresh=nt, prob_thresh=pt, engine="numba")
+            b = SP.non_maximum_suppression(dist, prob, nms_thresh=nt, prob_thresh=pt, engine="numpy")
+            for x, y in zip(a, b):
+                np.testing.assert_array_equal(x, y)
 
 
 # ---- rendering --------------------------------------------------------------------------------------------------
