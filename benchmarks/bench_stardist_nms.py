@@ -7,8 +7,9 @@ frame): stardist's own targets from the instance masks with noise (prob + N(0, 0
 candidates are as many and as messy as a trained network's; with ``--package`` also the maps a trained StarDist
 package predicts for its test image. Agreement: identical kept points, scores and distances, and identical label
 images (``polygons_to_label``). Times: the NMS call only (candidates, sorting and suppression; both libraries do
-the same work), best of ``--repeats`` interleaved runs; stardist once with OpenMP on 2 threads (its default on a
-2-core machine) and once on 1. One run on this machine: compare the ratios, not the absolute times.
+the same work), best of ``--repeats`` interleaved runs; biozoo with numba (its default when installed) and without
+(the vectorized numpy path); stardist once with OpenMP on 2 threads (its default on a 2-core machine) and once on
+1. One run on this machine: compare the ratios, not the absolute times.
 """
 from __future__ import annotations
 
@@ -82,17 +83,19 @@ def compare(label: str, prob, dist, grid, repeats: int) -> list[dict]:
     rows = []
     for prob_t, nms_t in CASES:
         kw = dict(grid=grid, b=2, nms_thresh=nms_t, prob_thresh=prob_t)
-        times = {"biozoo": [], "stardist_2_threads": [], "stardist_1_thread": []}
+        runs = {"biozoo": lambda: ours.non_maximum_suppression(dist, prob, **kw),
+                "biozoo_numpy": lambda: ours.non_maximum_suppression(dist, prob, engine="numpy", **kw),
+                "stardist_2_threads": lambda: stardist.non_maximum_suppression(dist, prob, **kw),
+                "stardist_1_thread": lambda: stardist.non_maximum_suppression(dist, prob, **kw)}
+        times: dict[str, list[float]] = {k: [] for k in runs}
         results = {}
         for _ in range(repeats):  # interleaved, best of each
-            for key, threads in (("biozoo", None), ("stardist_2_threads", 2), ("stardist_1_thread", 1)):
-                if threads:
-                    _omp_set_threads(threads)
-                    fn = lambda: stardist.non_maximum_suppression(dist, prob, **kw)  # noqa: E731
-                else:
-                    fn = lambda: ours.non_maximum_suppression(dist, prob, **kw)  # noqa: E731
+            for key, fn in runs.items():
+                if key.startswith("stardist"):
+                    _omp_set_threads(1 if key.endswith("1_thread") else 2)
                 seconds, results[key] = _time(fn, 1)
                 times[key].append(seconds)
+        numpy_same = all(np.array_equal(a, b) for a, b in zip(results["biozoo_numpy"], results["stardist_2_threads"]))
         mine, ref = results["biozoo"], results["stardist_2_threads"]
         same = len(mine[0]) == len(ref[0]) and all(np.array_equal(a, b) for a, b in zip(mine, ref))
         shape = tuple(n * g for n, g in zip(prob.shape, grid))
@@ -103,6 +106,7 @@ def compare(label: str, prob, dist, grid, repeats: int) -> list[dict]:
             "maps": label, "prob_threshold": prob_t, "nms_threshold": nms_t,
             "candidates": int((prob > prob_t).sum()), "kept_biozoo": len(mine[0]), "kept_stardist": len(ref[0]),
             "identical_kept_sets": bool(same), "identical_label_images": bool(labels_same),
+            "numpy_engine_identical": bool(numpy_same),
             "seconds": {k: round(v, 4) for k, v in best.items()},
             "speedup_vs_stardist_2_threads": round(best["stardist_2_threads"] / best["biozoo"], 2),
             "speedup_vs_stardist_1_thread": round(best["stardist_1_thread"] / best["biozoo"], 2),
@@ -134,7 +138,8 @@ def main() -> None:
               f"{r['identical_kept_sets']}, identical labels: {r['identical_label_images']}\n"
               f"  biozoo {s['biozoo'] * 1000:.0f} ms | stardist 2 threads {s['stardist_2_threads'] * 1000:.0f} ms "
               f"(x{r['speedup_vs_stardist_2_threads']}) | stardist 1 thread {s['stardist_1_thread'] * 1000:.0f} ms "
-              f"(x{r['speedup_vs_stardist_1_thread']})")
+              f"(x{r['speedup_vs_stardist_1_thread']}) | biozoo without numba {s['biozoo_numpy'] * 1000:.0f} ms "
+              f"(identical: {r['numpy_engine_identical']})")
 
 
 if __name__ == "__main__":
