@@ -20,6 +20,7 @@ bioimageio.core runs) on the same maps, without stardist, numba or a C++ build:
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional, Sequence, Union
@@ -68,6 +69,7 @@ def _clipper_area(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.float32(sum(abs(pyclipper.Area(r)) for r in result)))
 
 
+@functools.lru_cache(maxsize=1)  # warn once per process
 def _have_pyclipper() -> bool:
     try:
         import pyclipper  # noqa: F401
