@@ -65,7 +65,8 @@ def package_maps(package: str):
                 if op.op_id == "stardist_postprocessing")
     axes = [a.id for a in model.network.outputs[0].axes][1:]
     maps = np.moveaxis(maps, axes.index("channel"), -1)
-    return f"{Path(package).name} network maps of its test input {tuple(x[tid].shape)}", maps[..., 0], maps[..., 1:], post.grid
+    label = f"{Path(package).name} network maps of its test input {tuple(x[tid].shape)}"
+    return label, maps[..., 0], maps[..., 1:], post.grid
 
 
 def _time(fn, repeats: int) -> tuple[float, object]:

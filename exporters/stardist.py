@@ -4,9 +4,9 @@ The ONNX graph outputs (B, Y / grid, X / grid, 1 + n_rays), channels last: bioim
 (batch, y, x, channel) and keeps the tensor's axes, so the output is described in that order before and after the
 op. The rdf describes what users get after the post-op: one int32 label image per sample at the input's size
 (bioimageio.core and biozoo both turn the maps into labels with stardist's NMS; biozoo tiles the maps and runs the
-NMS once on the stitched maps, so objects on tile borders are found once). Thresholds are the ones chosen on the validation split (the run's test_metrics.json
-``postprocessing``). The test output is made by biozoo's own post-processing of the onnxruntime maps, which gives
-stardist's result exactly, so both runtimes reproduce it.
+NMS once on the stitched maps, so objects on tile borders are found once). Thresholds are the ones chosen on the
+validation split (the run's test_metrics.json ``postprocessing``). The test output is made by biozoo's own
+post-processing of the onnxruntime maps, which gives stardist's result exactly, so both runtimes reproduce it.
 """
 from __future__ import annotations
 

@@ -148,7 +148,8 @@ class StarPolygons:
         cp = _cross(vx, vy, dvx, dvy)
         area_p, area_q = 0.5 * cp.sum(), 0.5 * cq.sum(axis=1)
         # inside-status of every vertex = that of vertex 0 + the crossings before it
-        rest = 0.5 * ((np.cumsum(s_p, axis=1) - s_p + frac_p) @ cp + ((np.cumsum(s_q, axis=1) - s_q + frac_q) * cq).sum(1))
+        rest = 0.5 * ((np.cumsum(s_p, axis=1) - s_p + frac_p) @ cp
+                      + ((np.cumsum(s_q, axis=1) - s_q + frac_q) * cq).sum(1))
         if self.star[i]:
             pos = np.searchsorted(ext, psi[:, 0], side="right") - 1
             kk = pos % n
@@ -199,8 +200,8 @@ def _even_odd(px, py, ex, ey, dx, dy) -> np.ndarray:
 
 
 def _simple(xy: np.ndarray) -> np.ndarray:
-    """Whether each polygon (K, n, 2) of integer vertices is simple: no two non-adjacent edges touch (repeated vertices are
-    merged first)."""
+    """Whether each polygon (K, n, 2) of integer vertices is simple: no two non-adjacent edges touch (repeated
+    vertices are merged first)."""
     K, n = xy.shape[:2]
     out = np.ones(K, bool)
     for g in range(K):  # few polygons fail the star test: the quadratic check runs on those only

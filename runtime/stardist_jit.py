@@ -100,7 +100,8 @@ def suppress_from(i, ex, ey, edx, edy, cx, cy, area, box, ibox, radius, star, si
         dxf = np.float32(np.float32(cx[j]) - np.float32(cx[i]))
         if not (np.float32(dyf * dyf + dxf * dxf) < r2):
             continue
-        if not (box[i, 0] <= box[j, 1] and box[j, 0] <= box[i, 1] and box[i, 2] <= box[j, 3] and box[j, 2] <= box[i, 3]):
+        if not (box[i, 0] <= box[j, 1] and box[j, 0] <= box[i, 1]
+                and box[i, 2] <= box[j, 3] and box[j, 2] <= box[i, 3]):
             continue
         smaller = min(area[i] + 1e-10, area[j] + 1e-10)
         w = min(ibox[i, 1], ibox[j, 1]) - max(ibox[i, 0], ibox[j, 0])

@@ -38,7 +38,8 @@ Border = Union[int, Sequence[Sequence[int]], None]
 # ---- candidates and polygons -----------------------------------------------------------------------------------
 def candidates(prob: np.ndarray, dist: np.ndarray, prob_threshold: float, b: Border = 2,
                grid: Sequence[int] = (1, 1)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(points (N, 2) full-resolution yx, scores (N,), dist (N, n_rays)) above threshold, best first (stardist's order)."""
+    """(points (N, 2) full-resolution yx, scores (N,), dist (N, n_rays)) above threshold, best first, in stardist's
+    order."""
     mask = prob > prob_threshold
     if b is not None:
         borders = ((b, b),) * prob.ndim if np.isscalar(b) else b
@@ -124,7 +125,8 @@ def suppress(points: np.ndarray, dist: np.ndarray, nms_thresh: float, engine: st
             continue
         d2 = (pos[js, 0] - pos[i, 0]) ** 2 + (pos[js, 1] - pos[i, 1]) ** 2
         b, bj = box[i], box[js]
-        near = (d2 < radius * radius) & (b[0] <= bj[:, 1]) & (bj[:, 0] <= b[1]) & (b[2] <= bj[:, 3]) & (bj[:, 2] <= b[3])
+        near = ((d2 < radius * radius) & (b[0] <= bj[:, 1]) & (bj[:, 0] <= b[1])
+                & (b[2] <= bj[:, 3]) & (bj[:, 2] <= b[3]))
         js = js[near]
         smaller = np.minimum(area[i] + 1e-10, area[js] + 1e-10)
         # the intersection lies inside both integer bounding boxes (Clipper's rounded one too)
@@ -195,7 +197,8 @@ def non_maximum_suppression(dist: np.ndarray, prob: np.ndarray, grid: Sequence[i
     ``dist`` is (Y, X, n_rays) in full-resolution pixels, ``prob`` (Y, X), both on the ``grid``-subsampled raster.
     """
     if prob.ndim != 2 or dist.ndim != 3 or dist.shape[:2] != prob.shape:
-        raise ValueError(f"expected prob (Y, X) and dist (Y, X, n_rays) on one raster; got {prob.shape} and {dist.shape}")
+        raise ValueError(f"expected prob (Y, X) and dist (Y, X, n_rays) on one raster; got {prob.shape} and "
+                         f"{dist.shape}")
     points, scores, d = candidates(prob, dist, prob_thresh, b, grid)
     keep = suppress(points, d, nms_thresh, engine)
     return points[keep], scores[keep], d[keep]
@@ -343,7 +346,8 @@ class StardistPostprocessing(Op):
         if x.shape[axes.index("channel")] != 1 + self.n_rays:
             raise PackageError(f"{self.where}: the network gives {x.shape[axes.index('channel')]} channels, but "
                                f"stardist_postprocessing with n_rays {self.n_rays} needs {1 + self.n_rays} "
-                               "(probability + one distance per ray); the package's rdf.yaml does not match its weights")
+                               "(probability + one distance per ray); the package's rdf.yaml does not match its "
+                               "weights")
         order = [a for a in ("batch", "y", "x", "channel") if a in axes]
         maps = np.transpose(x, [axes.index(a) for a in order])
         if "batch" not in axes:

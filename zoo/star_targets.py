@@ -26,7 +26,8 @@ def _labels(labels: np.ndarray) -> np.ndarray:
         raise TrainingError(f"StarDist targets need a 2D label image (Y, X); got shape {lab.shape}")
     if lab.dtype.kind not in "iub":
         if not np.array_equal(lab, np.round(lab)):
-            raise TrainingError(f"label image has dtype {lab.dtype} with fractional values; expected integer instance ids")
+            raise TrainingError(f"label image has dtype {lab.dtype} with fractional values; expected integer "
+                                "instance ids")
         lab = lab.astype(np.int64)
     if lab.size and lab.min() < 0:
         raise TrainingError(f"label image has negative ids (min {lab.min()}); expected 0 = background, 1.. objects")

@@ -91,7 +91,8 @@ class StarDist2D(nn.Module):
                               min_size=2 * step, output_stride=c.grid)
         if not measure:
             return contract
-        return contract_with_receptive_field(contract, receptive_field_of(_input_grid_proxy, self.receptive_field_config()))
+        rf = receptive_field_of(_input_grid_proxy, self.receptive_field_config())
+        return contract_with_receptive_field(contract, rf)
 
     def receptive_field_config(self) -> StarDistConfig:
         """The cheapest config with this model's connectivity (channels and BN never change the receptive field)."""

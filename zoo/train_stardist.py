@@ -148,7 +148,8 @@ def segment(maps: Sequence[tuple[np.ndarray, np.ndarray]], shapes: Sequence[tupl
     out = []
     for (prob, dist), shape in zip(maps, shapes):
         full = tuple(n * grid for n in prob.shape)
-        out.append(instances(prob, dist, prob_threshold, nms_threshold, (grid, grid), border, full)[:shape[0], :shape[1]])
+        labels = instances(prob, dist, prob_threshold, nms_threshold, (grid, grid), border, full)
+        out.append(labels[:shape[0], :shape[1]])
     return out
 
 
@@ -168,7 +169,8 @@ def optimize_thresholds(maps, labels, grid: int, border: int) -> dict[str, Any]:
                 table[key] = -1.0
             else:
                 pred = segment(maps, shapes, key[0], nms, grid, border)
-                table[key] = float(np.mean([m.as_dict()["accuracy"] for m in MT.match_dataset(labels, pred, OPTIMIZE_IOUS)]))
+                matched = MT.match_dataset(labels, pred, OPTIMIZE_IOUS)
+                table[key] = float(np.mean([m.as_dict()["accuracy"] for m in matched]))
         return table[key]
 
     for nms in NMS_GRID:
@@ -211,7 +213,8 @@ def _baseline(val, test) -> dict[str, Any]:
         return MT.match_dataset(labels, watershed_baseline(images, s, d), (0.5,))[0].as_dict()["accuracy"]
 
     sigma, min_distance = max(options, key=lambda o: score(*val, *o))
-    result = MT.metrics_table(MT.match_dataset(test[1], watershed_baseline(test[0], sigma, min_distance), IOU_THRESHOLDS))
+    predicted = watershed_baseline(test[0], sigma, min_distance)
+    result = MT.metrics_table(MT.match_dataset(test[1], predicted, IOU_THRESHOLDS))
     return {"name": "otsu+watershed", "sigma_chosen_on_val": sigma, "min_distance_chosen_on_val": min_distance,
             "accuracy_iou50": result["0.5"]["accuracy"], "matching": result}
 
@@ -226,7 +229,8 @@ def train_stardist(recipe: StarDistRecipe, out: Path, resume: bool = False, **lo
     d, g = recipe.data, recipe.grid
     folder = prepare_data(recipe)
     split = make_or_load_split(folder, d.fractions, recipe.training.seed)
-    (train_x, train_y), val, test = (load_instances(folder, split.part(p), d.percentiles) for p in ("train", "val", "test"))
+    (train_x, train_y), val, test = (load_instances(folder, split.part(p), d.percentiles)
+                                     for p in ("train", "val", "test"))
     patches = StarPatches(train_x, train_y, d.patch_size, recipe.n_rays, g, augment=d.augment,
                           intensity=0.1 if d.augment else 0.0)
     seed_everything(recipe.training.seed)

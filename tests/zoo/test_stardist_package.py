@@ -94,7 +94,8 @@ def test_predict_writes_a_label_tiff(package, tmp_path, capsys):
 
     image, lab = _disks((100, 124), np.random.default_rng(7), 8)  # not a multiple of the size step
     tifffile.imwrite(tmp_path / "cells.tif", image)
-    assert main(["predict", str(package), str(tmp_path / "cells.tif"), "-o", str(tmp_path / "out"), "--axes", "yx"]) == 0
+    assert main(["predict", str(package), str(tmp_path / "cells.tif"), "-o", str(tmp_path / "out"),
+                 "--axes", "yx"]) == 0
     written = list((tmp_path / "out").glob("*.tif"))
     assert len(written) == 1
     labels = np.squeeze(tifffile.imread(written[0]))

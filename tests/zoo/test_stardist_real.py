@@ -52,7 +52,8 @@ def test_package_passes_core_and_biozoo_and_predicts_label_tiffs(package, tmp_pa
 
     pytest.importorskip("stardist")
     summary = test_model(str(package), devices=["cpu"])
-    assert summary.status == "passed", [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status != "passed"]
+    failed = [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status != "passed"]
+    assert summary.status == "passed", failed
     capsys.readouterr()
     assert main(["test", str(package), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "passed"
