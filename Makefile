@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-slow test-compat demo bench clean
+.PHONY: install test test-slow test-compat test-instances demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# Real-data acceptance of the instance models (StarDist accuracy@0.5, detector mAP50), with their margins (~8 min).
+test-instances: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests/zoo/test_stardist_real.py tests/zoo/test_detector_export.py
 
 # Packages must load under the oldest onnxruntime biozoo supports (1.16, in its own venv) and the latest.
 test-compat: $(STAMP)
