@@ -51,7 +51,7 @@ def export_detection(run: Any, out: Path, *, authors: Sequence[str], license: st
         folder = Path(tmp)
         dense = export_onnx(net, torch.from_numpy(x), folder / "dense.onnx", input_name=E.INPUT_ID, opset=opset)
         parity = check_parity(torch_forward(net), onnx_forward(dense.path),
-                              [x, *E._valid_random_inputs(contract, x.shape[1])]).as_dict()
+                              [x, *E.valid_random_inputs(contract, x.shape[1])]).as_dict()
         independence = {"max_abs_difference": check_batch_independence(torch_forward(net), x[0], "torch model"),
                         "passed": True, "note": "dense head maps in torch; the package takes one image at a time"}
         (folder / "dense.onnx").unlink()
@@ -73,21 +73,21 @@ def export_detection(run: Any, out: Path, *, authors: Sequence[str], license: st
         if run.path("curves.png").is_file():
             shutil.copyfile(run.path("curves.png"), folder / "curves.png")
             attachments.append("curves.png")
-        config = E._biozoo_config(run, contract, parity, independence)
+        config = E.biozoo_config(run, contract, parity, independence)
         config["pad_mode"] = "constant"
         config["detection"] = {"classes": list(recipe.classes), "label_offset": 1, "box_format": list(CORNERS),
                                "coordinates": "input pixels, pixel edges", **post}
         title = name or recipe.name
-        _readme(folder / "README.md", title, recipe, metrics, E._training_rows(run, contract), parity, independence,
+        _readme(folder / "README.md", title, recipe, metrics, E.training_rows(run, contract), parity, independence,
                 E.TOLERANCE, len(expected[0]), bool(attachments))
         descr = _model_descr(folder, title, recipe, authors, license, contract, percentiles, opset, attachments,
-                             config, E.TOLERANCE, E._timestamp(run), E._sha256(weights))
+                             config, E.TOLERANCE, E.package_timestamp(run), E.file_sha256(weights))
         from .rdf import write_rdf
 
         write_rdf(descr, folder / "rdf.yaml")
-        test = E._self_test(folder)
+        test = E.self_test(folder)
         write_deterministic_zip(folder, out)
-    return E.ExportReport(out, E._sha256(out), parity, independence, test)
+    return E.ExportReport(out, E.file_sha256(out), parity, independence, test)
 
 
 def _forward(module: torch.nn.Module, x: np.ndarray) -> list[np.ndarray]:

@@ -53,7 +53,7 @@ def normalize(raw: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
     return ((raw - lo) / (hi - lo + PERCENTILE_EPS)).astype(np.float32)
 
 
-def _valid_random_inputs(contract, channels: int, seed: int = 0) -> list[np.ndarray]:
+def valid_random_inputs(contract, channels: int, seed: int = 0) -> list[np.ndarray]:
     """Two random inputs at other valid sizes (one at the minimum, one non-square), batch 2: parity beyond the test
     tile's shape catches sizes traced as constants."""
     rng = np.random.default_rng(seed)
@@ -62,14 +62,14 @@ def _valid_random_inputs(contract, channels: int, seed: int = 0) -> list[np.ndar
     return [rng.standard_normal((2, channels, *s)).astype(np.float32) for s in sizes]
 
 
-def _timestamp(run: RunDir) -> str:
+def package_timestamp(run: RunDir) -> str:
     """SOURCE_DATE_EPOCH (the reproducible-builds convention) or the time the best checkpoint was written."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     seconds = int(epoch) if epoch else int(run.path("best.pt").stat().st_mtime)
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).replace(tzinfo=None).isoformat()
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -104,7 +104,7 @@ def export_run(run_dir: Union[str, Path], out: Union[str, Path], *, authors: Seq
         info = export_onnx(exported, torch.from_numpy(x), folder / "weights.onnx", input_name=INPUT_ID,
                            output_names=(spec.output_id,), opset=opset)
         candidate = onnx_forward(info.path)
-        parity = check_parity(reference, candidate, [x, *_valid_random_inputs(contract, x.shape[1])]).as_dict()
+        parity = check_parity(reference, candidate, [x, *valid_random_inputs(contract, x.shape[1])]).as_dict()
         diffs = [check_batch_independence(f, x[0], where) for f, where in
                  ((reference, "torch model"), (candidate, "exported ONNX graph"))]
         independence = {"max_abs_difference": max(diffs), "passed": True}
@@ -116,11 +116,11 @@ def export_run(run_dir: Union[str, Path], out: Union[str, Path], *, authors: Seq
         if run.path("curves.png").is_file():
             shutil.copyfile(run.path("curves.png"), folder / "curves.png")
             attachments.append("curves.png")
-        biozoo_config = _biozoo_config(run, contract, parity, independence)
+        config = biozoo_config(run, contract, parity, independence)
         write_readme(folder / "README.md", name=name or run.recipe.name,
                      description=run.recipe.description or spec.output_description,
                      task_notes=list(spec.notes), metrics_lines=spec.metrics_text(run.test_metrics),
-                     training_rows=_training_rows(run, contract), parity=parity, independence=independence,
+                     training_rows=training_rows(run, contract), parity=parity, independence=independence,
                      tolerance=TOLERANCE, input_id=INPUT_ID, output_id=spec.output_id, axes=contract.axes,
                      has_curves=bool(attachments))
         parts = RdfParts(
@@ -132,13 +132,13 @@ def export_run(run_dir: Union[str, Path], out: Union[str, Path], *, authors: Seq
             in_channels=[f"channel{i}" for i in range(x.shape[1])], out_channels=spec.channel_names(run.recipe),
             min_size=contract.min_tile, size_step=contract.size_step, halo=contract.halo,
             pixel_size=run.recipe.data.pixel_size, percentiles=percentiles, files=files, onnx_file="weights.onnx",
-            onnx_sha256=_sha256(info.path), opset=info.opset, tolerance=TOLERANCE, biozoo_config=biozoo_config,
-            timestamp=_timestamp(run),
+            onnx_sha256=file_sha256(info.path), opset=info.opset, tolerance=TOLERANCE, biozoo_config=config,
+            timestamp=package_timestamp(run),
         )
         write_rdf(build_model_descr(parts, folder), folder / "rdf.yaml")
-        test = _self_test(folder)
+        test = self_test(folder)
         write_deterministic_zip(folder, out)
-    return ExportReport(out, _sha256(out), parity, independence, test)
+    return ExportReport(out, file_sha256(out), parity, independence, test)
 
 
 def _write_tensors(folder: Path, files: TensorFiles, test_input: np.ndarray, test_output: np.ndarray) -> None:
@@ -151,7 +151,7 @@ def _write_tensors(folder: Path, files: TensorFiles, test_input: np.ndarray, tes
         tifffile.imwrite(folder / name, data, metadata=None, datetime=False, software=False)
 
 
-def _self_test(folder: Path) -> dict:
+def self_test(folder: Path) -> dict:
     """The package as written must pass biozoo's own test; anything else is an exporter bug, not a user error."""
     from biozoo.runtime import load
 
@@ -161,7 +161,7 @@ def _self_test(folder: Path) -> dict:
     return {"status": report["status"]}
 
 
-def _biozoo_config(run: RunDir, contract, parity: dict, independence: dict) -> dict[str, Any]:
+def biozoo_config(run: RunDir, contract, parity: dict, independence: dict) -> dict[str, Any]:
     from importlib.metadata import version
 
     r = run.recipe
@@ -182,7 +182,7 @@ def _biozoo_config(run: RunDir, contract, parity: dict, independence: dict) -> d
     }
 
 
-def _training_rows(run: RunDir, contract) -> list[tuple[str, Any]]:
+def training_rows(run: RunDir, contract) -> list[tuple[str, Any]]:
     r, m = run.recipe, run.test_metrics
     return [
         ("recipe", f"`{r.name}` ({r.task}, {r.model.name}, depth {r.model.depth}, {r.model.base_channels} channels)"),

@@ -83,7 +83,7 @@ def export_stardist(run: Any, out: Path, *, authors: Sequence[str], license: str
                            output_names=(OUTPUT_ID,), opset=opset)
         _name_output_axes(info.path)
         reference, candidate = torch_forward(exported), onnx_forward(info.path)
-        parity = check_parity(reference, candidate, [x, *E._valid_random_inputs(contract, x.shape[1])]).as_dict()
+        parity = check_parity(reference, candidate, [x, *E.valid_random_inputs(contract, x.shape[1])]).as_dict()
         diffs = [check_batch_independence(f, x[0], where) for f, where in
                  ((reference, "torch model"), (candidate, "exported ONNX graph"))]
         independence = {"max_abs_difference": max(diffs), "passed": True, "note": "probability and distance maps"}
@@ -108,21 +108,21 @@ def export_stardist(run: Any, out: Path, *, authors: Sequence[str], license: str
         if run.path("curves.png").is_file():
             shutil.copyfile(run.path("curves.png"), folder / "curves.png")
             attachments.append("curves.png")
-        config = E._biozoo_config(run, contract, parity, independence)
+        config = E.biozoo_config(run, contract, parity, independence)
         config["stardist"] = {"n_rays": recipe.n_rays, "grid": [g, g], **post,
                               "thresholds_chosen_on": "validation split (thresholds.json of the run)"}
         title = name or recipe.name
         write_readme(folder / "README.md", name=title, description=recipe.description or "StarDist 2D",
                      task_notes=_notes(recipe, post, g), metrics_lines=_metrics_lines(metrics),
-                     training_rows=E._training_rows(run, contract), parity=parity, independence=independence,
+                     training_rows=E.training_rows(run, contract), parity=parity, independence=independence,
                      tolerance=TOLERANCE, input_id=E.INPUT_ID, output_id=OUTPUT_ID, axes=contract.axes,
                      has_curves=bool(attachments))
         descr = _model_descr(folder, title, recipe, authors, license, contract, percentiles, opset, attachments,
-                             config, post, E._timestamp(run), E._sha256(info.path))
+                             config, post, E.package_timestamp(run), E.file_sha256(info.path))
         write_rdf(descr, folder / "rdf.yaml")
-        test = E._self_test(folder)
+        test = E.self_test(folder)
         write_deterministic_zip(folder, out)
-    return E.ExportReport(out, E._sha256(out), parity, independence, test)
+    return E.ExportReport(out, E.file_sha256(out), parity, independence, test)
 
 
 def _outlines(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
