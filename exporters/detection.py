@@ -11,7 +11,6 @@ background), so padding never invents mirrored nuclei.
 """
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -37,16 +36,12 @@ def export_detection(run: Any, out: Path, *, authors: Sequence[str], license: st
     from .zipper import write_deterministic_zip
 
     recipe, metrics = run.recipe, run.test_metrics
-    post = metrics.get("postprocessing")
-    if not post:
-        raise ExportError(f"{run.path('test_metrics.json')} has no 'postprocessing' entry (score/IoU thresholds); "
-                          "it was not written by the detection trainer: re-run `biozoo train`")
+    post = E.postprocessing(run, "detection")
     net = run.trained_model()
     contract = run.contract(net)
     module = DetectorWithNMS(net, post["score_threshold"], post["iou_threshold"], post["max_detections"]).eval()
-    raw = E.test_image(run, contract)
+    raw, x = E.model_input(run, contract)
     percentiles = tuple(recipe.data.percentiles)
-    x = E.normalize(raw, percentiles)[None, None]
     with tempfile.TemporaryDirectory(prefix="biozoo-export-") as tmp:
         folder = Path(tmp)
         dense = export_onnx(net, torch.from_numpy(x), folder / "dense.onnx", input_name=E.INPUT_ID, opset=opset)
@@ -69,10 +64,7 @@ def export_detection(run: Any, out: Path, *, authors: Sequence[str], license: st
         from .documents import write_cover
 
         write_cover(folder / "cover.png", raw, _draw_boxes(x[0, 0], expected[0]), (0.0, 1.0))
-        attachments = []
-        if run.path("curves.png").is_file():
-            shutil.copyfile(run.path("curves.png"), folder / "curves.png")
-            attachments.append("curves.png")
+        attachments = E.attach_curves(run, folder)
         config = E.biozoo_config(run, contract, parity, independence)
         config["pad_mode"] = "constant"
         config["detection"] = {"classes": list(recipe.classes), "label_offset": 1, "box_format": list(CORNERS),

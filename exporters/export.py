@@ -23,7 +23,7 @@ from biozoo.runtime.errors import ExportError
 
 from .documents import write_cover, write_readme
 from .onnx_export import DEFAULT_OPSET, export_onnx
-from .parity import check_batch_independence, check_parity, onnx_forward, torch_forward
+from .parity import Forward, check_batch_independence, check_parity, onnx_forward, torch_forward
 from .rdf import RdfParts, TensorFiles, build_model_descr, write_rdf
 from .run_dir import RunDir, object_sizes, open_run, test_image
 from .tasks import TASKS
@@ -51,6 +51,37 @@ def normalize(raw: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
     """What the package's scale_range preprocessing does to one sample (linear percentiles over all its pixels)."""
     lo, hi = (np.percentile(raw, q) for q in percentiles)
     return ((raw - lo) / (hi - lo + PERCENTILE_EPS)).astype(np.float32)
+
+
+def model_input(run: RunDir, contract) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out test image (raw, valid size) and what the package's preprocessing makes of it, (1, 1, ...)."""
+    raw = test_image(run, contract)
+    return raw, normalize(raw, tuple(run.recipe.data.percentiles))[None, None]
+
+
+def postprocessing(run: RunDir, trainer: str) -> dict[str, Any]:
+    """The thresholds an instance trainer chose on val (test_metrics.json ``postprocessing``)."""
+    post = run.test_metrics.get("postprocessing")
+    if not post:
+        raise ExportError(f"{run.path('test_metrics.json')} has no 'postprocessing' entry (thresholds); it was not "
+                          f"written by the {trainer} trainer: re-run `biozoo train`")
+    return post
+
+
+def check_graph(reference: Forward, candidate: Forward, x: np.ndarray, contract) -> tuple[dict, dict]:
+    """Parity on the test input and other valid sizes, then batch independence in torch and in the ONNX graph."""
+    parity = check_parity(reference, candidate, [x, *valid_random_inputs(contract, x.shape[1])]).as_dict()
+    diffs = [check_batch_independence(f, x[0], where) for f, where in
+             ((reference, "torch model"), (candidate, "exported ONNX graph"))]
+    return parity, {"max_abs_difference": max(diffs), "passed": True}
+
+
+def attach_curves(run: RunDir, folder: Path) -> list[str]:
+    """Copy the run's training curves into the package; the attachment list (empty when there are none)."""
+    if not run.path("curves.png").is_file():
+        return []
+    shutil.copyfile(run.path("curves.png"), folder / "curves.png")
+    return ["curves.png"]
 
 
 def valid_random_inputs(contract, channels: int, seed: int = 0) -> list[np.ndarray]:
@@ -94,9 +125,8 @@ def export_run(run_dir: Union[str, Path], out: Union[str, Path], *, authors: Seq
     net = run.trained_model()
     exported = spec.wrap(net).eval()
     contract = run.contract(net)
-    raw = test_image(run, contract)
+    raw, x = model_input(run, contract)
     percentiles = tuple(run.recipe.data.percentiles)
-    x = normalize(raw, percentiles)[None, None]
     with tempfile.TemporaryDirectory(prefix="biozoo-export-") as tmp:
         folder = Path(tmp)
         reference = torch_forward(exported)
@@ -104,18 +134,12 @@ def export_run(run_dir: Union[str, Path], out: Union[str, Path], *, authors: Seq
         info = export_onnx(exported, torch.from_numpy(x), folder / "weights.onnx", input_name=INPUT_ID,
                            output_names=(spec.output_id,), opset=opset)
         candidate = onnx_forward(info.path)
-        parity = check_parity(reference, candidate, [x, *valid_random_inputs(contract, x.shape[1])]).as_dict()
-        diffs = [check_batch_independence(f, x[0], where) for f, where in
-                 ((reference, "torch model"), (candidate, "exported ONNX graph"))]
-        independence = {"max_abs_difference": max(diffs), "passed": True}
+        parity, independence = check_graph(reference, candidate, x, contract)
         files = TensorFiles("test_input.npy", "test_output.npy", "sample_input.tif", "sample_output.tif")
         _write_tensors(folder, files, raw[None, None].astype(np.float32), expected)
         write_cover(folder / "cover.png", raw, spec.cover(expected[0]),
                     (0.0, 1.0) if run.recipe.task == "segmentation" else None)
-        attachments = []
-        if run.path("curves.png").is_file():
-            shutil.copyfile(run.path("curves.png"), folder / "curves.png")
-            attachments.append("curves.png")
+        attachments = attach_curves(run, folder)
         config = biozoo_config(run, contract, parity, independence)
         write_readme(folder / "README.md", name=name or run.recipe.name,
                      description=run.recipe.description or spec.output_description,

@@ -10,7 +10,6 @@ post-processing of the onnxruntime maps, which gives stardist's result exactly, 
 """
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -60,33 +59,27 @@ def export_stardist(run: Any, out: Path, *, authors: Sequence[str], license: str
     from . import export as E
     from .documents import write_cover, write_readme
     from .onnx_export import export_onnx
-    from .parity import check_batch_independence, check_parity, onnx_forward, torch_forward
+    from .parity import onnx_forward, torch_forward
     from .rdf import write_rdf
     from .zipper import write_deterministic_zip
 
     recipe, metrics = run.recipe, run.test_metrics
-    post = metrics.get("postprocessing")
-    if not post:
-        raise ExportError(f"{run.path('test_metrics.json')} has no 'postprocessing' entry (thresholds); it was not "
-                          "written by the StarDist trainer: re-run `biozoo train`")
+    post = E.postprocessing(run, "StarDist")
     net = run.trained_model()
     contract = run.contract(net)
     n_maps = 1 + recipe.n_rays
     exported = ChannelsLast(net).eval()
     g = contract.output_stride
-    raw = E.test_image(run, contract)
+    raw, x = E.model_input(run, contract)
     percentiles = tuple(recipe.data.percentiles)
-    x = E.normalize(raw, percentiles)[None, None]
     with tempfile.TemporaryDirectory(prefix="biozoo-export-") as tmp:
         folder = Path(tmp)
         info = export_onnx(exported, torch.from_numpy(x), folder / "weights.onnx", input_name=E.INPUT_ID,
                            output_names=(OUTPUT_ID,), opset=opset)
         _name_output_axes(info.path)
         reference, candidate = torch_forward(exported), onnx_forward(info.path)
-        parity = check_parity(reference, candidate, [x, *E.valid_random_inputs(contract, x.shape[1])]).as_dict()
-        diffs = [check_batch_independence(f, x[0], where) for f, where in
-                 ((reference, "torch model"), (candidate, "exported ONNX graph"))]
-        independence = {"max_abs_difference": max(diffs), "passed": True, "note": "probability and distance maps"}
+        parity, independence = E.check_graph(reference, candidate, x, contract)
+        independence["note"] = "probability and distance maps"
         maps = candidate(x)[0]
         if maps.shape[-1] != n_maps:
             raise ExportError(f"the network gives {maps.shape[-1]} maps, the recipe's n_rays {recipe.n_rays} needs "
@@ -104,10 +97,7 @@ def export_stardist(run: Any, out: Path, *, authors: Sequence[str], license: str
                          datetime=False, software=False)
         tifffile.imwrite(folder / "sample_labels.tif", labels, metadata=None, datetime=False, software=False)
         write_cover(folder / "cover.png", raw, _outlines(x[0, 0], labels[0, ..., 0]), (0.0, 1.0))
-        attachments = []
-        if run.path("curves.png").is_file():
-            shutil.copyfile(run.path("curves.png"), folder / "curves.png")
-            attachments.append("curves.png")
+        attachments = E.attach_curves(run, folder)
         config = E.biozoo_config(run, contract, parity, independence)
         config["stardist"] = {"n_rays": recipe.n_rays, "grid": [g, g], **post,
                               "thresholds_chosen_on": "validation split (thresholds.json of the run)"}

@@ -104,7 +104,6 @@ def _probe_shapes(model: "Model", test_inputs: Mapping[str, np.ndarray]) -> list
 
 
 def _check_probe(model: "Model", test_inputs, shapes) -> dict[str, Any]:
-    desc = model.description
     arrays = {}
     for tid, shape in shapes.items():
         x = test_inputs[tid][tuple(slice(0, n) for n in shape)]

@@ -97,3 +97,23 @@ def real_unet_package(real_unet_run, tmp_path_factory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("real-unet-package") / "unet-nuclei-2d.zip"
     export_run(real_unet_run, out)
     return out
+
+
+@pytest.fixture
+def assert_package_passes(capsys):
+    """assert_package_passes(package): bioimageio.core's test_model says "passed", and so does `biozoo test --json`."""
+    def check(package) -> None:
+        import json
+
+        from bioimageio.core import test_model
+
+        from biozoo.runtime.cli import main
+
+        summary = test_model(str(package), devices=["cpu"])
+        failed = [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status != "passed"]
+        assert summary.status == "passed", failed
+        capsys.readouterr()  # drop what bioimageio.core printed
+        assert main(["test", str(package), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["status"] == "passed"
+
+    return check

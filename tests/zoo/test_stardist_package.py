@@ -77,16 +77,9 @@ def test_run_dir_holds_thresholds_metrics_and_baseline(run):
     assert result["accuracy_iou50"] >= 0.5  # separated disks: even seconds of training find most of them
 
 
-def test_package_passes_bioimageio_core_and_biozoo_test(package, capsys):
-    from bioimageio.core import test_model
-
+def test_package_passes_bioimageio_core_and_biozoo_test(package, assert_package_passes):
     pytest.importorskip("stardist")  # bioimageio.core runs stardist_postprocessing with the stardist package
-    summary = test_model(str(package), devices=["cpu"])
-    failed = [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status != "passed"]
-    assert summary.status == "passed", failed
-    capsys.readouterr()
-    assert main(["test", str(package), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["status"] == "passed"
+    assert_package_passes(package)
 
 
 def test_predict_writes_a_label_tiff(package, tmp_path, capsys):
