@@ -61,7 +61,8 @@ def run_bench(model: Model, size: int, runs: int = 5, vs_core: bool = False) -> 
     # the array biozoo hands to onnxruntime: preprocessed, padded to a valid shape
     pre = model.preprocess(model.prepare_inputs(x, axes)[0])[t.id]
     plan = plan_tiles(desc, {t.id: pre.shape})
-    feed = {t.id: np.ascontiguousarray(pad_to(pre, plan.input_shapes[t.id], model.pad_mode), dtype=np.float32)}
+    padded = pad_to(pre, plan.input_shapes[t.id], model.pad_mode)
+    feed = {model.session.graph_input(t.id): np.ascontiguousarray(padded, dtype=np.float32)}
     session = model.session.session
     biozoo_s, raw_s = _interleaved([lambda: model.predict(x, axes=axes), lambda: session.run(None, feed)], runs)
     result: dict[str, Any] = {

@@ -93,6 +93,10 @@ class Tensor:
     def letters(self) -> str:
         return "".join(a.letter for a in self.axes)
 
+    @property
+    def discrete(self) -> bool:
+        return self.dtype.startswith(("int", "uint", "bool"))
+
     def axis(self, axis_id: str) -> Axis:
         for a in self.axes:
             if a.id == axis_id:
@@ -106,12 +110,32 @@ class Tensor:
         return [a.id for a in self.axes].index(self.axis(axis_id).id)
 
 
+DISCRETE_OUTPUTS, CONTINUOUS_OUTPUTS = "any_discrete_output", "any_continuous_output"  # spec 0.5.14 selectors
+
+
 @dataclass(frozen=True)
 class Tolerance:
+    """One `config.bioimageio.reproducibility_tolerance` entry; `output_ids` empty = every output, or one of the
+    selectors DISCRETE_OUTPUTS / CONTINUOUS_OUTPUTS (bioimageio.spec 0.5.14) = every output of that kind."""
+
     relative: float = 1e-3
     absolute: float = 1e-3
     mismatched_per_million: float = 100
-    output_ids: tuple[str, ...] = ()
+    output_ids: Union[tuple[str, ...], str] = ()
+
+    def applies_to(self, tensor: "Tensor") -> bool:
+        if not self.output_ids:
+            return True
+        if self.output_ids == DISCRETE_OUTPUTS:
+            return tensor.discrete
+        if self.output_ids == CONTINUOUS_OUTPUTS:
+            return not tensor.discrete
+        return tensor.id in self.output_ids
+
+
+# spec 0.5.14's defaults when a package lists no tolerance (0.5.12's single default equals the continuous one)
+DEFAULT_TOLERANCES = (Tolerance(output_ids=CONTINUOUS_OUTPUTS),
+                      Tolerance(0.0, 0.0, 1000, output_ids=DISCRETE_OUTPUTS))
 
 
 @dataclass(frozen=True)
@@ -143,8 +167,10 @@ class ModelDescription:
         raise PackageError(f"the description refers to tensor '{tensor_id}', which is neither an input nor an output")
 
     def tolerance_for(self, output_id: str) -> Tolerance:
-        for tol in self.tolerances:
-            if not tol.output_ids or output_id in tol.output_ids:
+        """The first entry that applies to the output (the spec's rule), else the spec's default for its kind."""
+        tensor = self.output(output_id)
+        for tol in (*self.tolerances, *DEFAULT_TOLERANCES):
+            if tol.applies_to(tensor):
                 return tol
         return Tolerance()
 
@@ -163,8 +189,10 @@ def parse_description(rdf: Mapping[str, Any]) -> ModelDescription:
         raise PackageError("rdf.yaml has no 'weights' entry; expected at least 'weights: {onnx: {source: ...}}'")
     if "onnx" not in weights:
         raise PackageError(
-            f"the package has no ONNX weights (it has: {', '.join(sorted(weights))}); biozoo runs only 'onnx' weights: "
-            "convert the model to ONNX (e.g. with bioimageio.core's weight converters) and add a 'weights.onnx' entry"
+            f"the package has no ONNX weights (it has: {', '.join(sorted(weights))}); biozoo runs only 'onnx' weights. "
+            "Convert it once with `biozoo convert PACKAGE -o NEW.zip` (needs: pip install 'biozoo[train]'; add "
+            "--trust-code for pytorch_state_dict weights, whose architecture is Python code from the package), then "
+            "run NEW.zip"
         )
     config = rdf.get("config") or {}
     tolerances = tuple(
@@ -172,10 +200,10 @@ def parse_description(rdf: Mapping[str, Any]) -> ModelDescription:
             relative=float(t.get("relative_tolerance", 1e-3)),
             absolute=float(t.get("absolute_tolerance", 1e-3)),
             mismatched_per_million=float(t.get("mismatched_elements_per_million", 100)),
-            output_ids=tuple(t.get("output_ids") or ()),
+            output_ids=_output_ids(t.get("output_ids")),
         )
         for t in ((config.get("bioimageio") or {}).get("reproducibility_tolerance") or ())
-        if not t.get("weights_formats") or "onnx" in t.get("weights_formats")
+        if isinstance(t, Mapping) and (not t.get("weights_formats") or "onnx" in t.get("weights_formats"))
     )
     return ModelDescription(
         name=str(rdf.get("name", "unnamed model")),
@@ -194,6 +222,14 @@ def parse_description(rdf: Mapping[str, Any]) -> ModelDescription:
     )
 
 
+def _output_ids(raw: Any) -> Union[tuple[str, ...], str]:
+    if raw in (DISCRETE_OUTPUTS, CONTINUOUS_OUTPUTS):
+        return str(raw)
+    if isinstance(raw, str):
+        return (raw,)
+    return tuple(str(i) for i in raw or ())
+
+
 def _listed(rdf: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
     value = rdf.get(key)
     if not isinstance(value, list) or not value or not all(isinstance(v, Mapping) for v in value):
@@ -209,24 +245,36 @@ def _citation(entry: Any) -> str:
 
 
 def _parse_tensor(raw: Mapping[str, Any], field_name: str, index: int, proc_key: str) -> Tensor:
+    """One tensor, with the spec's defaults for what bioimageio.spec's writer leaves out (id, data type, the
+    ensure_dtype steps that bracket every processing chain)."""
     where = f"{field_name}[{index}]"
-    if "id" not in raw or "axes" not in raw:
-        raise PackageError(f"{where} needs 'id' and 'axes' (format 0.5); got keys {sorted(raw)}")
+    if not isinstance(raw.get("axes"), list) or not raw["axes"]:
+        raise PackageError(f"{where} needs a non-empty 'axes' list (format 0.5); got keys {sorted(raw)}")
+    if not all(isinstance(a, Mapping) for a in raw["axes"]):
+        raise PackageError(f"{where}.axes must list axis mappings ({{type: space, id: y, ...}}); got {raw['axes']!r}")
     axes = tuple(_parse_axis(a, f"{where}.axes[{j}]") for j, a in enumerate(raw["axes"]))
     ids = [a.id for a in axes]
     if len(set(ids)) != len(ids):
         raise PackageError(f"{where}.axes has duplicate axis ids {ids}")
-    processing = tuple(
-        Processing(id=str(p["id"]), kwargs=dict(p.get("kwargs") or {})) for p in raw.get(proc_key) or ()
-    )
+    entries = raw.get(proc_key) or ()
+    if not isinstance(entries, (list, tuple)) or not all(isinstance(p, Mapping) and "id" in p for p in entries):
+        raise PackageError(f"{where}.{proc_key} must be a list of {{id, kwargs}} entries; got {entries!r}")
+    processing = [Processing(id=str(p["id"]), kwargs=dict(p.get("kwargs") or {})) for p in entries]
     data = raw.get("data")
-    dtype = data.get("type", "float32") if isinstance(data, Mapping) else "float32"
+    if isinstance(data, list) and data and isinstance(data[0], Mapping):  # one data description per channel
+        data = data[0]
+    dtype = str(data.get("type", "float32")) if isinstance(data, Mapping) else "float32"
+    if dtype != "float32":  # the spec brackets each chain with ensure_dtype(data.type); a no-op for float32
+        if proc_key == "preprocessing" and (not processing or processing[0].id != "ensure_dtype"):
+            processing.insert(0, Processing("ensure_dtype", {"dtype": dtype}))
+        if not processing or processing[-1].id not in ("ensure_dtype", "binarize"):
+            processing.append(Processing("ensure_dtype", {"dtype": dtype}))
     return Tensor(
-        id=str(raw["id"]),
+        id=str(raw.get("id") or ("input" if field_name == "inputs" else "output")),
         axes=axes,
-        processing=processing,
+        processing=tuple(processing),
         test_tensor=raw.get("test_tensor"),
-        dtype=str(dtype),
+        dtype=dtype,
         optional=bool(raw.get("optional", False)),
         description=str(raw.get("description", "")),
     )
@@ -245,9 +293,9 @@ def _parse_axis(raw: Mapping[str, Any], where: str) -> Axis:
         id=str(raw.get("id") or DEFAULT_AXIS_IDS[kind]),
         type=kind,
         size=size,
-        scale=float(raw.get("scale", 1.0)),
+        scale=float(raw.get("scale") or 1.0),
         unit=raw.get("unit"),
-        halo=int(raw.get("halo", 0)),
+        halo=int(raw.get("halo") or 0),
         channel_names=names,
         concatenable=bool(raw.get("concatenable", False)),
     )
@@ -257,8 +305,10 @@ def _parse_size(raw: Any, where: str) -> AxisSize:
     if raw is None or isinstance(raw, int):
         return raw
     if isinstance(raw, Mapping):
-        if "tensor_id" in raw:
-            return SizeReference(str(raw["tensor_id"]), str(raw["axis_id"]), int(raw.get("offset", 0)))
+        if "tensor_id" in raw or "axis_id" in raw:
+            if not raw.get("tensor_id") or not raw.get("axis_id"):
+                raise PackageError(f"{where}.size {dict(raw)} is a size reference without both tensor_id and axis_id")
+            return SizeReference(str(raw["tensor_id"]), str(raw["axis_id"]), int(raw.get("offset") or 0))
         if "step" in raw:
             return ParameterizedSize(int(raw.get("min", 1)), int(raw["step"]))
         return DataDependentSize(int(raw.get("min", 1)), raw.get("max"))

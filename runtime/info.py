@@ -40,7 +40,9 @@ def model_info(model: Model) -> dict[str, Any]:
     return {
         "name": d.name,
         "version": d.version,
-        "format_version": d.format_version,
+        "format_version": model.package.converted_from or d.format_version,
+        "read_as": f"format {d.format_version} (converted by biozoo)" if model.package.converted_from else None,
+        "binding": model.session.binding_note or "ONNX inputs and outputs bound by name",
         "description": d.description,
         "license": d.license,
         "authors": list(d.authors),
@@ -54,7 +56,9 @@ def model_info(model: Model) -> dict[str, Any]:
 
 
 def format_info(info: dict[str, Any]) -> str:
-    lines = [f"{info['name']} {info['version']}".strip(), f"  format {info['format_version']}, license {info['license']}"]
+    read_as = f" (read as {info['read_as']})" if info.get("read_as") else ""
+    lines = [f"{info['name']} {info['version']}".strip(),
+             f"  format {info['format_version']}{read_as}, license {info['license']}"]
     if info["description"]:
         lines.append(f"  {info['description']}")
     for kind in ("inputs", "outputs"):
@@ -70,6 +74,7 @@ def format_info(info: dict[str, Any]) -> str:
                 lines.append(f"    {'pre' if kind == 'inputs' else 'post'}: {p['id']} {p.get('kwargs', '')}".rstrip())
     w = info["weights"]
     lines.append(f"weights: {', '.join(w['formats'])} (biozoo runs onnx, opset {w['opset']}) on {info['provider']}")
+    lines.append(f"  {info['binding']}")
     if info["authors"]:
         lines.append(f"authors: {', '.join(info['authors'])}")
     for c in info["cite"]:

@@ -6,7 +6,9 @@
 """
 from __future__ import annotations
 
+import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Union
 
 import numpy as np
@@ -24,6 +26,7 @@ from .tiling import DEFAULT_TILE_BUDGET, output_shapes, plan_tiles, run_tiled
 if TYPE_CHECKING:
     from .conditions import Prediction
 
+log = logging.getLogger("biozoo")
 ArrayInputs = Union[np.ndarray, Mapping[str, np.ndarray]]
 AxesArg = Union[None, str, Mapping[str, str]]
 Progress = Optional[Callable[[int, int], None]]
@@ -33,16 +36,37 @@ def load(source: Union[str, os.PathLike], device: str = "auto", threads: int = 0
     """Open and verify a package (.zip, folder or rdf.yaml) and build its onnxruntime session."""
     package = open_package(source)
     description = parse_description(package.rdf)
+    weights = verified_onnx_weights(package, description)
+    model = Model(package, description, OnnxSession(weights, device=device, threads=threads))
+    if model.session.binding_note:
+        log.info("%s", model.session.binding_note)
+    return model
+
+
+def verified_onnx_weights(package: Package, description: ModelDescription) -> Path:
+    """The ONNX file, its sha256 checked, and every external-data file it names listed in `weights.onnx.
+    external_data` with a sha256 that matches, before onnxruntime reads a byte of it."""
     weights = package.file(description.onnx, "weights.onnx")
     try:
         locations = external_data_locations(weights)
     except (ValueError, IndexError):
         raise PackageError(f"'{weights.name}' is not a valid ONNX file (unreadable protobuf); re-export it") from None
+    listed = description.onnx.get("external_data")
+    listed_source = listed.get("source") if isinstance(listed, Mapping) else listed
+    folder = weights.parent.relative_to(package.root).as_posix()
     for location in locations:
-        data = package.inside(location, f"external data of {weights.name}")
+        relative = location if folder == "." else f"{folder}/{location}"  # onnxruntime resolves next to the .onnx
+        data = package.inside(relative, f"external data of {weights.name}")
         if not data.is_file():
             raise PackageError(f"{weights.name} needs external data '{location}', which is missing from the package")
-    return Model(package, description, OnnxSession(weights, device=device, threads=threads))
+        if not isinstance(listed, Mapping) or not listed.get("sha256") or str(listed_source) != relative:
+            raise PackageError(
+                f"{weights.name} reads external data '{location}', but rdf.yaml does not list it with a sha256 "
+                f"(weights.onnx.external_data is {listed!r}); biozoo runs only bytes the description hashes. Add "
+                f"'external_data: {{source: {relative}, sha256: ...}}' to weights.onnx, or re-export the weights"
+            )
+        package.file(listed, "weights.onnx.external_data")
+    return weights
 
 
 class Model:
@@ -52,7 +76,7 @@ class Model:
         self.package = package
         self.description = description
         self.session = session
-        session.check_names([t.id for t in description.inputs], [t.id for t in description.outputs])
+        session.bind([t.id for t in description.inputs], [t.id for t in description.outputs])
         self.preprocessing: dict[str, tuple[Op, ...]] = {
             t.id: build_chain(t, f"inputs[{i}].preprocessing") for i, t in enumerate(description.inputs)
         }

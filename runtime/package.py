@@ -15,11 +15,12 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import yaml
 
 from .errors import PackageError
+from .format_v04 import convert_v04, is_v04
 
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 _HASH_CHUNK = 1 << 20
@@ -49,6 +50,7 @@ class Package:
     root: Path
     rdf_path: Path
     rdf: Mapping[str, Any]
+    converted_from: Optional[str] = None  # the format version read when the rdf was converted at the edge (0.4)
     _verified: dict[str, Path] = field(default_factory=dict, repr=False)
 
     def file(self, entry: Any, where: str) -> Path:
@@ -108,7 +110,10 @@ def open_package(source: str | os.PathLike[str]) -> Package:
             "or truncated zip; download or export it again)"
         )
     rdf = _read_rdf(rdf_path)
-    return Package(source=path, root=rdf_path.parent, rdf_path=rdf_path, rdf=rdf)
+    converted_from = None
+    if is_v04(rdf):  # converted here, once: nothing downstream sees format 0.4
+        converted_from, rdf = str(rdf["format_version"]), convert_v04(rdf)
+    return Package(source=path, root=rdf_path.parent, rdf_path=rdf_path, rdf=rdf, converted_from=converted_from)
 
 
 def _find_rdf(folder: Path) -> Path:
@@ -131,10 +136,10 @@ def _read_rdf(rdf_path: Path) -> Mapping[str, Any]:
     if rdf.get("type") != "model":
         raise PackageError(f"{rdf_path.name} describes a '{rdf.get('type')}', not a model; biozoo runs model packages")
     version = str(rdf.get("format_version", "?"))
-    if not version.startswith("0.5."):
+    if not version.startswith(("0.5.", "0.4.")):
         raise PackageError(
-            f"{rdf_path.name} has format_version {version}; biozoo reads format 0.5.x. Convert the package with "
-            "bioimageio.spec ('bioimageio update-format rdf.yaml') and try again"
+            f"{rdf_path.name} has format_version {version}; biozoo reads formats 0.4.x and 0.5.x. Update the "
+            "description with bioimageio.spec ('bioimageio update-format rdf.yaml') and try again"
         )
     return rdf
 

@@ -10,7 +10,7 @@ import ctypes
 import logging
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -75,37 +75,50 @@ class OnnxSession:
         log.info("onnxruntime runs on %s", self.provider)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.input_types = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
-        self.input_ranks = {i.name: len(i.shape) for i in self.session.get_inputs()}
+        self._types = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
+        self._ranks = {i.name: len(i.shape) for i in self.session.get_inputs()}
+        # until bind() is called, tensor ids are taken to be the graph names
+        self._input_of = {n: n for n in self.input_names}
+        self._output_of = {n: n for n in self.output_names}
+        self.input_types, self.input_ranks = dict(self._types), dict(self._ranks)
+        self.binding_note: Optional[str] = None
         self._ort = ort
 
     @property
     def on_cuda(self) -> bool:
         return self.provider == "CUDAExecutionProvider"
 
-    def check_names(self, inputs: Sequence[str], outputs: Sequence[str]) -> None:
-        missing_in = sorted(set(inputs) - set(self.input_names))
-        missing_out = sorted(set(outputs) - set(self.output_names))
-        if missing_in or missing_out:
-            raise PackageError(
-                f"the ONNX graph does not match the description: described inputs {list(inputs)} vs graph inputs "
-                f"{self.input_names}; described outputs {list(outputs)} vs graph outputs {self.output_names}. "
-                "Tensor ids in rdf.yaml must equal the ONNX input/output names"
-            )
+    def bind(self, inputs: Sequence[str], outputs: Sequence[str]) -> Optional[str]:
+        """Bind described tensor ids to graph names, as bioimageio.core does: by name when the graph uses the ids,
+        else by position when the counts match. Returns a note when bound by position (None when by name)."""
+        self._input_of, note_in = _binding("input", list(inputs), self.input_names)
+        self._output_of, note_out = _binding("output", list(outputs), self.output_names)
+        notes = [n for n in (note_in, note_out) if n]
+        self.input_types = {tid: self._types[name] for tid, name in self._input_of.items()}
+        self.input_ranks = {tid: self._ranks[name] for tid, name in self._input_of.items()}
+        self.binding_note = "; ".join(notes) or None
+        return self.binding_note
+
+    def graph_input(self, tensor_id: str) -> str:
+        """The ONNX graph's name for a described input (what a raw InferenceSession.run needs)."""
+        return self._input_of.get(tensor_id, tensor_id)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = {k: np.ascontiguousarray(v, dtype=self.input_types[k]) for k, v in feeds.items()}
+        """Run on arrays keyed by tensor id; outputs come back keyed by tensor id."""
+        named = {self._input_of.get(k, k): np.ascontiguousarray(v, dtype=self._types[self._input_of.get(k, k)])
+                 for k, v in feeds.items()}
         try:
             if self.on_cuda:
-                return self._run_bound(feeds)
-            values = self.session.run(self.output_names, feeds)
+                values = self._run_bound(named)
+            else:
+                values = dict(zip(self.output_names, self.session.run(self.output_names, named)))
         except Exception as e:  # an ORT failure here means the data shape/type broke the graph
             shapes = {k: v.shape for k, v in feeds.items()}
             raise InputError(
                 f"the model failed on inputs of shapes {shapes}: {_first_line(e)}. Check that the sizes are valid for "
                 "this model (see `biozoo info`)"
             ) from None
-        return dict(zip(self.output_names, values))
+        return {tid: values[name] for tid, name in self._output_of.items()}
 
     def _run_bound(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         binding = self.session.io_binding()
@@ -115,6 +128,21 @@ class OnnxSession:
             binding.bind_output(name, "cuda", 0)
         self.session.run_with_iobinding(binding)
         return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
+
+
+def _binding(kind: str, ids: list[str], names: list[str]) -> tuple[dict[str, str], Optional[str]]:
+    """Tensor id -> graph name: by name when every id is a graph name, else by position when the counts match."""
+    if all(i in names for i in ids):
+        return {i: i for i in ids}, None
+    if len(ids) == len(names):
+        pairs = dict(zip(ids, names))
+        shown = ", ".join(f"{i} -> {n}" for i, n in pairs.items())
+        return pairs, f"ONNX {kind}s bound by position ({shown}): the graph names differ from the tensor ids"
+    raise PackageError(
+        f"the ONNX graph does not match the description: {len(ids)} described {kind}(s) {ids} vs {len(names)} graph "
+        f"{kind}(s) {names}; they match neither by name nor by count. Fix the package's rdf.yaml {kind}s (their ids "
+        "and order must follow the ONNX graph) or re-export the weights"
+    )
 
 
 def _preload_cuda_libraries(ort) -> None:

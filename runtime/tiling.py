@@ -1,10 +1,10 @@
 """Plan and run a model over an input of any size: pad to a valid shape, split into equal tiles, stitch.
 
 Tiles start at multiples of the axis step (so pooling grids line up with a whole-image run), all tiles have the
-SAME shape (edge tiles are shifted back inside the padded image rather than padded further), and each output
-tile is cut where its neighbours' halo-wide margins end. Hence a tiled prediction equals the whole-image
-prediction whenever the halo covers the receptive field. Padding is added at the high end of each axis only, with
-the description's pad mode or 'reflect', and cropped from the outputs.
+SAME shape, and each output tile is cut where its neighbours' halo-wide margins end. Hence a tiled prediction
+equals the whole-image prediction whenever the halo covers the receptive field. A fixed-size model's tiles start
+on a grid too (see `fixed_size_grid`): its last tile is padded, never shifted off the grid. Padding is added at the
+high end of each axis only, with the description's pad mode or 'reflect', and cropped from the outputs.
 """
 from __future__ import annotations
 
@@ -93,6 +93,8 @@ def _tileable_axes(model: ModelDescription, primary: Tensor) -> list[Axis]:
         others = [t for t in model.inputs if t.id != primary.id]
         if any(a.id in [b.id for b in t.axes] and not isinstance(t.axis(a.id).size, SizeReference) for t in others):
             continue
+        if any(_follower_index(t, primary, a.id) is None for t in model.outputs):
+            continue  # an output that does not run along this axis (e.g. a fixed-capacity list) cannot be stitched
         ok.append(a)
     return ok
 
@@ -100,10 +102,21 @@ def _tileable_axes(model: ModelDescription, primary: Tensor) -> list[Axis]:
 def halo_in_input_pixels(model: ModelDescription, primary: Tensor, axis: Axis) -> int:
     halo = 0
     for out in model.outputs:
-        for b in out.axes:
-            if isinstance(b.size, SizeReference) and (b.size.tensor_id, b.size.axis_id) == (primary.id, axis.id):
-                halo = max(halo, math.ceil(b.halo / _ratio(model, b, b.size)))
+        i = _follower_index(out, primary, axis.id)
+        if i is not None and out.axes[i].halo:
+            halo = max(halo, math.ceil(out.axes[i].halo / _follower_ratio(model, out.axes[i])))
     return halo
+
+
+def fixed_size_grid(size: int, halo: int) -> int:
+    """Where a fixed-size model's tiles may start: multiples of the largest power of two that divides `size` (a
+    network that accepts `size` has a total stride dividing it, so its pooling grid lines up), lowered until the
+    stride between tiles keeps at least 3/4 of the halo-free tile length (deeper pooling than that is implausible)."""
+    free = size - 2 * halo
+    grid = size & -size if size > 0 else 1
+    while grid > 1 and (free // grid) * grid * 4 < free * 3:
+        grid //= 2
+    return grid
 
 
 def plan_tiles(
@@ -164,12 +177,11 @@ def plan_tiles(
 
 
 def _plan_axis(axis: Axis, length: int, tile: int, halo: int) -> AxisPlan:
-    if isinstance(axis.size, ParameterizedSize):
-        padded = axis.size.valid_at_least(length)
-        align = max(axis.size.step, 1)
-    else:
-        padded = max(length, tile)
-        align = 1
+    fixed = not isinstance(axis.size, ParameterizedSize)
+    if fixed:  # the last tile is padded up to the fixed size, never shifted off the grid
+        padded, align = max(length, tile), fixed_size_grid(tile, halo)
+    else:  # valid sizes differ by steps, so the last tile, flush with the padded end, is on the grid too
+        padded, align = axis.size.valid_at_least(length), max(axis.size.step, 1)
     tile = min(tile, padded)
     if tile >= padded:
         return AxisPlan(axis.id, length, padded, padded, (0,), (0, padded))
@@ -181,9 +193,11 @@ def _plan_axis(axis: Axis, length: int, tile: int, halo: int) -> AxisPlan:
     starts, cuts = [0], [0]
     while starts[-1] + tile < padded:
         cut = starts[-1] + tile - halo
-        nxt = min((cut - halo) // align * align, padded - tile)
-        starts.append(nxt)
+        nxt = (cut - halo) // align * align
+        starts.append(nxt if fixed else min(nxt, padded - tile))
         cuts.append(cut)
+    if fixed:
+        padded = starts[-1] + tile
     cuts.append(padded)
     return AxisPlan(axis.id, length, padded, tile, tuple(starts), tuple(cuts))
 

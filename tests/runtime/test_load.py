@@ -78,10 +78,10 @@ def test_other_weight_formats_are_ignored_not_read(rdf, tmp_path):
     assert load(folder, device="cpu").test()["status"] == "passed"
 
 
-def test_format_04_is_refused_with_its_version(rdf, tmp_path):
+def test_format_03_is_refused_with_its_version(rdf, tmp_path):
     folder = _copy(rdf, "fixed", tmp_path)
-    _edit_rdf(folder, lambda d: d.update(format_version="0.4.10"))
-    with pytest.raises(PackageError, match="format_version 0.4.10.*update-format"):
+    _edit_rdf(folder, lambda d: d.update(format_version="0.3.6"))
+    with pytest.raises(PackageError, match="format_version 0.3.6.*0.4.x and 0.5.x.*update-format"):
         load(folder, device="cpu")
 
 
