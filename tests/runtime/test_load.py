@@ -62,10 +62,11 @@ def test_http_source_is_never_fetched(rdf, tmp_path):
         load(folder, device="cpu")
 
 
-def test_package_without_onnx_lists_its_formats(rdf, tmp_path):
+def test_package_without_onnx_lists_its_formats_and_the_command_that_converts_it(rdf, tmp_path):
     folder = _copy(rdf, "tf_and_onnx", tmp_path)
     _edit_rdf(folder, lambda d: d["weights"].pop("onnx"))
-    with pytest.raises(PackageError, match=r"no ONNX weights \(it has: tensorflow_saved_model_bundle, torchscript\)"):
+    with pytest.raises(PackageError, match=r"no ONNX weights \(it has: tensorflow_saved_model_bundle, torchscript\)"
+                                           r".*`biozoo convert PACKAGE -o NEW.zip`.*biozoo\[train\].*--trust-code"):
         load(folder, device="cpu")
 
 
