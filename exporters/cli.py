@@ -1,10 +1,13 @@
-"""`biozoo export RUN_DIR -o PACKAGE.zip`, plugged into the CLI via the biozoo.commands entry points.
+"""`biozoo export RUN_DIR -o PACKAGE.zip` and `biozoo convert PACKAGE -o NEW.zip`, plugged into the CLI via the
+biozoo.commands entry points.
 
 Imports torch only when the command runs, so `biozoo info` and friends stay torch-free.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -36,4 +39,58 @@ def _export(args) -> int:
               f"parity torch vs onnxruntime: max abs {p['max_abs_error']:.3g}, max rel {p['max_rel_error']:.3g}\n"
               f"batch independence: max difference {report.batch_independence['max_abs_difference']:.3g}\n"
               f"biozoo test: {report.test['status']}")
+    return 0
+
+
+def register_convert(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convert", help="add ONNX weights to a package that has only torchscript / pytorch_state_dict weights",
+        description="Convert a bioimage.io package's torchscript weights (preferred: no package code runs) or, with "
+                    "--trust-code, its pytorch_state_dict weights to ONNX (opset 17), check that the result "
+                    "reproduces the package's test outputs within its tolerance and is valid (bioimageio.spec, "
+                    "offline), and write a new package with every original file plus the ONNX weights. Exit codes: "
+                    "0 written, 1 a check failed (nothing written), 2 bad input. Needs pip install 'biozoo[train]'.")
+    p.add_argument("package", metavar="PACKAGE", help="the package to convert: .zip, folder, or rdf.yaml")
+    p.add_argument("-o", "--out", required=True, metavar="NEW.zip", help="the package to write (atomically)")
+    p.add_argument("--trust-code", action="store_true",
+                   help="allow running the package's architecture source file (Python code from the package), "
+                        "needed for pytorch_state_dict weights")
+    p.add_argument("--overwrite", action="store_true", help="replace NEW.zip if it exists (never the input)")
+    p.add_argument("--json", action="store_true", help="print the conversion report as one JSON object")
+    p.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS)
+    p.set_defaults(func=_convert)
+
+
+def _convert(args) -> int:
+    from biozoo.runtime.errors import InputError
+
+    try:
+        import bioimageio.spec  # noqa: F401
+        import onnx  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise InputError(f"biozoo convert needs PyTorch, onnx and bioimageio.spec ({e.name or e} is missing): "
+                         "pip install 'biozoo[train]'") from None
+    from .convert import ConversionCheckError, convert_package
+
+    try:
+        report = convert_package(Path(args.package), Path(args.out), trust_code=args.trust_code,
+                                 overwrite=args.overwrite)
+    except ConversionCheckError as e:  # a check failed, not bad usage: exit 1 as `biozoo test` does
+        print(f"biozoo: error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report.as_dict(), default=str))
+        return 0
+    lines = [f"package: {report.package}", f"sha256: {report.sha256}",
+             f"converted: {report.source_format} -> {report.onnx} (opset 17, IR 8, {report.exporter})"
+             + (f"; description format {report.format_read} written as 0.5" if report.format_read.startswith("0.4")
+                else ""),
+             f"biozoo test: {report.test['status']}"]
+    for tid, r in report.test["outputs"].items():
+        tol = r["tolerance"]
+        lines.append(f"  output {tid}: max abs {r['max_abs_error']:.3g}, max rel {r['max_rel_error']:.3g} "
+                     f"(tolerance abs {tol['absolute']:g} + rel {tol['relative']:g})")
+    lines.append(f"bioimageio.spec: {report.spec}")
+    print("\n".join(lines))
     return 0

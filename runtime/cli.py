@@ -51,6 +51,8 @@ def cmd_test(args) -> int:
     skip = parse_no_check(args.no_check)
     report = load(args.package, device=args.device).test(skip_checks=skip)
     lines = [f"{report['name']}: {report['status'].upper()} on {report['provider']}"]
+    if report.get("error"):  # the package could not run its own test input: say why
+        lines.append(f"  error: {report['error']}")
     for tid, r in report["outputs"].items():
         detail = r.get("reason") or (
             f"max abs {r['max_abs_error']:.3g}, max rel {r['max_rel_error']:.3g}, "

@@ -8,10 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
+from . import rdf_fields as F
 from .errors import PackageError
 
 DEFAULT_AXIS_IDS = {"batch": "batch", "channel": "channel", "index": "index", "time": "time", "space": "x"}
 AXIS_LETTERS = {"batch": "b", "channel": "c", "index": "i", "time": "t"}
+DTYPES = ("float32", "float64", "float16", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
+          "bool")
 
 
 @dataclass(frozen=True)
@@ -183,9 +186,10 @@ def _find(tensors: tuple[Tensor, ...], tensor_id: str, kind: str) -> Tensor:
 
 
 def parse_description(rdf: Mapping[str, Any]) -> ModelDescription:
-    """Read a format-0.5 model rdf dict; raise PackageError naming the field when it cannot be used."""
-    weights = rdf.get("weights") or {}
-    if not isinstance(weights, Mapping) or not weights:
+    """Read a format-0.5 model rdf dict; every field is read typed (rdf_fields), so a malformed package raises a
+    PackageError naming the field, never a TypeError from deep inside."""
+    weights = F.mapping(rdf.get("weights"), "weights", default={})
+    if not weights:
         raise PackageError("rdf.yaml has no 'weights' entry; expected at least 'weights: {onnx: {source: ...}}'")
     if "onnx" not in weights:
         raise PackageError(
@@ -194,122 +198,159 @@ def parse_description(rdf: Mapping[str, Any]) -> ModelDescription:
             "--trust-code for pytorch_state_dict weights, whose architecture is Python code from the package), then "
             "run NEW.zip"
         )
-    config = rdf.get("config") or {}
-    tolerances = tuple(
-        Tolerance(
-            relative=float(t.get("relative_tolerance", 1e-3)),
-            absolute=float(t.get("absolute_tolerance", 1e-3)),
-            mismatched_per_million=float(t.get("mismatched_elements_per_million", 100)),
-            output_ids=_output_ids(t.get("output_ids")),
-        )
-        for t in ((config.get("bioimageio") or {}).get("reproducibility_tolerance") or ())
-        if isinstance(t, Mapping) and (not t.get("weights_formats") or "onnx" in t.get("weights_formats"))
-    )
+    onnx = F.mapping(weights["onnx"], "weights.onnx")
+    F.text(onnx.get("source"), "weights.onnx.source")
+    if onnx.get("opset_version") is not None:
+        F.integer(onnx["opset_version"], "weights.onnx.opset_version", minimum=1)
+    config = F.mapping(rdf.get("config"), "config", default={})
+    bioimageio = F.mapping(config.get("bioimageio"), "config.bioimageio", default={})
+    entries = F.listing(bioimageio.get("reproducibility_tolerance"), "config.bioimageio.reproducibility_tolerance",
+                        default=[])
+    tolerances = tuple(_tolerance(t, f"config.bioimageio.reproducibility_tolerance[{i}]")
+                       for i, t in enumerate(entries))
     return ModelDescription(
-        name=str(rdf.get("name", "unnamed model")),
-        format_version=str(rdf.get("format_version")),
+        name=F.text(rdf.get("name"), "name", default="unnamed model"),
+        format_version=F.text(rdf.get("format_version"), "format_version"),
         inputs=tuple(_parse_tensor(t, "inputs", i, "preprocessing") for i, t in enumerate(_listed(rdf, "inputs"))),
         outputs=tuple(_parse_tensor(t, "outputs", i, "postprocessing") for i, t in enumerate(_listed(rdf, "outputs"))),
         weights_formats=tuple(weights),
-        onnx=dict(weights["onnx"]),
-        tolerances=tolerances,
-        description=str(rdf.get("description", "")),
-        license=str(rdf.get("license", "")),
-        authors=tuple(str(a.get("name", a)) if isinstance(a, Mapping) else str(a) for a in rdf.get("authors") or ()),
-        cite=tuple(_citation(c) for c in rdf.get("cite") or ()),
-        version=str(rdf.get("version") or ""),
+        onnx=dict(onnx),
+        tolerances=tuple(t for t in tolerances if t is not None),
+        description=F.text(rdf.get("description"), "description", default=""),
+        license=F.text(rdf.get("license"), "license", default=""),
+        authors=tuple(_author(a, f"authors[{i}]") for i, a in enumerate(F.listing(rdf.get("authors"), "authors",
+                                                                                 default=[]))),
+        cite=tuple(_citation(c, f"cite[{i}]") for i, c in enumerate(F.listing(rdf.get("cite"), "cite", default=[]))),
+        version=F.text(rdf.get("version"), "version", default=""),
         config=dict(config),
     )
 
 
-def _output_ids(raw: Any) -> Union[tuple[str, ...], str]:
+def _tolerance(raw: Any, where: str) -> Optional[Tolerance]:
+    """One tolerance entry, or None when it is limited to weight formats other than onnx."""
+    t = F.mapping(raw, where)
+    formats = F.texts(t.get("weights_formats"), f"{where}.weights_formats")
+    if formats and "onnx" not in formats:
+        return None
+    return Tolerance(
+        relative=F.number(t.get("relative_tolerance"), f"{where}.relative_tolerance", minimum=0, default=1e-3),
+        absolute=F.number(t.get("absolute_tolerance"), f"{where}.absolute_tolerance", minimum=0, default=1e-3),
+        mismatched_per_million=F.number(t.get("mismatched_elements_per_million"),
+                                        f"{where}.mismatched_elements_per_million", minimum=0, default=100),
+        output_ids=_output_ids(t.get("output_ids"), f"{where}.output_ids"),
+    )
+
+
+def _output_ids(raw: Any, where: str) -> Union[tuple[str, ...], str]:
     if raw in (DISCRETE_OUTPUTS, CONTINUOUS_OUTPUTS):
         return str(raw)
     if isinstance(raw, str):
         return (raw,)
-    return tuple(str(i) for i in raw or ())
+    return F.texts(raw, where)
 
 
 def _listed(rdf: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
     value = rdf.get(key)
     if not isinstance(value, list) or not value or not all(isinstance(v, Mapping) for v in value):
-        raise PackageError(f"rdf.yaml field '{key}' must be a non-empty list of tensor descriptions; got {value!r}")
+        raise PackageError(f"rdf.yaml field '{key}' must be a non-empty list of tensor descriptions; got "
+                           f"{F.shown(value)}")
     return value
 
 
-def _citation(entry: Any) -> str:
+def _author(entry: Any, where: str) -> str:
+    if isinstance(entry, Mapping):
+        return F.text(entry.get("name"), f"{where}.name", default="")
+    return F.text(entry, where)
+
+
+def _citation(entry: Any, where: str) -> str:
     if not isinstance(entry, Mapping):
-        return str(entry)
-    ref = entry.get("doi") and f"doi:{entry['doi']}" or entry.get("url") or ""
-    return f"{entry.get('text', '')} {ref}".strip()
+        return F.text(entry, where)
+    ref = F.text(entry.get("doi"), f"{where}.doi", default="") and f"doi:{entry['doi']}" or F.text(
+        entry.get("url"), f"{where}.url", default="")
+    return f"{F.text(entry.get('text'), f'{where}.text', default='')} {ref}".strip()
 
 
 def _parse_tensor(raw: Mapping[str, Any], field_name: str, index: int, proc_key: str) -> Tensor:
     """One tensor, with the spec's defaults for what bioimageio.spec's writer leaves out (id, data type, the
     ensure_dtype steps that bracket every processing chain)."""
     where = f"{field_name}[{index}]"
-    if not isinstance(raw.get("axes"), list) or not raw["axes"]:
+    axes_raw = F.listing(raw.get("axes"), f"{where}.axes")
+    if not axes_raw:
         raise PackageError(f"{where} needs a non-empty 'axes' list (format 0.5); got keys {sorted(raw)}")
-    if not all(isinstance(a, Mapping) for a in raw["axes"]):
-        raise PackageError(f"{where}.axes must list axis mappings ({{type: space, id: y, ...}}); got {raw['axes']!r}")
-    axes = tuple(_parse_axis(a, f"{where}.axes[{j}]") for j, a in enumerate(raw["axes"]))
+    axes = tuple(_parse_axis(F.mapping(a, f"{where}.axes[{j}]"), f"{where}.axes[{j}]") for j, a in enumerate(axes_raw))
     ids = [a.id for a in axes]
     if len(set(ids)) != len(ids):
-        raise PackageError(f"{where}.axes has duplicate axis ids {ids}")
-    entries = raw.get(proc_key) or ()
-    if not isinstance(entries, (list, tuple)) or not all(isinstance(p, Mapping) and "id" in p for p in entries):
-        raise PackageError(f"{where}.{proc_key} must be a list of {{id, kwargs}} entries; got {entries!r}")
-    processing = [Processing(id=str(p["id"]), kwargs=dict(p.get("kwargs") or {})) for p in entries]
+        raise PackageError(f"{where}.axes has duplicate axis ids {ids}; each axis of a tensor needs its own id")
+    entries = F.listing(raw.get(proc_key), f"{where}.{proc_key}", default=[])
+    processing = []
+    for j, entry in enumerate(entries):
+        p = F.mapping(entry, f"{where}.{proc_key}[{j}]")
+        processing.append(Processing(id=F.text(p.get("id"), f"{where}.{proc_key}[{j}].id"),
+                                     kwargs=dict(F.mapping(p.get("kwargs"), f"{where}.{proc_key}[{j}].kwargs",
+                                                           default={}))))
     data = raw.get("data")
-    if isinstance(data, list) and data and isinstance(data[0], Mapping):  # one data description per channel
+    if isinstance(data, list) and data:  # one data description per channel
         data = data[0]
-    dtype = str(data.get("type", "float32")) if isinstance(data, Mapping) else "float32"
+    data = F.mapping(data, f"{where}.data", default={})
+    dtype = F.text(data.get("type"), f"{where}.data.type", default="float32")
+    if dtype not in DTYPES:
+        raise F.refuse(f"{where}.data.type", dtype, f"one of {', '.join(DTYPES)}")
     if dtype != "float32":  # the spec brackets each chain with ensure_dtype(data.type); a no-op for float32
         if proc_key == "preprocessing" and (not processing or processing[0].id != "ensure_dtype"):
             processing.insert(0, Processing("ensure_dtype", {"dtype": dtype}))
         if not processing or processing[-1].id not in ("ensure_dtype", "binarize"):
             processing.append(Processing("ensure_dtype", {"dtype": dtype}))
+    test_tensor = raw.get("test_tensor")
+    if test_tensor is not None and not isinstance(test_tensor, str):
+        F.text(F.mapping(test_tensor, f"{where}.test_tensor").get("source"), f"{where}.test_tensor.source")
     return Tensor(
-        id=str(raw.get("id") or ("input" if field_name == "inputs" else "output")),
+        id=F.text(raw.get("id"), f"{where}.id", default="input" if field_name == "inputs" else "output"),
         axes=axes,
         processing=tuple(processing),
-        test_tensor=raw.get("test_tensor"),
+        test_tensor=test_tensor,
         dtype=dtype,
-        optional=bool(raw.get("optional", False)),
-        description=str(raw.get("description", "")),
+        optional=F.flag(raw.get("optional"), f"{where}.optional"),
+        description=F.text(raw.get("description"), f"{where}.description", default=""),
     )
 
 
 def _parse_axis(raw: Mapping[str, Any], where: str) -> Axis:
     kind = raw.get("type")
-    if kind not in DEFAULT_AXIS_IDS:
+    if not isinstance(kind, str) or kind not in DEFAULT_AXIS_IDS:
         raise PackageError(f"{where}.type is {kind!r}; expected one of {sorted(DEFAULT_AXIS_IDS)} (format 0.5)")
-    names = tuple(str(n) for n in raw.get("channel_names") or ())
+    names = F.texts(raw.get("channel_names"), f"{where}.channel_names")
     if kind == "channel":
-        size: AxisSize = len(names) if names else _parse_size(raw.get("size"), where)
+        size: AxisSize = len(names) if names else _parse_size(raw.get("size"), f"{where}.size")
     else:
-        size = _parse_size(raw.get("size"), where)
+        size = _parse_size(raw.get("size"), f"{where}.size")
+    if kind == "batch" and size not in (None, 1):
+        raise F.refuse(f"{where}.size", raw.get("size"), "nothing (any batch size) or 1 for a batch axis")
+    unit = raw.get("unit")
     return Axis(
-        id=str(raw.get("id") or DEFAULT_AXIS_IDS[kind]),
+        id=F.text(raw.get("id"), f"{where}.id", default=DEFAULT_AXIS_IDS[kind]),
         type=kind,
         size=size,
-        scale=float(raw.get("scale") or 1.0),
-        unit=raw.get("unit"),
-        halo=int(raw.get("halo") or 0),
+        scale=F.number(raw.get("scale"), f"{where}.scale", default=1.0, strictly_positive=True),
+        unit=None if unit is None else F.text(unit, f"{where}.unit"),
+        halo=F.integer(raw.get("halo"), f"{where}.halo", minimum=0, default=0),
         channel_names=names,
-        concatenable=bool(raw.get("concatenable", False)),
+        concatenable=F.flag(raw.get("concatenable"), f"{where}.concatenable"),
     )
 
 
 def _parse_size(raw: Any, where: str) -> AxisSize:
-    if raw is None or isinstance(raw, int):
-        return raw
-    if isinstance(raw, Mapping):
-        if "tensor_id" in raw or "axis_id" in raw:
-            if not raw.get("tensor_id") or not raw.get("axis_id"):
-                raise PackageError(f"{where}.size {dict(raw)} is a size reference without both tensor_id and axis_id")
-            return SizeReference(str(raw["tensor_id"]), str(raw["axis_id"]), int(raw.get("offset") or 0))
-        if "step" in raw:
-            return ParameterizedSize(int(raw.get("min", 1)), int(raw["step"]))
-        return DataDependentSize(int(raw.get("min", 1)), raw.get("max"))
-    raise PackageError(f"{where}.size is {raw!r}; expected an int, {{min, step}}, or {{tensor_id, axis_id, offset}}")
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        return F.integer(raw, where, minimum=1)
+    if "tensor_id" in raw or "axis_id" in raw:
+        return SizeReference(F.text(raw.get("tensor_id"), f"{where}.tensor_id"),
+                             F.text(raw.get("axis_id"), f"{where}.axis_id"),
+                             F.integer(raw.get("offset"), f"{where}.offset", default=0))
+    if "step" in raw:
+        return ParameterizedSize(F.integer(raw.get("min"), f"{where}.min", minimum=1),
+                                 F.integer(raw["step"], f"{where}.step", minimum=0))
+    lo = F.integer(raw.get("min"), f"{where}.min", minimum=1, default=1)
+    hi = raw.get("max")
+    return DataDependentSize(lo, None if hi is None else F.integer(hi, f"{where}.max", minimum=lo))

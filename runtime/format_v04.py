@@ -17,6 +17,7 @@ from __future__ import annotations
 import string
 from typing import Any, Mapping, Optional, Sequence
 
+from . import rdf_fields as F
 from .errors import PackageError
 
 AXIS_TYPES = {"b": "batch", "t": "time", "i": "index", "c": "channel", "x": "space", "y": "space", "z": "space"}
@@ -32,7 +33,18 @@ def is_v04(rdf: Mapping[str, Any]) -> bool:
 
 
 def convert_v04(rdf: Mapping[str, Any]) -> dict[str, Any]:
-    """A format-0.5 model rdf dict equivalent to the format-0.4 `rdf` (file references unchanged)."""
+    """A format-0.5 model rdf dict equivalent to the format-0.4 `rdf` (file references unchanged). The result is
+    read by the typed 0.5 parser; what cannot even be converted is a PackageError here."""
+    try:
+        return _convert(rdf)
+    except PackageError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError, OverflowError) as e:
+        raise PackageError(f"rdf.yaml (format 0.4) is malformed and cannot be read ({type(e).__name__}: {e}); "
+                           "check it with `bioimageio validate rdf.yaml` or get a valid copy") from None
+
+
+def _convert(rdf: Mapping[str, Any]) -> dict[str, Any]:
     inputs = _listed(rdf, "inputs")
     outputs = _listed(rdf, "outputs")
     fixed = {(t["name"], a): n for t in inputs for a, n in _input_sizes(t).items() if isinstance(n, int)}
@@ -69,7 +81,8 @@ def _listed(rdf: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
     if not isinstance(value, list) or not value or not all(isinstance(t, Mapping) for t in value):
         raise PackageError(f"rdf.yaml (format 0.4) field '{key}' must be a non-empty list of tensors; got {value!r}")
     for i, t in enumerate(value):
-        if not t.get("name") or not isinstance(t.get("axes"), str) or t.get("shape") is None:
+        if not isinstance(t.get("name"), str) or not t["name"] or not isinstance(t.get("axes"), str) \
+                or t.get("shape") is None:
             raise PackageError(f"{key}[{i}] (format 0.4) needs 'name', 'axes' (a string like 'bcyx') and 'shape'; "
                                f"got keys {sorted(t)}")
         bad = sorted(set(t["axes"]) - set(AXIS_TYPES))
@@ -94,10 +107,12 @@ def _input_sizes(t: Mapping[str, Any]) -> dict[str, Any]:
         lo, step = shape.get("min"), shape.get("step")
         if not (isinstance(lo, list) and isinstance(step, list) and len(lo) == len(step) == len(axes)):
             raise PackageError(f"{where} is {dict(shape)}; expected min and step lists of {len(axes)} ints")
-        return {a: int(m) if not s else {"min": int(m), "step": int(s)} for a, m, s in zip(axes, lo, step)}
+        lo = [F.integer(m, f"{where}.min[{i}]", minimum=0) for i, m in enumerate(lo)]
+        step = [F.integer(m, f"{where}.step[{i}]", minimum=0) for i, m in enumerate(step)]
+        return {a: m if not s else {"min": m, "step": s} for a, m, s in zip(axes, lo, step)}
     if not isinstance(shape, list) or len(shape) != len(axes):
         raise PackageError(f"{where} is {shape!r}; expected {len(axes)} ints or {{min, step}}")
-    return {a: int(n) for a, n in zip(axes, shape)}
+    return {a: F.integer(n, f"{where}[{i}]", minimum=0) for i, (a, n) in enumerate(zip(axes, shape))}
 
 
 def _axis(letter: str, size: Any, *, scale: float = 1.0, halo: int = 0) -> dict[str, Any]:
@@ -125,7 +140,8 @@ def _input(t: Mapping[str, Any], where: str, test: Optional[str], sample: Option
 def _output(t: Mapping[str, Any], where: str, test: Optional[str], sample: Optional[str],
             inputs: Mapping[str, Mapping[str, Any]], fixed: Mapping[tuple[str, str], int]) -> dict[str, Any]:
     shape, letters = t["shape"], t["axes"]
-    halo = list(t.get("halo") or [0] * len(letters))
+    halo = [F.integer(h, f"{where}.halo[{i}]", minimum=0)
+            for i, h in enumerate(F.listing(t.get("halo"), f"{where}.halo", default=[0] * len(letters)))]
     if len(halo) != len(letters):
         raise PackageError(f"{where}.halo is {halo}; expected one int per axis of '{letters}'")
     axes = []
@@ -138,6 +154,8 @@ def _output(t: Mapping[str, Any], where: str, test: Optional[str], sample: Optio
                                f"{sorted(inputs)}")
         if not (isinstance(scales, list) and isinstance(offsets, list) and len(scales) == len(offsets) == len(letters)):
             raise PackageError(f"{where}.shape needs scale and offset lists of {len(letters)} values; got {dict(shape)}")
+        scales = [None if v is None else F.number(v, f"{where}.shape.scale[{i}]") for i, v in enumerate(scales)]
+        offsets = [F.number(v, f"{where}.shape.offset[{i}]") for i, v in enumerate(offsets)]
         ref_sizes = _input_sizes(inputs[ref_tensor])
         for a, s, off, h in zip(letters, scales, offsets, halo):
             ref_letter = ref_axis_letter or a

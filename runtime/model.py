@@ -15,6 +15,7 @@ import numpy as np
 
 from . import axes as axes_mod
 from .description import ModelDescription, ParameterizedSize, parse_description
+from .description_checks import check_consistency
 from .errors import InputError, PackageError
 from .onnx_scan import external_data_locations
 from .ops import Op, build_chain, network_description, run_chain
@@ -36,6 +37,7 @@ def load(source: Union[str, os.PathLike], device: str = "auto", threads: int = 0
     """Open and verify a package (.zip, folder or rdf.yaml) and build its onnxruntime session."""
     package = open_package(source)
     description = parse_description(package.rdf)
+    check_consistency(description)
     weights = verified_onnx_weights(package, description)
     model = Model(package, description, OnnxSession(weights, device=device, threads=threads))
     if model.session.binding_note:

@@ -13,14 +13,10 @@ import numpy as np
 
 from .description import ModelDescription, Processing, Tensor
 from .errors import PackageError
+from .op_kwargs import checked_kwargs
 from .stats import Measure, StatsContext
 
 Axes = Sequence[str]
-
-
-def _axes_kwarg(kwargs: Mapping[str, Any]) -> Optional[tuple[str, ...]]:
-    axes = kwargs.get("axes")
-    return None if axes is None else tuple(str(a) for a in axes)
 
 
 def _along(values: Any, axis: Optional[str], axes: Axes, where: str) -> Any:
@@ -221,14 +217,13 @@ def build_op(proc: Processing, tensor: Tensor, where: str) -> Op:
             f"{', '.join(sorted(OPS))}. Upgrade biozoo or use a package without this op"
         )
     kwargs = dict(proc.kwargs)
-    if "axes" in kwargs:
-        kwargs["axes"] = _axes_kwarg(kwargs)
     fields = set(cls.__dataclass_fields__) - {"tensor_id", "where"}
     unknown = sorted(set(kwargs) - fields)
     if unknown:
         raise PackageError(f"{where}: op '{proc.id}' got unexpected kwargs {unknown}; expected some of {sorted(fields)}")
-    if cls in (Binarize, ScaleLinear, FixedZeroMeanUnitVariance) and "axis" in kwargs:
-        kwargs["axis"] = str(kwargs["axis"])
+    kwargs = checked_kwargs(cls, kwargs, tensor, where)
+    if "axes" in kwargs and kwargs["axes"] is not None:
+        kwargs["axes"] = tuple(kwargs["axes"])
     if cls is ScaleMeanVariance and kwargs.get("axes") is None:  # the spec's default here is per sample
         kwargs["axes"] = tuple(a.id for a in tensor.axes if a.type != "batch")
     try:

@@ -127,8 +127,10 @@ def plan_tiles(
 ) -> Plan:
     """Decide padded shapes and tiles for inputs of `shapes` (model layout, before padding)."""
     primary = model.inputs[0]
-    if tile and any(isinstance(b.size, DataDependentSize) for t in model.outputs for b in t.axes):
-        raise InputError("this model's outputs are lists of data-dependent length (e.g. detected boxes), which "
+    lists = [t.id for t in model.outputs if any(isinstance(b.size, DataDependentSize) for b in t.axes)
+             or not any(b.type == "space" for b in t.axes)]
+    if tile and lists:
+        raise InputError(f"this model's output(s) {lists} have no space axes (e.g. lists of detected boxes), so they "
                          "cannot be stitched from tiles: it runs on whole images; drop --tile / tile=")
     tileable = {a.id: a for a in _tileable_axes(model, primary)}
     pshape = shapes[primary.id]

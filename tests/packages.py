@@ -271,7 +271,7 @@ def _kind(kind: str) -> dict[str, Any]:
             name="biozoo test blobseg", onnx=graphs.blob_segmenter(),
             description="Deterministic blob segmenter: 7 box filters, foreground where the smoothed normalized input "
                         "exceeds 0.5; receptive field 15 px. Carries a config.biozoo block (training conditions).",
-            inputs=[_inp("raw", [BATCH, chan("raw"), *yx(param(16, 8), **um)], blob_image(rng, 64, 6, 5),
+            inputs=[_inp("raw", [BATCH, chan("raw"), *yx(param(24, 8), **um)], blob_image(rng, 64, 6, 5),
                          [{"id": "scale_range", "kwargs": {"axes": ["channel", "y", "x"], "min_percentile": 1.0,
                                                            "max_percentile": 99.8}}])],
             outputs=[_out("prob", [BATCH, chan("foreground"), *yx_ref("raw", 8, **um)], [{"id": "sigmoid"}])],

@@ -54,7 +54,7 @@ def _set_halo(value):
     (lambda rdf: rdf["config"]["biozoo"].pop("parity"), "export-record", "parity"),
     (lambda rdf: rdf["config"]["biozoo"]["batch_independence"].update(passed=False), "export-record", "batch"),
     (_set_halo(4), "halo-sizes", "receptive field"),
-    (_set_halo(70), "halo-sizes", "smallest tile"),
+    (_set_halo(70), "load", "nothing would be left between the halos"),  # refused when the package is read
 ])
 def test_wrong_claims_fail_validate_with_the_reason(package_folder, tmp_path, capsys, edit, check, words):
     code, checks = _validate(_edited(package_folder, tmp_path, edit), capsys)
