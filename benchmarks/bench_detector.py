@@ -42,12 +42,13 @@ def untrained_package(folder: Path) -> Path:
 
     from biozoo.runtime.detections import CORNERS
     from biozoo.zoo import create_model
-    from biozoo.zoo.detector import DetectorWithNMS, export_detector_onnx
+    from biozoo.zoo.detector import PADDING, DetectorWithNMS, export_detector_onnx
 
     torch.manual_seed(0)
-    export_detector_onnx(DetectorWithNMS(create_model("detector2d").eval(), 0.35), torch.zeros(1, 1, 64, 64),
-                         folder / "weights.onnx")
-    index = {"id": "detection", "type": "index", "size": {}}
+    module = DetectorWithNMS(create_model("detector2d").eval(), 0.35)
+    export_detector_onnx(module, torch.zeros(1, 1, 64, 64), folder / "weights.onnx")
+    k = module.settings["max_detections"]  # fixed capacity, padded rows marked as the exporter marks them
+    index = {"id": "detection", "type": "index", "size": k}
     rdf = {"type": "model", "format_version": "0.5.4", "name": "untrained detector2d",
            "weights": {"onnx": {"source": "weights.onnx", "opset_version": 17}},
            "inputs": [{"id": "raw", "axes": [{"type": "batch", "size": 1}, {"type": "channel", "channel_names": ["c"]},
@@ -57,7 +58,8 @@ def untrained_package(folder: Path) -> Path:
                            "axes": ["channel", "y", "x"], "min_percentile": 1.0, "max_percentile": 99.8}}]}],
            "outputs": [{"id": "boxes", "axes": [index, {"type": "channel", "channel_names": list(CORNERS)}]},
                        {"id": "scores", "axes": [index]}, {"id": "labels", "axes": [index], "data": {"type": "int64"}}],
-           "config": {"biozoo": {"task": "detection", "pad_mode": "constant"}}}
+           "config": {"biozoo": {"task": "detection", "pad_mode": "constant",
+                                 "detection": {"max_detections": k, "padding": PADDING}}}}
     (folder / "rdf.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False))
     return folder / "rdf.yaml"
 

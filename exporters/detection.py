@@ -3,11 +3,14 @@
 A detection package differs from the dense ones in everything after the network, so it has its own path here
 (``export_run`` hands detection runs over): the graph is ``DetectorWithNMS`` (decode + ONNX NonMaxSuppression,
 thresholds from the run's test_metrics.json ``postprocessing``), the outputs are ``boxes [K, 4]``, ``scores [K]``
-and ``labels [K]`` (int64, 1 = first class) with an index axis of data-dependent size, and the input takes one
-image at a time (``batch: 1``: box lists of several images cannot share a tensor). Parity is checked twice: the
-dense head maps at random valid sizes (as for every zoo model), and the final box lists on the real test image and
-on the centre crops bioimageio.core's test_model will feed it. Padding is ``constant`` (zeros after normalization:
-background), so padding never invents mirrored nuclei.
+and ``labels [K]`` (int64, 1 = first class) with an index axis of the fixed size K = ``max_detections``: the
+detections, then padding rows (score 0, label 0, box 0), recorded as ``config.biozoo.detection.padding`` so the
+runtime drops them without guessing. A fixed K, because an image without objects must still give valid outputs
+(the spec forbids a data-dependent axis of length 0). The input takes one image at a time (``batch: 1``: box lists
+of several images cannot share a tensor). Parity is checked twice: the dense head maps at random valid sizes (as
+for every zoo model), and the final box lists (their real rows) on the real test image and on the centre crops
+bioimageio.core's test_model will feed it. Image padding is ``constant`` (zeros after normalization: background),
+so padding never invents mirrored nuclei.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ TAGS = ("object-detection", "bounding-boxes", "nuclei", "fluorescence-light-micr
 
 def export_detection(run: Any, out: Path, *, authors: Sequence[str], license: str, opset: int,
                      name: Optional[str]) -> Any:
-    from biozoo.zoo.detector import DetectorWithNMS, export_detector_onnx
+    from biozoo.zoo.detector import PADDING, DetectorWithNMS, export_detector_onnx
 
     from . import export as E
     from .onnx_export import export_onnx
@@ -53,6 +56,12 @@ def export_detection(run: Any, out: Path, *, authors: Sequence[str], license: st
         weights = export_detector_onnx(module, torch.from_numpy(x), folder / "weights.onnx", input_name=E.INPUT_ID,
                                        output_names=OUTPUTS, opset=opset)
         expected = _forward(module, x)
+        found = _real_count(expected)
+        if found == 0:
+            raise ExportError(
+                "the model detects nothing on the first held-out test image, so every test output tensor would be "
+                "all padding (zeros), which bioimageio.spec refuses as a test tensor. Is the model trained (see mAP50 "
+                f"in test_metrics.json)? Otherwise lower score_threshold in the recipe (now {post['score_threshold']})")
         parity["boxes"] = _box_parity(module, weights, x, contract)
         np.save(folder / "test_input.npy", raw[None, None].astype(np.float32))
         for tid, value in zip(OUTPUTS, expected):
@@ -63,15 +72,17 @@ def export_detection(run: Any, out: Path, *, authors: Sequence[str], license: st
                          datetime=False, software=False)
         from .documents import write_cover
 
-        write_cover(folder / "cover.png", raw, _draw_boxes(x[0, 0], expected[0]), (0.0, 1.0))
+        write_cover(folder / "cover.png", raw, _draw_boxes(x[0, 0], expected[0][:found]), (0.0, 1.0))
         attachments = E.attach_curves(run, folder)
         config = E.biozoo_config(run, contract, parity, independence)
         config["pad_mode"] = "constant"
         config["detection"] = {"classes": list(recipe.classes), "label_offset": 1, "box_format": list(CORNERS),
-                               "coordinates": "input pixels, pixel edges", **post}
+                               "coordinates": "input pixels, pixel edges", **post,
+                               # max_detections (in post) is K, the rows of every output; the runtime reads both
+                               "padding": PADDING}
         title = name or recipe.name
         _readme(folder / "README.md", title, recipe, metrics, E.training_rows(run, contract), parity, independence,
-                E.TOLERANCE, len(expected[0]), bool(attachments))
+                E.TOLERANCE, found, bool(attachments))
         descr = _model_descr(folder, title, recipe, authors, license, contract, percentiles, opset, attachments,
                              config, E.TOLERANCE, E.package_timestamp(run), E.file_sha256(weights))
         from .rdf import write_rdf
@@ -87,11 +98,20 @@ def _forward(module: torch.nn.Module, x: np.ndarray) -> list[np.ndarray]:
         return [t.numpy() for t in module(torch.from_numpy(np.ascontiguousarray(x, np.float32)))]
 
 
+def _real_count(outputs: Sequence[np.ndarray]) -> int:
+    """The detections among the K rows (boxes, scores, labels): real scores are > 0, padding rows 0 and last."""
+    return int(np.count_nonzero(np.asarray(outputs[1]) != 0))
+
+
 def _box_parity(module, weights: Path, x: np.ndarray, contract) -> dict[str, Any]:
-    """torch vs onnxruntime on the final box lists: the test image and centre crops at the sizes core will try."""
+    """torch vs onnxruntime on the final box lists: the test image and centre crops at the sizes core will try.
+
+    Both must give K rows, the same number of detections (an empty list is fine: all padding), the same labels, and
+    scores / corners within rounding; the padding rows must be zeros."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(weights), providers=["CPUExecutionProvider"])
+    k = module.settings["max_detections"]
     h, w = x.shape[2:]
     lo = contract.min_tile
     crops = [x] + [_centre_crop(x, min(lo + n * contract.size_step, h), min(lo + n * contract.size_step, w))
@@ -100,21 +120,24 @@ def _box_parity(module, weights: Path, x: np.ndarray, contract) -> dict[str, Any
     for crop in crops:
         want = _forward(module, crop)
         got = session.run(None, {session.get_inputs()[0].name: crop})
-        diff = float(np.abs(got[0] - want[0]).max(initial=0.0)) if got[0].shape == want[0].shape else np.inf
-        if diff > 1e-2 or not np.array_equal(got[2], want[2]) or float(np.abs(got[1] - want[1]).max(initial=0)) > 1e-4:
+        shapes = [tuple(g.shape) for g in got]
+        if shapes != [(k, 4), (k,), (k,)]:
+            raise ExportError(f"the exported detector gives outputs of shapes {shapes} for input {crop.shape}; "
+                              f"expected ({k}, 4), ({k},), ({k},) (max_detections rows): the in-graph padding is "
+                              "broken")
+        n, n_torch = _real_count(got), _real_count(want)
+        diff = float(np.abs(got[0][:n] - want[0][:n]).max(initial=0.0)) if n == n_torch else np.inf
+        score_diff = float(np.abs(got[1][:n] - want[1][:n]).max(initial=0.0)) if n == n_torch else np.inf
+        padding_ok = not (np.any(got[0][n:]) or np.any(got[1][n:]) or np.any(got[2][n:]))
+        if diff > 1e-2 or score_diff > 1e-4 or not np.array_equal(got[2][:n], want[2][:n]) or not padding_ok:
             raise ExportError(
-                f"box parity failed for input {crop.shape}: onnxruntime found {len(got[0])} boxes, torch "
-                f"{len(want[0])}, corners differ by up to {diff:.3g} px. With a trained model this means the in-graph "
-                "decode/NMS is broken; with an untrained one, thousands of near-equal scores make float rounding "
-                "pick different boxes: train longer")
+                f"box parity failed for input {crop.shape}: onnxruntime found {n} boxes, torch {n_torch}, corners "
+                f"differ by up to {diff:.3g} px, scores by {score_diff:.3g}, padding rows all zero: {padding_ok}. "
+                "With a trained model this means the in-graph decode/NMS is broken; with an untrained one, "
+                "thousands of near-equal scores make float rounding pick different boxes: train longer")
         worst = max(worst, diff)
-        counts.append(len(got[0]))
-    if min(counts) == 0:
-        raise ExportError(f"the model finds no object in a {lo}x{lo} centre crop of the test image (boxes found per "
-                          f"size: {counts}); bioimage.io box-list outputs need at least one box at every size "
-                          "bioimageio.core's test_model tries. Is the model trained (see mAP50 in test_metrics.json)? "
-                          "Otherwise the first test image has no objects near its centre")
-    return {"max_box_corner_difference_px": worst, "boxes_found": counts,
+        counts.append(n)
+    return {"max_box_corner_difference_px": worst, "boxes_found": counts, "capacity": k,
             "shapes": [list(c.shape) for c in crops], "passed": True}
 
 
@@ -150,7 +173,7 @@ def _model_descr(root: Path, title: str, recipe, authors, license: str, contract
                                                                            step=contract.size_step), **unit)
 
     def listed(tid: str, description: str, dtype: str, channels: Sequence[str] = ()) -> Any:
-        axes: list[Any] = [m.IndexOutputAxis(id=m.AxisId("detection"), size=m.DataDependentSize(min=1))]
+        axes: list[Any] = [m.IndexOutputAxis(id=m.AxisId("detection"), size=int(config["detection"]["max_detections"]))]
         if channels:
             axes.append(m.ChannelAxis(channel_names=[m.Identifier(c) for c in channels]))
         return m.OutputTensorDescr(id=m.TensorId(tid), description=description, axes=axes,
@@ -158,6 +181,7 @@ def _model_descr(root: Path, title: str, recipe, authors, license: str, contract
                                    data=m.IntervalOrRatioDataDescr(type=dtype))
 
     lo, hi = percentiles
+    padding = f"{config['detection']['max_detections']} rows: detections, then padding (all 0)"  # <= 128 chars
     classes = ", ".join(f"{i + 1} = {c}" for i, c in enumerate(recipe.classes))
     try:
         with ValidationContext(root=root, perform_io_checks=True):
@@ -180,11 +204,10 @@ def _model_descr(root: Path, title: str, recipe, authors, license: str, contract
                         axes=[m.AxisId("channel"), *(m.AxisId(a) for a in contract.space_axes)],
                         min_percentile=lo, max_percentile=hi))],
                 )],
-                outputs=[listed("boxes", "box corners x_min, y_min, x_max, y_max in input pixels (pixel edges), "
-                                         "sorted by decreasing score", "float32", CORNERS),
-                         listed("scores", "detection confidence (0..1), decreasing", "float32"),
-                         listed("labels", f"class label per box ({classes}; 0 = background is never output)",
-                                "int64")],
+                outputs=[listed("boxes", f"x_min, y_min, x_max, y_max in input pixels (pixel edges), by decreasing "
+                                         f"score; {padding}", "float32", CORNERS),
+                         listed("scores", f"detection confidence (0..1), decreasing; {padding}", "float32"),
+                         listed("labels", f"class label ({classes}); {padding}", "int64")],
                 weights=m.WeightsDescr(onnx=m.OnnxWeightsDescr(source=Path("weights.onnx"), sha256=m.Sha256(sha256),
                                                                opset_version=opset)),
                 config=m.Config(bioimageio=m.BioimageioConfig(reproducibility_tolerance=[
@@ -205,12 +228,16 @@ def _readme(path: Path, title: str, recipe, metrics: dict, training_rows, parity
         f"# {title}", "", recipe.description or "An anchor-free single-stage object detector.", "",
         "## Inputs and outputs", "",
         "- input `raw`: one 2D image at a time (axes `bcyx`, batch 1); any size, biozoo pads (with background).",
+        f"- every output has K = {post['max_detections']} rows (the capacity, whatever the image holds): the "
+        "detections by decreasing score, then padding rows with score 0, label 0 and box 0, 0, 0, 0 "
+        "(`config.biozoo.detection.padding`). `biozoo` drops the padding rows; other tools: keep the rows with "
+        "score > 0.",
         "- output `boxes` [K, 4]: x_min, y_min, x_max, y_max in input pixels (pixel edges: column c spans [c, c+1)).",
         "- output `scores` [K]: confidence, sorted decreasing; output `labels` [K]: "
         + ", ".join(f"{i + 1} = {c}" for i, c in enumerate(recipe.classes)) + " (torchvision convention).",
         f"- inside the graph: 3x3 peak filter on the objectness maps, score > {post['score_threshold']:g} (chosen on "
         f"{post.get('score_threshold_chosen_on', '?')}), ONNX NonMaxSuppression at IoU {post['iou_threshold']:g}, "
-        f"at most {post['max_detections']} boxes per class.", "",
+        f"the best {post['max_detections']} boxes kept, padded to {post['max_detections']} rows.", "",
         "## How to run", "", "```bash", "pip install biozoo", "biozoo test model.zip",
         "biozoo predict model.zip image.tif -o predictions/   # image.txt (YOLO), image.csv, image.json", "```", "",
         "```python", "from biozoo.runtime import load", 'out = load("model.zip").predict(image, axes="yx")',
@@ -228,7 +255,7 @@ def _readme(path: Path, title: str, recipe, metrics: dict, training_rows, parity
         f"{at.get('recall50', float('nan')):.3f}, F1 {at.get('f1_50', float('nan')):.3f} (IoU 0.5).",
         f"- torch vs onnxruntime: dense maps max abs error {parity['max_abs_error']:.3g}; box lists identical in count "
         f"and labels, corners within {parity['boxes']['max_box_corner_difference_px']:.3g} px "
-        f"({parity['boxes']['boxes_found']} boxes at sizes {parity['boxes']['shapes']}).",
+        f"({parity['boxes']['boxes_found']} detections at sizes {parity['boxes']['shapes']}).",
         f"- batch independence (dense maps, torch): {independence['max_abs_difference']:.3g}.",
         f"- the test image holds {n_test_boxes} detections; test tensors are reproduced within abs "
         f"{tolerance['absolute_tolerance']:g} / rel {tolerance['relative_tolerance']:g}.", "",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 import numpy as np
 
 from . import axes as axes_mod
-from . import input_checks, masking, pixelsize
+from . import detections, input_checks, masking, pixelsize
 from .checks import CheckReport, training_conditions
 from .objects import segmentation_like
 from .resample import order_for, resample
@@ -137,13 +137,16 @@ def predict_checked(model: "Model", inputs: Any, axes: Any, opts: InputOptions, 
     input_checks.distribution_shift(report, training_conditions(desc.config), processed[primary.id], p.valid)
     outputs = model.run_processed(processed, p.arrays, tile=tile, tile_budget=tile_budget,
                                   dataset_stats=dataset_stats, progress=progress, masks=p.masks)
+    boxes = detections.detection_outputs(desc)
+    outputs = detections.drop_padding(desc, outputs, boxes)  # fixed-capacity box lists: only real rows from here
     if p.valid is not None:
         outputs = _mask_outputs(model, outputs, p.valid)
     input_checks.receptive_field(report, model, outputs)
     if p.factors:
         outputs = _resample_back(model, outputs, p.original_shapes, p.arrays[primary.id].shape)
     report.disabled()
-    result = {tid: axes_mod.from_model_layout(y, desc.output(tid), p.caller.get(primary.id))
+    caller = p.caller.get(primary.id)
+    result = {tid: axes_mod.from_model_layout(y, detections.unpadded_tensor(desc, tid, boxes), caller)
               for tid, y in outputs.items()}
     return Prediction(result, report)
 
@@ -177,18 +180,20 @@ def _mask_outputs(model: "Model", outputs: dict[str, np.ndarray], valid: np.ndar
 def _resample_back(model: "Model", outputs: dict[str, np.ndarray], original_shapes, resampled_shape
                    ) -> dict[str, np.ndarray]:
     """Outputs back onto the input's original grid: lengths from the description for the original input shape;
-    box lists (data-dependent sizes, not images) get their corner coordinates scaled instead."""
-    from .detections import detection_outputs
+    box lists (not images; data-dependent or fixed-capacity lengths) get their corner coordinates scaled instead."""
     from .tiling import output_shapes
 
     desc = model.description
     wanted = output_shapes(desc, original_shapes)
-    boxes = detection_outputs(desc)
+    boxes = detections.detection_outputs(desc)
     back = {}
     for tid, y in outputs.items():
         t, shape = desc.output(tid), wanted.get(tid)
+        if boxes and tid == boxes.boxes:
+            back[tid] = _boxes_back(model, y, boxes, original_shapes, resampled_shape)
+            continue
         if shape is None:
-            back[tid] = _boxes_back(model, y, boxes, original_shapes, resampled_shape) if boxes and tid == boxes.boxes else y
+            back[tid] = y
             continue
         lengths = {i: shape[i] for i, a in enumerate(t.axes) if a.type == "space" and shape[i] != y.shape[i]}
         back[tid] = resample(y, lengths, order_for(y)) if lengths else y

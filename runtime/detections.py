@@ -1,13 +1,23 @@
 """Box-list outputs of detection packages: recognise them, bring them back to the image, write YOLO txt, CSV, JSON.
 
-A detection package (biozoo's detector or any other) has outputs with an ``index`` axis of data-dependent size:
-``boxes [K, 4]``, ``scores [K]`` and optionally class ids: ``labels [K]`` (torchvision's convention, what biozoo
-exports: 1 = first class, 0 = background) or ``classes [K]`` (0-based). They are found by tensor id or, failing
-that, by shape: the one with a 4-channel axis holds boxes, an integer one the class ids (0-based), the remaining
-float one scores. Everything written uses 0-based class ids, as YOLO label files do. Box corners are ``x_min,
-y_min, x_max, y_max`` in input pixels with pixel *edge* coordinates (column c spans [c, c + 1)); a boxes tensor
-whose channel names are a permutation of those four names is reordered. Class names come from
-``config.biozoo.detection.classes`` when the package records them.
+A detection package (biozoo's detector or any other) has box-list outputs ``boxes [K, 4]``, ``scores [K]`` and
+optionally class ids: ``labels [K]`` (torchvision's convention, what biozoo exports: 1 = first class, 0 =
+background) or ``classes [K]`` (0-based). Their ``index`` axis comes in two forms:
+
+- data-dependent size (older biozoo packages, other tools): K is the number of detections;
+- fixed size K (biozoo packages since the fixed capacity), with ``config.biozoo.detection.padding`` saying how the
+  unused rows are marked (``PADDINGS``; biozoo writes "rows with score 0") and ``max_detections`` = K. Why: the
+  spec forbids a data-dependent axis of length 0, so an image without objects needs a fixed capacity. Without the
+  marker a fixed-size index axis is not taken for a box list (the runtime does not guess).
+
+``drop_padding`` removes the padding rows right after the session runs (Model.predict and `biozoo predict` never
+show them; `biozoo test` compares the padded outputs with the padded test tensors); ``to_detections`` drops them
+too, so raw session outputs can be passed. The tensors are found by tensor id or, failing that, by shape: the one
+with a 4-channel axis holds boxes, an integer one the class ids (0-based), the remaining float one scores.
+Everything written uses 0-based class ids, as YOLO label files do. Box corners are ``x_min, y_min, x_max, y_max``
+in input pixels with pixel *edge* coordinates (column c spans [c, c + 1)); a boxes tensor whose channel names are
+a permutation of those four names is reordered. Class names come from ``config.biozoo.detection.classes`` when the
+package records them.
 
 Only numpy: the runtime never imports torch or biozoo.zoo (the YOLO line format here is the one biozoo.zoo.boxes
 reads; a test holds the two together).
@@ -15,6 +25,7 @@ reads; a test holds the two together).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -29,6 +40,8 @@ from .description import DataDependentSize, ModelDescription, Tensor
 from .errors import InputError, PackageError
 
 CORNERS = ("x_min", "y_min", "x_max", "y_max")
+SCORE_ZERO = "rows with score 0"
+PADDINGS = (SCORE_ZERO,)  # the padding markers the runtime knows (config.biozoo.detection.padding)
 CSV_COLUMNS = ("index", "class_id", "class_name", "score", *CORNERS, "x_center", "y_center", "width", "height")
 
 
@@ -43,6 +56,9 @@ class DetectionOutputs:
     label_offset: int = 0
     corner_order: tuple[int, ...] = (0, 1, 2, 3)  # column of each CORNERS entry in the boxes tensor
     class_names: tuple[str, ...] = ()
+    padding: Optional[str] = None  # a PADDINGS marker for fixed-capacity lists; None: data-dependent lengths
+    capacity: Optional[int] = None  # K of fixed-capacity lists
+    lists: tuple[str, ...] = ()  # every output with a box-list index axis (padding rows are dropped from each)
 
 
 @dataclass(frozen=True)
@@ -61,15 +77,43 @@ class Detections:
         return self.class_names[class_id] if 0 <= class_id < len(self.class_names) else str(class_id)
 
 
-def _is_list(t: Tensor) -> bool:
-    return any(a.type == "index" and (a.size is None or isinstance(a.size, DataDependentSize)) for a in t.axes)
+def _is_list(t: Tensor, padded: bool) -> bool:
+    return any(a.type == "index" and (a.size is None or isinstance(a.size, DataDependentSize)
+                                      or (padded and isinstance(a.size, int))) for a in t.axes)
+
+
+def _padding(description: ModelDescription) -> tuple[Optional[str], Any]:
+    """(padding marker, recorded capacity) from config.biozoo.detection; the marker must be one biozoo knows."""
+    config = description.config.get("biozoo") if isinstance(description.config, Mapping) else None
+    detection = (config or {}).get("detection") if isinstance(config, Mapping) else None
+    if not isinstance(detection, Mapping) or detection.get("padding") is None:
+        return None, None
+    marker = detection["padding"]
+    if marker not in PADDINGS:
+        raise PackageError(f"config.biozoo.detection.padding is {marker!r}; this biozoo knows {list(PADDINGS)}: "
+                           "upgrade biozoo, or fix the package's config")
+    return marker, detection.get("max_detections")
+
+
+def _fixed_capacity(lists: list[Tensor], recorded: Any) -> int:
+    sizes = {t.id: a.size for t in lists for a in t.axes if a.type == "index"}
+    if len(set(sizes.values())) != 1 or not all(isinstance(n, int) and n >= 1 for n in sizes.values()):
+        raise PackageError(f"the box-list outputs' index axes have sizes {sizes}; a package with "
+                           "config.biozoo.detection.padding needs one fixed size K (the capacity) on all of them")
+    k = next(iter(sizes.values()))
+    if recorded is not None and recorded != k:
+        raise PackageError(f"config.biozoo.detection.max_detections is {recorded!r} but the box-list outputs have "
+                           f"{k} rows; the package is inconsistent: re-export it")
+    return k
 
 
 def detection_outputs(description: ModelDescription) -> Optional[DetectionOutputs]:
     """The detection outputs of a package, or None when its outputs are not box lists."""
-    lists = [t for t in description.outputs if _is_list(t)]
+    padding, recorded = _padding(description)
+    lists = [t for t in description.outputs if _is_list(t, padded=padding is not None)]
     if not lists:
         return None
+    capacity = _fixed_capacity(lists, recorded) if padding is not None else None
     by_id = {t.id: t for t in lists}
     four = [t for t in lists if any(a.type == "channel" and a.size == 4 for a in t.axes)]
     boxes = by_id.get("boxes") or (four[0] if len(four) == 1 else None)
@@ -89,7 +133,50 @@ def detection_outputs(description: ModelDescription) -> Optional[DetectionOutput
         order = tuple(channel.channel_names.index(c) for c in CORNERS)
     names = ((description.config.get("biozoo") or {}).get("detection") or {}).get("classes") or ()
     return DetectionOutputs(boxes.id, scores.id, classes.id if classes else None,
-                            1 if classes is not None and classes.id == "labels" else 0, order, tuple(map(str, names)))
+                            1 if classes is not None and classes.id == "labels" else 0, order, tuple(map(str, names)),
+                            padding, capacity, tuple(t.id for t in lists))
+
+
+def _index_position(t: Tensor) -> int:
+    return next(i for i, a in enumerate(t.axes) if a.type == "index")
+
+
+def _real_rows(scores: np.ndarray, index: int) -> np.ndarray:
+    """Per row of the index axis: True for a detection, False for padding (SCORE_ZERO: every score exactly 0)."""
+    s = np.moveaxis(np.asarray(scores), index, 0)
+    return (s.reshape(len(s), -1) != 0).any(axis=1)
+
+
+def drop_padding(description: ModelDescription, outputs: Mapping[str, np.ndarray],
+                 which: Optional[DetectionOutputs] = None) -> dict[str, np.ndarray]:
+    """Outputs in the model's layout (as the session returns them) without the padding rows of fixed-capacity box
+    lists; other outputs, and packages whose lists have data-dependent lengths, come back unchanged."""
+    which = which if which is not None else detection_outputs(description)
+    if which is None or which.padding is None or which.scores not in outputs:
+        return dict(outputs)
+    keep = _real_rows(outputs[which.scores], _index_position(description.output(which.scores)))
+    out = dict(outputs)
+    for tid in which.lists:
+        if tid in out:
+            i = _index_position(description.output(tid))
+            if out[tid].shape[i] != len(keep):
+                raise PackageError(f"output '{tid}' has {out[tid].shape[i]} rows, scores {len(keep)}; the box-list "
+                                   "outputs of the package's graph disagree in length")
+            out[tid] = np.compress(keep, out[tid], axis=i)
+    return out
+
+
+def unpadded_tensor(description: ModelDescription, tid: str, which: Optional[DetectionOutputs] = None) -> Tensor:
+    """Output ``tid``'s description as drop_padding leaves it: a fixed-capacity list's index axis becomes data
+    dependent (0..K rows), so that axis handling keeps a list of one detection a list (it squeezes fixed
+    singleton axes the caller did not ask for)."""
+    t = description.output(tid)
+    which = which if which is not None else detection_outputs(description)
+    if which is None or which.padding is None or tid not in which.lists:
+        return t
+    axes = tuple(dataclasses.replace(a, size=DataDependentSize(0, which.capacity)) if a.type == "index" else a
+                 for a in t.axes)
+    return dataclasses.replace(t, axes=axes)
 
 
 def to_detections(outputs: Mapping[str, Any], which: DetectionOutputs, height: int, width: int,
@@ -111,6 +198,9 @@ def to_detections(outputs: Mapping[str, Any], which: DetectionOutputs, height: i
     if not len(xyxy) == len(scores) == len(classes):
         raise PackageError(f"detection outputs disagree in length: {len(xyxy)} boxes, {len(scores)} scores, "
                            f"{len(classes)} classes; the package's graph is broken")
+    if which.padding is not None:  # raw session outputs: padding first, before any box is looked at
+        real = scores != 0
+        xyxy, scores, classes = xyxy[real], scores[real], classes[real]
     xyxy = xyxy * np.array([scale[1], scale[0], scale[1], scale[0]], np.float32)
     centre = (xyxy[:, :2] + xyxy[:, 2:]) / 2
     inside = (centre[:, 0] >= 0) & (centre[:, 0] < width) & (centre[:, 1] >= 0) & (centre[:, 1] < height)

@@ -15,10 +15,13 @@ _PERCENTILES = ("min_percentile", "max_percentile")
 
 
 def _numbers(value: Any, where: str) -> Any:
+    """A number or a non-empty list of numbers; whole numbers stay ints (grids, sizes index with them)."""
     if isinstance(value, (list, tuple)):
         if not value:
             raise F.refuse(where, value, "a number or a non-empty list of numbers")
-        return [F.number(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_numbers(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
     return F.number(value, where)
 
 

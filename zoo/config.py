@@ -117,7 +117,9 @@ class DetectionRecipe(_RecipeBase):
     iou_threshold: float = Field(0.5, gt=0, le=1, description="NMS IoU threshold (also in the exported graph)")
     score_threshold: Optional[float] = Field(None, ge=0, lt=1, description="the package's score threshold; null: "
                                              "the best-F1 threshold (IoU 0.5) on the validation split")
-    max_detections: int = Field(1000, ge=1, le=100000, description="per image and class, after NMS")
+    max_detections: int = Field(1000, ge=1, le=100000,
+                                description="per image, all classes together: the package's fixed output capacity "
+                                            "(rows beyond the detections are padding with score 0)")
 
     @model_validator(mode="after")
     def _stride_fits_depth(self) -> "DetectionRecipe":

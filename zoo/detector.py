@@ -12,11 +12,16 @@ Design choices a caller must know:
   "peak NMS"), box edges from the distances. ``DetectorWithNMS`` appends greedy box NMS; exported with
   ``export_detector_onnx`` the NMS is ONNX ``NonMaxSuppression`` inside the graph, and the outputs are
   ``boxes [K, 4]`` (x_min, y_min, x_max, y_max in input pixels, pixel edges as in biozoo.zoo.boxes),
-  ``scores [K]`` and ``labels [K]`` (int64), sorted by decreasing score, K data dependent. Labels follow
-  torchvision's detection convention: 1 = the first class, 0 = background (never output); YOLO files use
-  ``label - 1``. Why not 0-based class ids: a one-class detector's would be all zeros, and bioimageio.spec refuses
-  a test tensor whose values are all ~0. The graph takes one image at a time (batch 1): box lists of several
-  images cannot share one tensor.
+  ``scores [K]`` and ``labels [K]`` (int64), sorted by decreasing score. K is a FIXED capacity
+  (``max_detections``, for all classes together): the detections fill the first rows, the rest are padding rows
+  (score 0, label 0, box 0, 0, 0, 0), as end-to-end exported detectors do. Why not a data-dependent K: an image
+  without objects would give empty outputs, and bioimage.io forbids a data-dependent axis of length 0
+  (bioimageio.core's test_model fails the package). A real detection always has score > score_threshold >= 0, so
+  "score 0" marks padding unambiguously (``PADDING``, recorded in the package). Labels follow torchvision's
+  detection convention: 1 = the first class, 0 = background (only in padding rows); YOLO files use ``label - 1``.
+  Why not 0-based class ids: a one-class detector's would be all zeros, and bioimageio.spec refuses a test tensor
+  whose values are all ~0. The graph takes one image at a time (batch 1): box lists of several images cannot share
+  one tensor.
 - Inputs: multiples of ``2**depth`` from ``2 * 2**depth``, as for the U-Net.
 """
 from __future__ import annotations
@@ -37,7 +42,9 @@ from .receptive_field import contract_with_receptive_field, receptive_field_of
 from .registry import build_config, register_model
 from .unet import ConvBlock
 
+PADDING = "rows with score 0"  # how the graph marks unused rows (config.biozoo.detection.padding; runtime reads it)
 MAX_LOG_DISTANCE = 8.0  # exp(8) * stride: far beyond any image; keeps exp finite for wild logits
+NMS_KEEPS_ALL = 2**31 - 1  # NonMaxSuppression's max_output_boxes_per_class: no cap (see DetectorWithNMS)
 PRIOR = 0.1  # initial objectness probability (CenterNet: bias -2.19): training starts from "little here"
 
 
@@ -223,8 +230,9 @@ class _NonMaxSuppression(torch.autograd.Function):
 class DetectorWithNMS(nn.Module):
     """The exported form: one image ``[1, C, H, W]`` -> ``(boxes [K, 4], scores [K], labels [K] int64, 1-based)``.
 
-    ``score_threshold`` drops weak peaks, ``iou_threshold`` is the NMS overlap limit, ``max_detections`` caps K per
-    class. Outputs are sorted by decreasing score.
+    ``score_threshold`` drops weak peaks, ``iou_threshold`` is the NMS overlap limit, ``max_detections`` is K, the
+    fixed number of rows of every output (all classes together): the detections by decreasing score (the best K
+    when there are more), then padding rows of zeros (see ``PADDING``).
     """
 
     def __init__(self, net: Detector, score_threshold: float = 0.3, iou_threshold: float = 0.5,
@@ -236,7 +244,9 @@ class DetectorWithNMS(nn.Module):
         self.net = net
         self.settings = {"score_threshold": float(score_threshold), "iou_threshold": float(iou_threshold),
                          "max_detections": int(max_detections)}
-        self.register_buffer("max_per_class", torch.tensor([max_detections], dtype=torch.int64), persistent=False)
+        # NMS itself keeps every surviving box: capping it at K would let NonMaxSuppression's own order among tied
+        # scores (not specified by ONNX, not eager's) choose which K survive; the capacity cut comes after the sort
+        self.register_buffer("max_per_class", torch.tensor([NMS_KEEPS_ALL], dtype=torch.int64), persistent=False)
         self.register_buffer("iou_threshold", torch.tensor([iou_threshold], dtype=torch.float32), persistent=False)
         self.register_buffer("score_threshold", torch.tensor([score_threshold], dtype=torch.float32),
                              persistent=False)
@@ -260,7 +270,16 @@ class DetectorWithNMS(nn.Module):
             _, order = torch.sort(out_scores, descending=True, stable=True)
         flat = flat[order]
         cells = scores.shape[2]
-        return boxes[0].index_select(0, flat % cells), out_scores[order], flat // cells + 1
+        return self._pad(boxes[0].index_select(0, flat % cells), out_scores[order], flat // cells + 1)
+
+    def _pad(self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Exactly K rows: append K rows of zeros, keep the first K. The rows come sorted by decreasing score and
+        every real score is > 0, so this keeps the best K detections and puts the padding last; as graph ops
+        (Concat + Slice with constant ends) the output length is K whatever NonMaxSuppression found."""
+        k = self.settings["max_detections"]
+        return (torch.cat([boxes, boxes.new_zeros(k, 4)])[:k], torch.cat([scores, scores.new_zeros(k)])[:k],
+                torch.cat([labels, labels.new_zeros(k)])[:k])
 
 
 OUTPUT_NAMES = ("boxes", "scores", "labels")
@@ -270,14 +289,15 @@ def export_detector_onnx(model: DetectorWithNMS, example: torch.Tensor, path: Un
                          input_name: str = "raw", output_names: tuple[str, str, str] = OUTPUT_NAMES,
                          opset: int = 17) -> Path:
     """Write ``model`` as ONNX with NonMaxSuppression in the graph: dynamic y/x input sizes, batch fixed to 1,
-    outputs with a data-dependent first axis. IR version 8 (what onnxruntime >= 1.16 reads)."""
+    outputs of the fixed length K = ``model.settings["max_detections"]``. IR version 8 (what onnxruntime >= 1.16
+    reads)."""
     import io
     import warnings
 
     if example.ndim != 4 or example.shape[0] != 1:
         raise BiozooError(f"the example input must be one image [1, C, Y, X], got shape {tuple(example.shape)}")
     model.eval()
-    dynamic = {input_name: {2: "y", 3: "x"}, **{name: {0: "detections"} for name in output_names}}
+    dynamic = {input_name: {2: "y", 3: "x"}}  # outputs: K rows at every input size (padded in the graph)
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy-exporter deprecation and tracer notes; the graph is checked
@@ -290,6 +310,12 @@ def export_detector_onnx(model: DetectorWithNMS, example: torch.Tensor, path: Un
     proto = onnx.load_from_string(data)
     if "NonMaxSuppression" not in {n.op_type for n in proto.graph.node}:
         raise BiozooError("the exported detector graph has no NonMaxSuppression node; the export is broken")
+    # ONNX shape inference cannot see that Slice(Concat(found, K zeros), 0, K) has K rows (it names the length
+    # symbolically): declare it, so the graph says what the rdf says (exporter and tests check the real shapes)
+    for output in proto.graph.output:
+        first = output.type.tensor_type.shape.dim[0]
+        first.ClearField("dim_param")
+        first.dim_value = model.settings["max_detections"]
     proto.ir_version = min(proto.ir_version, 8)
     path = Path(path)
     path.write_bytes(proto.SerializeToString())

@@ -238,6 +238,7 @@ def predict_boxes(model: torch.nn.Module, image: np.ndarray, step: int, num_clas
         out.append(B.Boxes.make(boxes[keep], np.full(len(keep), c), scores[c, keep]))
     det = B.Boxes.make(np.concatenate([o.xyxy for o in out]), np.concatenate([o.classes for o in out]),
                        np.concatenate([o.scores for o in out]))
+    det = det.subset(np.argsort(-det.scores, kind="stable")[:max_detections])  # the graph's capacity: all classes
     centre = (det.xyxy[:, :2] + det.xyxy[:, 2:]) / 2
     inside = (centre[:, 0] < w) & (centre[:, 1] < h)
     det = det.subset(inside)

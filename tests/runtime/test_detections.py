@@ -12,12 +12,13 @@ import pytest
 import tifffile
 import yaml
 
-from biozoo.runtime.description import parse_description
-from biozoo.runtime.detections import (Detections, csv_text, detection_outputs, json_record, to_detections,
-                                       write_prediction, yolo_text)
+from biozoo.runtime.description import DataDependentSize, parse_description
+from biozoo.runtime.detections import (Detections, csv_text, detection_outputs, drop_padding, json_record,
+                                       to_detections, unpadded_tensor, write_prediction, yolo_text)
 from biozoo.runtime.errors import InputError, PackageError
 
 INDEX = {"id": "detection", "type": "index", "size": {}}
+PADDED = {"padding": "rows with score 0"}  # what biozoo's exporter records for fixed-capacity lists
 
 
 def _rdf(outputs: list[dict], config: dict | None = None) -> dict:
@@ -28,8 +29,9 @@ def _rdf(outputs: list[dict], config: dict | None = None) -> dict:
             "outputs": outputs, "config": config or {}}
 
 
-def _out(tid: str, dtype: str = "float32", channels: tuple[str, ...] = ()) -> dict:
-    axes = [INDEX] + ([{"type": "channel", "channel_names": list(channels)}] if channels else [])
+def _out(tid: str, dtype: str = "float32", channels: tuple[str, ...] = (), size=None) -> dict:
+    index = INDEX if size is None else {**INDEX, "size": size}
+    axes = [index] + ([{"type": "channel", "channel_names": list(channels)}] if channels else [])
     return {"id": tid, "axes": axes, "data": {"type": dtype}}
 
 
@@ -82,6 +84,61 @@ def test_to_detections_maps_labels_reorders_corners_drops_padding_and_sorts():
         to_detections({"boxes": boxes, "scores": scores[:2], "labels": labels}, which, 60, 80)
 
 
+def _fixed(k: int, detection: dict | None = None):
+    return parse_description(_rdf([_out("boxes", channels=CORNERS, size=k), _out("scores", size=k),
+                                   _out("labels", "int64", size=k)],
+                                  {"biozoo": {"detection": {"classes": ["cell"], "max_detections": k, **PADDED,
+                                                            **(detection or {})}}}))
+
+
+def test_fixed_capacity_lists_are_recognised_by_their_padding_marker_only():
+    which = detection_outputs(_fixed(6))
+    assert (which.boxes, which.scores, which.classes, which.padding, which.capacity) == (
+        "boxes", "scores", "labels", "rows with score 0", 6)
+    assert which.lists == ("boxes", "scores", "labels")
+    # the same fixed-size index axes without the marker: not taken for box lists (the runtime does not guess)
+    bare = _rdf([_out("boxes", channels=CORNERS, size=6), _out("scores", size=6)])
+    assert detection_outputs(parse_description(bare)) is None
+    # older biozoo packages record max_detections (then per class) but no padding: still data-dependent lists
+    old = parse_description(_rdf([_out("boxes", channels=CORNERS), _out("scores")],
+                                 {"biozoo": {"detection": {"max_detections": 1000}}}))
+    assert detection_outputs(old).padding is None
+    with pytest.raises(PackageError, match="padding is 'rows with label 0'; this biozoo knows"):
+        detection_outputs(_fixed(6, {"padding": "rows with label 0"}))
+    with pytest.raises(PackageError, match="max_detections is 5 but the box-list outputs have 6 rows"):
+        detection_outputs(_fixed(6, {"max_detections": 5}))
+    mixed = _rdf([_out("boxes", channels=CORNERS, size=6), _out("scores", size=7)],
+                 {"biozoo": {"detection": PADDED}})
+    with pytest.raises(PackageError, match="needs one fixed size K"):
+        detection_outputs(parse_description(mixed))
+
+
+def test_padding_rows_are_dropped_before_anything_else_sees_them():
+    desc = _fixed(5)
+    which = detection_outputs(desc)
+    boxes = np.zeros((5, 4), np.float32)
+    boxes[:2] = [[10, 20, 30, 40], [1, 2, 3, 4]]
+    raw = {"boxes": boxes, "scores": np.array([0.9, 0.4, 0, 0, 0], np.float32), "labels": np.array([1, 1, 0, 0, 0])}
+    kept = drop_padding(desc, raw)
+    assert [v.shape for v in kept.values()] == [(2, 4), (2,), (2,)]
+    np.testing.assert_array_equal(kept["boxes"], boxes[:2])
+    assert drop_padding(desc, kept)["scores"].tolist() == kept["scores"].tolist()  # idempotent
+    empty = drop_padding(desc, {k: np.zeros_like(v) for k, v in raw.items()})  # a blank image: all padding
+    assert [v.shape for v in empty.values()] == [(0, 4), (0,), (0,)]
+    # to_detections on raw session outputs drops the padding itself: a padding row has a centre (0, 0) inside
+    # the image and would otherwise become a box
+    assert len(to_detections(raw, which, 60, 80)) == 2
+    assert len(to_detections({k: np.zeros_like(v) for k, v in raw.items()}, which, 60, 80)) == 0
+    # data-dependent lists are never cut, even where a score is 0
+    dd = parse_description(_rdf([_out("boxes", channels=CORNERS), _out("scores"), _out("labels", "int64")]))
+    assert drop_padding(dd, raw)["scores"].shape == (5,)
+    with pytest.raises(PackageError, match="disagree in length"):
+        drop_padding(desc, {**raw, "labels": raw["labels"][:4]})
+    # after dropping, the index axis reads as data dependent (a list of one box must stay a list)
+    assert unpadded_tensor(desc, "boxes").axes[0].size == DataDependentSize(0, 5)
+    assert unpadded_tensor(dd, "boxes") is dd.output("boxes")
+
+
 def _dets() -> Detections:
     return Detections(np.array([[10.0, 20.0, 30.0, 50.0], [0.0, 0.0, 4.5, 3.0]], np.float32),
                       np.array([0.9, 0.4], np.float32), np.array([1, 0]), ("nucleus", "mitosis"))
@@ -121,9 +178,34 @@ def test_write_prediction_needs_a_folder(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ a real detection package
-@pytest.fixture(scope="module")
-def package(tmp_path_factory) -> Path:
-    """A detection package around an in-graph-NMS graph whose 'detector' is a steep function of local brightness."""
+def _as_data_dependent(path: Path) -> None:
+    """Rewrite a fixed-capacity detector graph into the older form (data-dependent length: only rows with score
+    > 0), as biozoo exported before the capacity and other tools still do."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    names = [o.name for o in graph.output]
+    for node in graph.node:
+        node.output[:] = [f"{n}_padded" if n in names else n for n in node.output]
+        node.input[:] = [f"{n}_padded" if n in names else n for n in node.input]
+    graph.initializer.extend([helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+                              helper.make_tensor("flat", TensorProto.INT64, [1], [-1])])
+    graph.node.extend([helper.make_node("Greater", ["scores_padded", "zero"], ["real"]),
+                       helper.make_node("NonZero", ["real"], ["rows2d"]),
+                       helper.make_node("Reshape", ["rows2d", "flat"], ["rows"]),
+                       *(helper.make_node("Gather", [f"{n}_padded", "rows"], [n], axis=0) for n in names)])
+    for output in graph.output:
+        output.type.tensor_type.shape.dim[0].dim_param = "detections"
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+@pytest.fixture(scope="module", params=["fixed-capacity", "data-dependent"])
+def package(request, tmp_path_factory) -> Path:
+    """A detection package around an in-graph-NMS graph whose 'detector' is a steep function of local brightness,
+    in both box-list forms: K = 1000 rows with padding (what biozoo exports) and the older data-dependent length."""
     torch = pytest.importorskip("torch")
     from biozoo.zoo.detector import DetectorConfig, DetectorWithNMS, export_detector_onnx
 
@@ -138,6 +220,9 @@ def package(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("detpkg")
     export_detector_onnx(DetectorWithNMS(Pooled(), 0.5, 0.5), torch.zeros(1, 1, 32, 32), root / "weights.onnx")
+    fixed = request.param == "fixed-capacity"
+    if not fixed:
+        _as_data_dependent(root / "weights.onnx")
     x = _image((64, 96), [(20, 24), (44, 72)])
     np.save(root / "test_input.npy", x[None, None])
     import onnxruntime as ort
@@ -147,8 +232,11 @@ def package(tmp_path_factory) -> Path:
         None, {"raw": ((x - lo) / (hi - lo + 1e-6)).astype(np.float32)[None, None]})
     for tid, value in zip(("boxes", "scores", "labels"), outs):
         np.save(root / f"test_{tid}.npy", value)
-    rdf = _rdf([_out("boxes", channels=CORNERS), _out("scores"), _out("labels", "int64")],
-               {"biozoo": {"pad_mode": "constant", "detection": {"classes": ["blob"]},
+    k = 1000 if fixed else None
+    assert [len(v) for v in outs] == [1000 if fixed else 2] * 3  # the graph's rows: capacity, or the detections
+    detection = {"classes": ["blob"], **({"max_detections": k, **PADDED} if fixed else {})}
+    rdf = _rdf([_out("boxes", channels=CORNERS, size=k), _out("scores", size=k), _out("labels", "int64", size=k)],
+               {"biozoo": {"pad_mode": "constant", "detection": detection,
                            "training": {"pixel_size": {"y": 1.0, "x": 1.0}, "pixel_size_unit": "micrometer"}}})
     rdf["format_version"] = "0.5.4"
     rdf["weights"] = {"onnx": {"source": "weights.onnx", "sha256": _sha(root / "weights.onnx"), "opset_version": 17}}
@@ -181,6 +269,10 @@ def test_a_detection_package_tests_and_predicts_box_lists(package):
     assert set(out) == {"boxes", "scores", "labels"} and out["labels"].tolist() == [1, 1]
     one = model.predict(_image((64, 96), [(30, 40)]), axes="yx", pixel_size=1.0)
     assert [v.shape for v in one.values()] == [(1, 4), (1,), (1,)]  # a list of one box is still a list
+    # a blank frame (per-image normalization would blow noise up into objects): no row, and no padding row
+    none = model.predict(np.full((64, 96), 100.0, np.float32), axes="yx", pixel_size=1.0,
+                         skip_checks=["masked-normalization"])
+    assert [v.shape for v in none.values()] == [(0, 4), (0,), (0,)]
     with pytest.raises(InputError, match="cannot be stitched from tiles"):
         model.predict(_image((64, 96), [(30, 40)]), axes="yx", pixel_size=1.0, tile={"y": 32, "x": 32})
 

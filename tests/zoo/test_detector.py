@@ -120,13 +120,16 @@ def test_in_graph_nms_matches_the_eager_reference(pooled_onnx, shape, centres):
     with torch.no_grad():
         expected = [t.numpy() for t in module(torch.from_numpy(x))]
     got = session.run(None, {"raw": x})
-    assert [g.shape for g in got] == [e.shape for e in expected]
-    assert (len(got[0]) > 0) == bool(centres)
+    k = module.settings["max_detections"]
+    assert [g.shape for g in got] == [e.shape for e in expected] == [(k, 4), (k,), (k,)]  # fixed capacity
+    n = int(np.count_nonzero(got[1]))
+    assert (n > 0) == bool(centres) and np.all(got[1][:n] > 0.2)  # the detections first, all above threshold
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(got[2], expected[2])
-    assert got[2].dtype == np.int64 and set(got[2].tolist()) <= {1, 2}  # 1-based labels
-    assert np.all(np.diff(got[1]) <= 0)  # sorted by decreasing score
+    assert got[2].dtype == np.int64 and set(got[2][:n].tolist()) <= {1, 2}  # 1-based labels
+    assert not (got[0][n:].any() or got[2][n:].any())  # padding rows: score, label and box all 0
+    assert np.all(np.diff(got[1]) <= 0)  # sorted by decreasing score (padding last)
     assert "NonMaxSuppression" in {n.op_type for n in onnx.load(str(path)).graph.node}
 
 
@@ -137,7 +140,7 @@ def test_tied_scores_give_one_order_in_torch_and_onnxruntime(pooled_onnx):
     with torch.no_grad():
         expected = [t.numpy() for t in module(torch.from_numpy(x))]
     got = session.run(None, {"raw": x})
-    assert len(got[0]) > 10
+    assert np.count_nonzero(got[1]) > 10
     for g, e in zip(got, expected):
         np.testing.assert_array_equal(g, e)
 
@@ -152,11 +155,54 @@ def test_exported_detector_runs_at_several_sizes_and_refuses_batches(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "d.onnx"), providers=["CPUExecutionProvider"])
     for shape in ((16, 16), (24, 40), (56, 32)):
         boxes, scores, labels = session.run(None, {"raw": np.random.default_rng(1).random((1, 1, *shape), np.float32)})
-        assert boxes.shape == (len(scores), 4) and labels.shape == scores.shape
+        assert boxes.shape == (1000, 4) and scores.shape == labels.shape == (1000,)  # the default capacity
+    assert [[d.dim_value for d in o.type.tensor_type.shape.dim] for o in proto.graph.output] == [[1000, 4], [1000],
+                                                                                                [1000]]
     with pytest.raises(BiozooError, match="one image at a time"):
         module(torch.zeros(2, 1, 16, 16))
     with pytest.raises(BiozooError, match="one image"):
         export_detector_onnx(module, torch.zeros(2, 1, 16, 16), tmp_path / "x.onnx")
+
+
+def _one_cell_blobs(shape, n: int, channels: int = 2) -> np.ndarray:
+    """n blobs on a 16 px grid, each filling exactly one 4 x 4 cell of the stride-4 maps (one peak per blob, no
+    tied neighbours), brightness 0.4 + 0.02 k: distinct, unsaturated PooledNet scores 0.35 .. 0.9."""
+    x = np.random.default_rng(0).normal(0.0, 0.02, (1, channels, *shape)).astype(np.float32)
+    cols = shape[1] // 16
+    for k in range(n):
+        y0, x0 = 16 * (k // cols) + 4, 16 * (k % cols) + 4
+        x[0, k % channels, y0:y0 + 4, x0:x0 + 4] += 0.4 + 0.02 * k
+    return x
+
+
+@pytest.mark.parametrize("capacity", [1, 5, 12])
+def test_capacity_keeps_the_best_rows_and_pads_the_rest_in_torch_and_onnxruntime(tmp_path, capacity):
+    """K rows whatever the image holds: a crowded image (more objects than K) gives the K best of what an
+    uncapped graph finds, a sparse one its detections then zeros, a blank one only zeros."""
+    net = PooledNet(num_classes=2)
+    graphs = {}
+    for k in (capacity, 1000):
+        module = DetectorWithNMS(net, score_threshold=0.2, iou_threshold=0.3, max_detections=k).eval()
+        export_detector_onnx(module, torch.zeros(1, 2, 32, 32), tmp_path / f"k{k}.onnx")
+        graphs[k] = module, ort.InferenceSession(str(tmp_path / f"k{k}.onnx"), providers=["CPUExecutionProvider"])
+    crowded = _one_cell_blobs((96, 96), 25)
+    sparse = _one_cell_blobs((96, 96), 1)
+    blank = np.zeros((1, 2, 64, 64), np.float32)
+    for name, x in (("crowded", crowded), ("sparse", sparse), ("blank", blank)):
+        (module, session), (_, uncapped) = graphs[capacity], graphs[1000]
+        got = session.run(None, {"raw": x})
+        with torch.no_grad():
+            eager = [t.numpy() for t in module(torch.from_numpy(x))]
+        full = uncapped.run(None, {"raw": x})
+        n_all = int(np.count_nonzero(full[1]))
+        n = min(n_all, capacity)
+        assert [g.shape for g in got] == [(capacity, 4), (capacity,), (capacity,)], name
+        assert int(np.count_nonzero(got[1])) == n, name
+        assert n_all == {"crowded": 25, "sparse": 1, "blank": 0}[name]  # what the blobs put there
+        for g, e, f in zip(got, eager, full):  # the best K of the uncapped list, the same in torch
+            np.testing.assert_allclose(g[:n], f[:n], rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-4)
+            assert not g[n:].any(), name  # padding: zeros
 
 
 def test_predict_boxes_drops_boxes_found_in_the_padding():
