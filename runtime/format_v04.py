@@ -23,6 +23,7 @@ from .errors import PackageError
 AXIS_TYPES = {"b": "batch", "t": "time", "i": "index", "c": "channel", "x": "space", "y": "space", "z": "space"}
 AXIS_IDS = {"b": "batch", "t": "time", "i": "index", "c": "channel"}
 TARGET_FORMAT = "0.5.12"
+MAX_CHANNELS = 65536  # 0.5 lists channel names: a claimed 2**63 channels must not become a list in memory
 _NAME_CHARS = set(string.ascii_letters + string.digits + "_+- ()")
 _COPIED = ("description", "license", "tags", "version", "git_repo", "links", "config", "timestamp", "training_data",
            "maintainers", "uploader", "packaged_by", "run_mode", "id", "id_emoji", "parent")
@@ -120,7 +121,9 @@ def _axis(letter: str, size: Any, *, scale: float = 1.0, halo: int = 0) -> dict[
     if kind == "batch":
         return {"type": "batch", **({"size": 1} if size == 1 else {})}
     if kind == "channel":
-        return {"type": "channel", "channel_names": [f"channel{i}" for i in range(int(size))]}
+        if not isinstance(size, int) or not 1 <= size <= MAX_CHANNELS:
+            raise PackageError(f"a channel axis of {size!r} channels (format 0.4 shape); expected 1 to {MAX_CHANNELS}")
+        return {"type": "channel", "channel_names": [f"channel{i}" for i in range(size)]}
     axis: dict[str, Any] = {"type": kind, "id": AXIS_IDS.get(letter, letter), "size": size}
     if scale != 1.0:
         axis["scale"] = scale

@@ -133,4 +133,16 @@ def test_mutated_descriptions_raise_only_biozoo_errors(rdf):
 
 @pytest.mark.slow
 def test_mutated_descriptions_raise_only_biozoo_errors_many(rdf):
-    _fuzz(rdf, examples=1500)
+    _fuzz(rdf, examples=int(__import__("os").environ.get("BIOZOO_FUZZ_EXAMPLES", "1500")))
+
+
+def test_a_claimed_huge_channel_count_is_refused_not_allocated():
+    """Found by the fuzzing above: a format-0.4 shape claiming 2**63 channels became a list of names (OOM)."""
+    from biozoo.runtime.errors import PackageError
+
+    rdf = {"format_version": "0.4.10", "type": "model", "name": "huge",
+           "inputs": [{"name": "raw", "axes": "bcyx", "shape": [1, 2**63, 64, 64]}],
+           "outputs": [{"name": "out", "axes": "bcyx", "shape": [1, 1, 64, 64]}],
+           "test_inputs": ["a.npy"], "test_outputs": ["b.npy"], "weights": {"onnx": {"source": "w.onnx"}}}
+    with pytest.raises(PackageError, match="channel axis of 9223372036854775808 channels"):
+        read_description(rdf)
