@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -19,11 +20,43 @@ from .errors import BiozooError
 log = logging.getLogger("biozoo")
 
 
+# Text from a package (name, description, authors, ids) is written by strangers: control characters (C0, DEL, C1,
+# ESC sequences), bidi overrides, line separators and lone surrogates are shown escaped (\x1b), never sent to the
+# terminal. --json output is safe as is: json.dumps escapes all of them.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f"  # C0 but newline and tab, DEL, C1
+                     "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"  # bidi marks and overrides
+                     "\u2028\u2029\ud800-\udfff]")  # line/paragraph separators, lone surrogates
+_UNSAFE_OR_NEWLINE = re.compile(_UNSAFE.pattern[:-1] + "\n\t]")
+
+
+def printable(text: str, keep_newlines: bool = True) -> str:
+    """`text` with every character that could drive the terminal escaped; newlines and tabs (our own format) stay
+    unless keep_newlines is False."""
+    pattern = _UNSAFE if keep_newlines else _UNSAFE_OR_NEWLINE
+    return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _printable_values(value: Any) -> Any:
+    """A copy of a report with every string made printable on one line (for text output built from it)."""
+    if isinstance(value, str):
+        return printable(value, keep_newlines=False)
+    if isinstance(value, dict):
+        return {_printable_values(k): _printable_values(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_printable_values(v) for v in value)
+    return value
+
+
+class _PrintableFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
 def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
     if args.json:
         sys.stdout.write(json.dumps(payload, indent=None, default=str) + "\n")
     else:
-        print(text)
+        print(printable(text))
 
 
 
@@ -32,7 +65,7 @@ def cmd_info(args) -> int:
     from .model import load
 
     info = model_info(load(args.package, device=args.device))
-    _emit(args, info, format_info(info))
+    _emit(args, info, format_info(_printable_values(info)))  # a package's newlines must not forge our lines
     return 0
 
 
@@ -165,12 +198,14 @@ def _add_plugins(sub) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PrintableFormatter("biozoo: %(message)s"))
     logging.basicConfig(level=logging.WARNING if args.quiet or getattr(args, "json", False) else logging.INFO,
-                        format="biozoo: %(message)s", stream=sys.stderr)
+                        handlers=[handler])
     try:
         return args.func(args)
     except BiozooError as e:
-        print(f"biozoo: error: {e}", file=sys.stderr)
+        print(printable(f"biozoo: error: {e}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("biozoo: interrupted", file=sys.stderr)

@@ -12,6 +12,7 @@ import numpy as np
 
 from .description import ParameterizedSize, SizeReference
 from .errors import BiozooError, PackageError
+from .npy import load_npy
 from .tiling import output_shapes, pad_to, resolve_size
 
 if TYPE_CHECKING:
@@ -29,10 +30,7 @@ def load_test_tensors(model: "Model", kind: str) -> dict[str, np.ndarray]:
                 continue
             raise PackageError(f"{kind}[{i}] ('{t.id}') has no test_tensor; every tensor of a package needs one")
         path = model.package.file(t.test_tensor, f"{kind}[{i}].test_tensor")
-        try:
-            arrays[t.id] = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise PackageError(f"{kind}[{i}].test_tensor '{path.name}' is not a readable .npy file: {e}") from None
+        arrays[t.id] = load_npy(path, f"{kind}[{i}].test_tensor")  # header checked before any allocation
         if arrays[t.id].ndim != len(t.axes):
             raise PackageError(
                 f"{kind}[{i}].test_tensor has shape {arrays[t.id].shape}, but '{t.id}' has axes {t.letters}"
