@@ -6,7 +6,10 @@ wrote). Imports are lazy so that the CLI can register `biozoo export` without lo
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime is imported: no telemetry, no ~/.cache
 
 _EXPORTS = {
     "export_run": ".export",

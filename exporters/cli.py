@@ -22,13 +22,39 @@ def register(subparsers) -> None:
     p.add_argument("--license", default="CC-BY-4.0", help="SPDX license id of the package (default CC-BY-4.0)")
     p.add_argument("--name", help="model name (default: the recipe's name)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17; <= 19 stays loadable by onnxruntime 1.16)")
+    p.add_argument("--overwrite", action="store_true", help="replace PACKAGE.zip if it exists")
     p.add_argument("--json", action="store_true", help="print the export report as one JSON object")
     p.set_defaults(func=_export)
+
+
+def _check_export_arguments(run_dir: Path, out: Path, overwrite: bool) -> None:
+    """Refuse bad -o paths and unsafe checkpoints before any export work (exit 2, one line each)."""
+    from biozoo.runtime.errors import ExportError
+
+    if out.is_dir():
+        raise ExportError(f"-o '{out}' is a folder; give the package's file name, e.g. -o {out / 'model.zip'}")
+    if out.suffix.lower() != ".zip":
+        raise ExportError(f"-o '{out}' must end in .zip (a bioimage.io package is a zip file)")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ExportError(f"-o '{out}' lies under the file '{parent}'; choose a path in a folder")
+    if out.exists() and not overwrite:
+        raise ExportError(f"-o '{out}' already exists; pass --overwrite to replace it, or choose another -o")
+    if run_dir.is_dir() and out.exists() and any(out.resolve() == f.resolve() for f in run_dir.iterdir()):
+        raise ExportError(f"-o '{out}' is a file of the run folder '{run_dir}'; write the package elsewhere")
+    best = run_dir / "best.pt"
+    if best.is_file():  # read with weights_only=True: a pickled payload is refused here, never executed
+        from biozoo.zoo.training import load_checkpoint
+
+        state = load_checkpoint(best, "best.pt")
+        if not isinstance(state, dict):
+            raise ExportError(f"'{best}' is not a state dict (got {type(state).__name__}); train the run again")
 
 
 def _export(args) -> int:
     from .export import export_run
 
+    _check_export_arguments(Path(args.run_dir), Path(args.out), args.overwrite)
     report = export_run(Path(args.run_dir), Path(args.out), authors=tuple(args.authors or ("biozoo",)),
                         license=args.license, opset=args.opset, name=args.name)
     if args.json:

@@ -27,6 +27,7 @@ import torch
 
 from biozoo.runtime.description import ModelDescription, ParameterizedSize, SizeReference, Tensor
 from biozoo.runtime.errors import ExportError, InputError
+from biozoo.runtime.npy import load_npy
 from biozoo.runtime.package import Package
 
 from .onnx_export import DEFAULT_IR_VERSION, DEFAULT_OPSET, SINGLE_FILE_LIMIT
@@ -150,7 +151,7 @@ def example_inputs(package: Package, description: ModelDescription) -> tuple[tor
         if t.test_tensor is None:
             raise InputError(f"inputs[{i}] ('{t.id}') has no test_tensor; biozoo convert traces the network with the "
                              "test inputs and checks the result against the test outputs")
-        array = np.load(package.file(t.test_tensor, f"inputs[{i}].test_tensor"), allow_pickle=False)
+        array = load_npy(package.file(t.test_tensor, f"inputs[{i}].test_tensor"), f"inputs[{i}].test_tensor")
         examples.append(torch.from_numpy(np.ascontiguousarray(array, dtype=_network_dtype(t))))
     return tuple(examples)
 

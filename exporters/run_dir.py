@@ -57,10 +57,11 @@ class RunDir:
     def trained_model(self) -> torch.nn.Module:
         """The recipe's network with the best checkpoint's weights, in eval mode."""
         from biozoo.zoo.train import build_model
+        from biozoo.zoo.training import load_checkpoint
 
         net = build_model(self.recipe)
+        state = load_checkpoint(self.path("best.pt"), "best checkpoint")  # weights_only: pickles are refused
         try:
-            state = torch.load(self.path("best.pt"), map_location="cpu", weights_only=True)
             net.load_state_dict(state)
         except (RuntimeError, KeyError) as e:
             raise ExportError(f"{self.path('best.pt')} does not match the recipe's model ({e}); was the recipe "

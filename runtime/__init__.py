@@ -5,14 +5,21 @@ Torch-free by design. Heavy modules (onnxruntime, the model class) load on first
 """
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from .errors import BiozooError, ExportError, InputError, PackageError, TrainingError
+from .safe_yaml import load_yaml_file  # for other layers' YAML (recipes): size, alias and depth limits
+
+# onnxruntime-gpu writes a device-id file under ~/.cache/Microsoft per session and long sessions resolve a
+# telemetry host; this must be set before onnxruntime is first imported (biozoo never connects anywhere)
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 if TYPE_CHECKING:
     from .model import Model, load
 
-__all__ = ["BiozooError", "ExportError", "InputError", "Model", "PackageError", "TrainingError", "load"]
+__all__ = ["BiozooError", "ExportError", "InputError", "Model", "PackageError", "TrainingError", "load",
+           "load_yaml_file"]
 
 
 def __getattr__(name: str) -> Any:

@@ -113,13 +113,20 @@ def cmd_validate(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from .errors import InputError
+    from .input_checks import MEMORY_ENV
     from .predict_files import predict_files
 
-    summary = predict_files(
-        args.package, args.inputs, Path(args.output), axes=args.axes, tile=args.tile, device=args.device,
-        suffix=args.format, quiet=args.quiet, pixel_size=args.pixel_size, rescale=args.rescale, mask=args.mask,
-        ignore_value=args.ignore_value, no_check=args.no_check,
-    )
+    try:
+        summary = predict_files(
+            args.package, args.inputs, Path(args.output), axes=args.axes, tile=args.tile, device=args.device,
+            suffix=args.format, quiet=args.quiet, pixel_size=args.pixel_size, rescale=args.rescale, mask=args.mask,
+            ignore_value=args.ignore_value, no_check=args.no_check, overwrite=args.overwrite,
+        )
+    except MemoryError as e:  # the up-front estimate is a lower bound: say so in one line, nothing half-written
+        raise InputError(f"out of memory during the prediction ({e or 'MemoryError'}); no output of the failing "
+                         f"input was written. Predict a smaller or downsampled image, or lower ${MEMORY_ENV} so "
+                         "that biozoo refuses such inputs up front") from None
     _log_checks(summary["checks"])
     text = "\n".join(f"{item['input']} -> {', '.join(item['written'].values())}" for item in summary["items"])
     _emit(args, summary, text)
@@ -178,8 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-value", type=float, metavar="V", help="treat pixels equal to V as masked (as --mask). "
                    "Without --mask/--ignore-value, solid regions of 0 or of the image maximum covering > 20%% of the "
                    "image are masked automatically (check masked-normalization)")
+    p.add_argument("--overwrite", action="store_true", help="replace output files that exist (never an input, the "
+                   "mask or the package: those are refused always)")
     no_check(p)
-    p.epilog = "checks (all on by default): " + help_text()
+    p.epilog = ("checks (all on by default): " + help_text() + ". Memory: the prediction's need is estimated from "
+                "the file headers before any pixel is read and refused when above the available memory "
+                "(set BIOZOO_MEMORY_LIMIT, e.g. 8GB, to change the limit)")
     p = command("bench", cmd_bench, "biozoo predict vs raw onnxruntime (and bioimageio.core) in one run")
     p.add_argument("--size", type=int, default=2048, help="length of every space axis of the random input")
     p.add_argument("--runs", type=int, default=5, help="timed runs per contender (median reported)")

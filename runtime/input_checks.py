@@ -10,6 +10,8 @@ differing more than 2x, or medians further apart than half the typical spread.
 from __future__ import annotations
 
 import math
+import os
+import re
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -27,6 +29,9 @@ SHIFT_LIMIT = 0.5
 SPREAD_RATIO_LIMIT = 2.0
 MEDIAN_SHIFT_LIMIT = 0.5
 MAX_SAMPLE = 1 << 21  # values used for percentiles (a strided subsample of larger images)
+MEMORY_ENV = "BIOZOO_MEMORY_LIMIT"  # bytes biozoo may use, e.g. "2GB"; default: the memory available now
+LABEL_BYTES_PER_VALUE = 48  # connected-component labelling (objects.label): int64 run ids, bool masks, int32 labels
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}
 
 
 def _subsample(values: np.ndarray) -> np.ndarray:
@@ -89,11 +94,105 @@ def pixel_size(report: CheckReport, training: Mapping[str, Any], space_axes: Seq
                      "if the file's metadata is wrong, or --no-check pixel-size to predict anyway")
 
 
+# ---- memory -----------------------------------------------------------------------------------------------------
+def parse_bytes(text: str, what: str = f"${MEMORY_ENV}") -> int:
+    """'2GB', '512 MiB', '1.5g', '1000000' -> bytes (K/M/G/T/P are powers of 1024)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*", str(text), re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise InputError(f"{what} is '{text}', not a memory size; expected e.g. 2GB, 512MB or a number of bytes")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def _read_int(path: str) -> Optional[int]:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        return int(text) if text.isdigit() else None
+    except OSError:
+        return None
+
+
+def available_memory() -> tuple[Optional[int], str]:
+    """(bytes a prediction may use, where that number comes from); (None, reason) when it cannot be told.
+
+    ${MEMORY_ENV} overrides; otherwise the smallest of MemAvailable (/proc/meminfo, else sysconf), the cgroup's
+    limit minus its usage (containers), and the address-space limit (ulimit -v) minus what the process maps."""
+    override = os.environ.get(MEMORY_ENV)
+    if override:
+        return parse_bytes(override), f"${MEMORY_ENV}"
+    found: list[tuple[int, str]] = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append((int(line.split()[1]) * 1024, "MemAvailable"))
+    except (OSError, ValueError, IndexError):
+        pass
+    if not found:
+        try:
+            found.append((os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "free physical memory"))
+        except (ValueError, OSError, AttributeError):
+            pass
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and usage is not None and limit < 2**60:
+            found.append((max(0, limit - usage), "the container's memory limit"))
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            mapped = 0
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmSize:"):
+                        mapped = int(line.split()[1]) * 1024
+            found.append((max(0, soft - mapped), "the address-space limit (ulimit -v)"))
+    except (ImportError, OSError, ValueError):
+        pass
+    if not found:
+        return None, "unknown on this system"
+    value, source = min(found)
+    return value, f"{source}; set ${MEMORY_ENV} to override"
+
+
 # ---- receptive field --------------------------------------------------------------------------------------------
 def receptive_field(report: CheckReport, model: Any, outputs: Mapping[str, np.ndarray]) -> None:
+    """Runs after the prediction: it never raises (the outputs must not be lost to a check), and it is skipped,
+    with the reason, when labelling the objects would need more memory than is available."""
     name = "receptive-field"
     if not report.enabled(name):
         return
+    before = len(report.results)
+    try:
+        values = max((int(np.size(y)) for y in outputs.values()), default=0)
+        limit, source = available_memory()
+        need = values * LABEL_BYTES_PER_VALUE
+        if limit is not None and need > limit:
+            report.add(name, "skipped", f"measuring the objects of an output of {values} values needs about "
+                                        f"{format_bytes(need)}, more than the {format_bytes(limit)} available "
+                                        f"({source}); the outputs are kept, this check is not run",
+                       needed_bytes=need, available_bytes=limit)
+            return
+        _receptive_field(report, model, outputs)
+    except Exception as e:  # MemoryError included: the prediction is done, a check must not lose it
+        del report.results[before:]
+        report.add(name, "skipped", f"the objects could not be measured ({type(e).__name__}: {e}); the outputs are "
+                                    "kept, this check is not run")
+
+
+def _receptive_field(report: CheckReport, model: Any, outputs: Mapping[str, np.ndarray]) -> None:
+    name = "receptive-field"
     desc, config = model.description, model.description.config
     training = (config.get("biozoo") or {}).get("training") or {} if isinstance(config, Mapping) else {}
     task = str((config.get("biozoo") or {}).get("task", "")) if isinstance(config, Mapping) else ""

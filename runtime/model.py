@@ -302,6 +302,14 @@ def _check_array(data: Any, tensor_id: str) -> np.ndarray:
                 f"input '{tensor_id}' contains {bad} NaN/Inf value(s) out of {array.size}; the model needs finite "
                 "values: replace them (e.g. np.nan_to_num) or mask them out"
             )
+        limit = float(np.finfo(np.float32).max)  # the network runs in float32: larger values would become Inf
+        if array.dtype.itemsize > 4 and (array.max() > limit or array.min() < -limit):
+            big = np.count_nonzero((array > limit) | (array < -limit))
+            raise InputError(
+                f"input '{tensor_id}' ({array.dtype}) has {big} value(s) outside the float32 range (|x| > {limit:.4g}, "
+                f"largest magnitude {max(abs(float(array.max())), abs(float(array.min()))):.4g}); the model computes "
+                "in float32, where they would become Inf: rescale the image (e.g. divide by its maximum) or clip it"
+            )
     return array
 
 

@@ -1,25 +1,35 @@
 """`biozoo predict`: files in, files out, one session for all inputs.
 
-Every input is read and checked before its prediction; each output is written atomically, so a failure leaves
-no half-written file, and the pixel-size check (the one check that refuses) runs on every file's metadata before
-any prediction, so a refusal writes nothing. When the model's preprocessing uses dataset statistics, they are
-accumulated over all inputs first (one extra read per file, masks and --rescale applied), as the spec defines them.
+Refuse before work: before any pixel is read, every path the command will write is computed (outputs, box files of
+detection packages) and refused when it is an input, the mask, the package or a file of it (even with
+--overwrite), when it exists (unless --overwrite), or when its folder cannot be written; the pixel-size check (the
+one check that refuses) runs on every file's metadata; and the memory the prediction needs (from the file headers,
+the model's output shapes and the --rescale factors) is compared with the memory available ($BIOZOO_MEMORY_LIMIT
+overrides). Each output is written atomically (a temporary file in its folder, then a rename), so a failure leaves
+no half-written file. When the model's preprocessing uses dataset statistics, they are accumulated over all inputs
+first (one extra read per file, masks and --rescale applied), as the spec defines them.
 """
 from __future__ import annotations
 
+import math
+import os
+import tempfile
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
 
 from . import detections, input_checks
 from .checks import CheckReport, parse_no_check, training_conditions
 from .conditions import InputOptions, prepare
 from .errors import InputError
-from .imageio import WRITE_SUFFIXES, read_image, write_image
-from .input_checks import batch_effects, dataset_normalized, intensity_summary
+from .imageio import WRITE_SUFFIXES, image_info, read_image, write_image
+from .input_checks import available_memory, batch_effects, dataset_normalized, format_bytes, intensity_summary
 from .model import Model, load
 from .pixelsize import parse_pixel_size, read_pixel_size
 from .progress import ProgressBar
 from .stats import DatasetStatistics
+from .tiling import output_shapes
 
 
 def parse_tile(text: Optional[str], axes_hint: str = "yx") -> Optional[dict[str, int]]:
@@ -52,8 +62,8 @@ def _samples(model: Model, inputs: Sequence[str]) -> list[dict[str, Path]]:
     return [sample]
 
 
-def _output_paths(model: Model, sample: dict[str, Path], out: Path, many: bool, suffix: str, stem: str) -> dict[str, Path]:
-    out_ids = [t.id for t in model.description.outputs]
+def _output_paths(description, out: Path, many: bool, suffix: str, stem: str) -> dict[str, Path]:
+    out_ids = [t.id for t in description.outputs]
     if not many and out.suffix.lower() in WRITE_SUFFIXES:
         if len(out_ids) == 1:
             return {out_ids[0]: out}
@@ -80,20 +90,36 @@ def predict_files(
     mask: Optional[str] = None,
     ignore_value: Optional[float] = None,
     no_check: Sequence[str] = (),
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Predict every input file and write its outputs; returns a summary with `checks` (one list for all files,
-    each result naming its input). Refusing checks (pixel size) run on every file before anything is computed."""
+    each result naming its input). Everything that can refuse (output paths, pixel size, memory) runs on every
+    file before anything is computed; `overwrite` allows replacing existing outputs, never an input."""
     skip = parse_no_check(no_check)
+    output = Path(output)
     model = load(package, device=device)
     samples = _samples(model, inputs)
     for sample in samples:  # fail fast, before any work, on files that are not there
         for path in sample.values():
             if not path.is_file():
                 raise InputError(f"input file '{path}' does not exist")
+    if mask and not Path(mask).is_file():
+        raise InputError(f"--mask file '{mask}' does not exist")
     space = "".join(a.letter for a in model.description.inputs[0].axes if a.type == "space")
     tile_sizes = parse_tile(tile, space)
-    mask_array = read_image(Path(mask))[0] if mask else None
     primary = model.description.inputs[0].id
+    stems = _stems(samples)
+    boxes = detections.detection_outputs(model.description)  # box-list outputs go to YOLO txt + CSV + JSON
+    plans = [planned_outputs(model.description, output, len(samples) > 1, suffix, stem, boxes) for stem in stems]
+    protected = {p: "an input" for sample in samples for p in sample.values()}
+    if mask:
+        protected[Path(mask)] = "the --mask file"
+    protected[Path(package)] = "the package"
+    protected[model.package.rdf_path] = "the package's description"
+    check_output_paths([t for plan in plans for t in plan.values()], protected, model.package.root, overwrite)
+    factors = _refuse_early(model, samples, pixel_size, rescale, skip)
+    check_memory(model, samples, axes, factors, Path(mask) if mask else None)
+    mask_array = read_image(Path(mask))[0] if mask else None
 
     def options(sample: dict[str, Path]) -> InputOptions:
         return InputOptions(pixel_size=pixel_size, file_pixel_size=read_pixel_size(sample[primary]), rescale=rescale,
@@ -106,21 +132,13 @@ def predict_files(
             file_axes[tid] = axes or found
         return arrays, {k: v for k, v in file_axes.items() if v}
 
-    _refuse_early(model, samples, options)
-    boxes = detections.detection_outputs(model.description)  # box-list outputs go to YOLO txt + CSV + JSON
     report = CheckReport(skip)
     dataset_stats = None
     if len(samples) > 1 and dataset_normalized(model):
         dataset_stats = _dataset_pass(model, samples, read, options, report)
-    firsts = [next(iter(s.values())) for s in samples]
-    plain = [p.stem for p in firsts]
-    stems = [p.name.replace(".", "_") if plain.count(p.stem) > 1 else p.stem for p in firsts]  # img.tif + img.npy
-    if len(set(stems)) < len(stems):
-        raise InputError(f"several inputs would write the same output name ({sorted(stems)}); rename them")
     items = []
-    for sample, stem in zip(samples, stems):
+    for sample, stem, targets in zip(samples, stems, plans):
         arrays, sample_axes = read(sample)
-        targets = _output_paths(model, sample, output, len(samples) > 1, suffix, stem)
         opts = options(sample)
         prediction = model.predict_with_report(
             arrays, sample_axes or None, tile=tile_sizes, dataset_stats=dataset_stats,
@@ -148,20 +166,195 @@ def predict_files(
     return {"model": model.name, "provider": model.provider, "items": items, "checks": report.as_list()}
 
 
-def _refuse_early(model: Model, samples, options) -> None:
-    """The pixel-size check of every file (metadata only), so that a refusal leaves no output file at all."""
+def _stems(samples: Sequence[dict[str, Path]]) -> list[str]:
+    firsts = [next(iter(s.values())) for s in samples]
+    plain = [p.stem for p in firsts]
+    stems = [p.name.replace(".", "_") if plain.count(p.stem) > 1 else p.stem for p in firsts]  # img.tif + img.npy
+    if len(set(stems)) < len(stems):
+        raise InputError(f"several inputs would write the same output name ({sorted(stems)}); rename them")
+    return stems
+
+
+def planned_outputs(description, output: Path, many: bool, suffix: str, stem: str,
+                    boxes: Optional[detections.DetectionOutputs]) -> dict[str, Path]:
+    """Every file one sample's prediction writes, by output id (or by box-file kind for detection packages: the
+    names `detections.write_prediction` gives them, folder/STEM.txt, .csv, .json)."""
+    if boxes is not None:
+        if output.suffix:
+            raise InputError(f"output '{output}': a detection package writes box files (YOLO .txt, .csv, .json) per "
+                             "input; give -o a folder")
+        return {kind: output / f"{stem}.{ext}" for kind, ext in (("yolo", "txt"), ("csv", "csv"), ("json", "json"))}
+    return _output_paths(description, output, many, suffix, stem)
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def check_output_paths(targets: Sequence[Path], protected: Mapping[Path, str], package_root: Optional[Path],
+                       overwrite: bool) -> None:
+    """Refuse (InputError, nothing written yet) outputs that would replace an input, the mask, the package or a
+    file of it (also with --overwrite), that exist (without --overwrite), that collide, or whose folder cannot
+    be written (read-only, under a file, not creatable)."""
+    seen: dict[Path, Path] = {}
+    for target in targets:
+        key = target.absolute()
+        if key in seen:
+            raise InputError(f"two outputs of this command would both be written to '{target}'; rename the inputs")
+        seen[key] = target
+        for path, role in protected.items():
+            if _same(target, path):
+                raise InputError(f"output '{target}' is {role} ('{path}'): predict never writes over its inputs, "
+                                 "not even with --overwrite; choose another -o (e.g. a new folder)")
+        if target.is_dir():
+            raise InputError(f"output '{target}' is an existing folder; choose another -o")
+        if target.exists() and package_root is not None and target.resolve().is_relative_to(package_root.resolve()):
+            raise InputError(f"output '{target}' is a file of the package ({package_root}); predict never writes "
+                             "over it: choose another -o")
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise InputError(f"output '{existing[0]}' already exists{more}; pass --overwrite to replace it, or choose "
+                         "another -o")
+    probed: dict[Path, Optional[str]] = {}
+    for target in targets:
+        folder = target.parent.absolute()
+        ancestor = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if ancestor is None or ancestor in probed:
+            problem = probed.get(ancestor) if ancestor is not None else None
+        else:
+            problem = probed[ancestor] = _unwritable(ancestor)
+        if problem:
+            raise InputError(f"output '{target}' cannot be written: {problem}; choose a writable -o")
+
+
+def _unwritable(folder: Path) -> Optional[str]:
+    """Why nothing can be created in `folder` (probed with a temporary file, removed at once), or None."""
+    if not folder.is_dir():
+        return f"'{folder}' is a file, not a folder"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".biozoo-probe-", dir=folder)
+    except OSError as e:
+        return f"'{folder}' is not writable ({e.strerror or type(e).__name__})"
+    os.close(fd)
+    os.unlink(tmp)
+    return None
+
+
+def _layout(shape: tuple[int, ...], letters: Optional[str], tensor) -> Optional[list[int]]:
+    """The file's shape in the tensor's axis order (1 where the file lacks an axis), without touching pixels;
+    None when the axes cannot be told (then only the element count is used)."""
+    model = tensor.letters
+    if letters is None or len(letters) != len(shape):
+        for candidate in (model, model.replace("b", ""), model.replace("b", "").replace("c", "")):
+            if len(candidate) == len(shape):
+                letters = candidate
+                break
+        else:
+            return None
+    return [shape[letters.index(letter)] if letter in letters else 1 for letter in model]
+
+
+def estimate_memory(model: Model, sample: dict[str, Path], axes: Optional[str],
+                    factors: Optional[Mapping[str, float]]) -> tuple[int, list[str]]:
+    """Bytes one sample's prediction holds at its peak (a lower bound: the raw file, its float32 copy, the
+    resampled, preprocessed and padded copies, the network's and the final outputs) and the parts, for messages."""
+    desc = model.description
+    total, parts = 0, []
+    layouts, scaled = {}, {}
+    for tid, path in sample.items():
+        shape, dtype, found = image_info(path)
+        tensor = desc.input(tid)
+        n = math.prod(shape)
+        layout = _layout(shape, axes or found, tensor)
+        factor = 1.0
+        if factors and layout is not None:
+            layouts[tid] = layout
+            scaled[tid] = [max(1, round(n_ * factors[a.id])) if a.type == "space" and a.id in factors else n_
+                           for a, n_ in zip(tensor.axes, layout)]
+            factor = math.prod(scaled[tid]) / max(1, math.prod(layout))
+        elif factors:
+            factor = math.prod(factors.values())
+        elif layout is not None:
+            layouts[tid] = scaled[tid] = layout
+        m = int(n * factor)
+        copies = 3 + (1 if factors else 0)  # float32, (resampled,) preprocessed, padded
+        total += n * dtype.itemsize + (n + m * (copies - 1)) * 4
+        parts.append(f"'{path.name}' {'x'.join(map(str, shape))} {dtype}" + (f", resampled {factor:.3g}x" if factors
+                                                                             else ""))
+    if len(scaled) == len(sample):
+        try:
+            held = [(desc, scaled)]  # the outputs at the model's resolution, ...
+            if model.network is not desc:
+                held.append((model.network, scaled))  # ... the network's before shape-changing post-processing ...
+            if factors:
+                held.append((desc, layouts))  # ... and resampled back onto the input's grid
+            out_bytes = 0
+            for description, shapes_in in held:
+                shapes = output_shapes(description, shapes_in)
+                for t in description.outputs:
+                    if shapes.get(t.id):
+                        out_bytes += math.prod(shapes[t.id]) * _itemsize(t.dtype)
+            total += out_bytes
+            parts.append(f"outputs {format_bytes(out_bytes)}")
+        except Exception:  # an unusual description: the inputs alone still bound the need from below
+            pass
+    return total, parts
+
+
+def _itemsize(dtype: str) -> int:
+    try:
+        return max(np.dtype(dtype).itemsize, 4)  # outputs are computed in float32 before any cast
+    except TypeError:
+        return 4
+
+
+def check_memory(model: Model, samples: Sequence[dict[str, Path]], axes: Optional[str],
+                 factors: Sequence[Optional[Mapping[str, float]]], mask: Optional[Path]) -> None:
+    """Refuse, before any pixel is read, a prediction that needs more memory than is available."""
+    limit, source = available_memory()
+    if limit is None:
+        return
+    extra = 0
+    if mask is not None:
+        shape, dtype, _ = image_info(mask)
+        extra = math.prod(shape) * (dtype.itemsize + 1)
+    for sample, f in zip(samples, factors):
+        need, parts = estimate_memory(model, sample, axes, f)
+        need += extra
+        if need > limit:
+            hint = ("predict a crop or a downsampled copy of the image, or use a machine with more memory")
+            if f and math.prod(f.values()) > 4:
+                hint = (f"--rescale resamples the image by {' x '.join(f'{v:.3g}' for v in f.values())} (its pixel "
+                        "size vs the training one): check the file's pixel size (--pixel-size overrides wrong "
+                        "metadata), or " + hint)
+            raise InputError(f"{next(iter(sample.values()))}: the prediction needs at least {format_bytes(need)} of "
+                             f"memory ({', '.join(parts)}), but {format_bytes(limit)} are available ({source}); "
+                             f"nothing was computed. {hint[0].upper()}{hint[1:]}")
+
+
+def _refuse_early(model: Model, samples, pixel_size, rescale: bool, skip) -> list[Optional[dict[str, float]]]:
+    """The pixel-size check of every file (metadata only), so that a refusal leaves no output file at all; returns
+    each sample's --rescale factors (input/training pixel size per axis id), or None."""
     desc = model.description
     space = [a for a in desc.inputs[0].axes if a.type == "space"]
     training = training_conditions(desc.config)
+    factors = []
     for sample in samples:
-        opts = options(sample)
-        given = parse_pixel_size(opts.pixel_size, [a.id for a in space])
+        path = sample[desc.inputs[0].id]
+        given = parse_pixel_size(pixel_size, [a.id for a in space])
         source = "--pixel-size" if given is not None else "TIFF metadata"
         try:
-            input_checks.pixel_size(CheckReport(opts.skip), training, space, given or opts.file_pixel_size, source,
-                                    opts.rescale)
+            factors.append(input_checks.pixel_size(CheckReport(skip), training, space, given or read_pixel_size(path),
+                                                   source, rescale))
         except InputError as e:
-            raise InputError(f"{sample[desc.inputs[0].id]}: {e}") from None
+            raise InputError(f"{path}: {e}") from None
+    return factors
 
 
 def _dataset_pass(model: Model, samples, read, options, report: CheckReport) -> DatasetStatistics:

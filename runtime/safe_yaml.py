@@ -1,4 +1,4 @@
-"""Read YAML written by strangers: bounded size, regular files only, no aliases, bounded nesting.
+"""Read YAML written by strangers: bounded size, regular files only, bounded alias expansion and nesting.
 
 `yaml.safe_load` alone is not enough for hostile input: aliases expand into exponentially large structures
 ("billion laughs": seconds of CPU and gigabytes as soon as anything walks the result), deep nesting ends in a
@@ -7,9 +7,10 @@ package (and the zoo's recipes) goes through `load_yaml_file` / `load_yaml_text`
 
 - the file must be a regular file (checked before and after opening, opened non-blocking) of at most
   MAX_YAML_BYTES (16 MiB; override with $BIOZOO_MAX_YAML_BYTES): a bioimage.io rdf is a few kilobytes;
-- the event stream is checked first (libyaml when available): no aliases (bioimageio.spec writes none; anchors
-  alone are harmless and accepted), at most MAX_YAML_DEPTH (64) nested mappings/sequences, at most
-  MAX_YAML_EVENTS (500,000) values in all (construction costs ~5 s per million, the check ~1 s);
+- the event stream is checked first (libyaml when available), with every alias counted as what it expands to
+  (PyYAML's own writer emits aliases for shared values, so they are read; aliases that multiply are not): at most
+  MAX_YAML_DEPTH (64) nested mappings/sequences and at most MAX_YAML_EVENTS (500,000) values in all, expanded
+  (construction costs ~5 s per million, the check ~1 s);
 - only then is it constructed with the safe loader (no Python tags).
 
 Every refusal is raised as `error` (PackageError by default) with a one-line message.
@@ -72,7 +73,7 @@ def read_regular_file(path: Path, max_bytes: int, what: str, error: type[BiozooE
 
 def load_yaml_file(path: str | os.PathLike[str], what: str = "YAML file", *, error: type[BiozooError] = PackageError,
                    max_bytes: Optional[int] = None) -> Any:
-    """Parse one YAML document from a regular file of bounded size, without aliases and with bounded nesting.
+    """Parse one YAML document from a regular file of bounded size, with bounded alias expansion and nesting.
 
     `what` names the file in messages ("rdf.yaml", "recipe"); `error` is the exception class raised (PackageError
     for packages; the zoo passes its own)."""
@@ -100,25 +101,48 @@ def load_yaml_text(text: str, what: str = "YAML text", *, error: type[BiozooErro
 
 
 def _check_events(text: str, what: str, error: type[BiozooError]) -> None:
-    depth = 0
-    for count, event in enumerate(yaml.parse(text, Loader=_Loader)):
-        if count > MAX_YAML_EVENTS:
-            raise error(f"{what} holds more than {MAX_YAML_EVENTS} values; a model description needs a few thousand: "
-                        "move bulk data into files the description references")
+    """Walk the event stream once, counting values as they would be after expanding every alias (an alias counts
+    the values and the depth of what its anchor holds), so nesting and size are bounded before anything is built."""
+    depth, expanded = 0, 0
+    anchored: dict[str, tuple[int, int]] = {}  # anchor -> (expanded values, levels) of its node
+    open_: list[list] = []  # per open collection: [anchor, expanded at start, depth at start, deepest level inside]
+    for event in yaml.parse(text, Loader=_Loader):
+        added, reached = 0, depth
         if isinstance(event, yaml.AliasEvent):
-            mark = event.start_mark
-            line = f" (line {mark.line + 1})" if mark is not None else ""
-            raise error(f"{what} uses a YAML alias '*{event.anchor}'{line}; aliases are refused (they can expand "
-                        "without bound and a bioimage.io description needs none): write the values out in full")
-        if isinstance(event, yaml.CollectionStartEvent):
+            if event.anchor not in anchored:
+                raise error(f"{what} uses the YAML alias '*{event.anchor}' before (or inside) its anchor")
+            added, levels = anchored[event.anchor]
+            reached = depth + levels
+        elif isinstance(event, yaml.ScalarEvent):
+            added = 1
+            if event.anchor:
+                anchored[event.anchor] = (1, 0)
+        elif isinstance(event, yaml.CollectionStartEvent):
+            added = 1
+            open_.append([event.anchor, expanded, depth, depth + 1])
             depth += 1
-            if depth > MAX_YAML_DEPTH:
-                mark = event.start_mark
-                line = f" at line {mark.line + 1}" if mark is not None else ""
-                raise error(f"{what} nests more than {MAX_YAML_DEPTH} mappings/sequences deep{line}; at most "
-                            f"{MAX_YAML_DEPTH} levels are accepted: flatten the structure")
-        elif isinstance(event, yaml.CollectionEndEvent):
+            reached = depth
+        elif isinstance(event, yaml.CollectionEndEvent) and open_:
+            anchor, at_start, depth_at_start, deepest = open_.pop()
             depth -= 1
+            if anchor:
+                anchored[anchor] = (expanded - at_start, deepest - depth_at_start)
+            if open_:
+                open_[-1][3] = max(open_[-1][3], deepest)
+        expanded += added
+        if open_:
+            open_[-1][3] = max(open_[-1][3], reached)
+        if reached > MAX_YAML_DEPTH:
+            mark = event.start_mark
+            line = f" at line {mark.line + 1}" if mark is not None else ""
+            raise error(f"{what} nests more than {MAX_YAML_DEPTH} mappings/sequences deep{line} (aliases expanded); "
+                        f"at most {MAX_YAML_DEPTH} levels are accepted: flatten the structure")
+        if expanded > MAX_YAML_EVENTS:
+            mark = event.start_mark
+            line = f" at line {mark.line + 1}" if mark is not None else ""
+            raise error(f"{what} holds more than {MAX_YAML_EVENTS} values with its aliases expanded{line}; a model "
+                        "description needs a few thousand (aliases that multiply, 'billion laughs', are refused): "
+                        "write the values out or move bulk data into files the description references")
 
 
 def file_kind(mode: int) -> str:

@@ -6,7 +6,10 @@ every architecture module on first use. Never imports biozoo.exporters or biozoo
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime is imported: no telemetry, no ~/.cache
 
 if __name__ != "biozoo.zoo":  # a bare `import zoo` would build a second, separate model registry
     raise ImportError(f"import this package as 'biozoo.zoo', not {__name__!r} (see DESIGN.md section 2)")

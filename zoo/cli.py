@@ -26,6 +26,26 @@ def _train(args) -> int:
     source = Path(args.recipe)
     if not source.exists() and not source.suffix:
         source = recipe_path(args.recipe)
+    _check_arguments(source, Path(args.out))
     result = train_recipe(source, Path(args.out), resume=args.resume, progress=not args.quiet)
     print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
     return 0
+
+
+def _check_arguments(recipe: Path, out: Path) -> None:
+    """Refuse bad paths before torch is imported or any data is fetched (exit 2, one line)."""
+    from biozoo.runtime.errors import TrainingError
+
+    if recipe.is_file():
+        try:
+            recipe.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise TrainingError(f"recipe '{recipe}' is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 "
+                                "YAML (see specs/recipes/ for examples)") from None
+    elif recipe.exists():
+        raise TrainingError(f"recipe '{recipe}' is a folder; expected a recipe .yaml file or a name from specs/recipes")
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"--out '{out}' is an existing file; the run needs a folder: choose another --out")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise TrainingError(f"--out '{out}' lies under the file '{parent}'; choose a folder path for --out")

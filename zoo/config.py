@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from biozoo.runtime import TrainingError
+from biozoo.runtime import TrainingError, load_yaml_file
 
 
 class _Strict(BaseModel):
@@ -176,10 +175,7 @@ def load_recipe(path: Union[str, Path]) -> Union[SegmentationRecipe, CareRecipe,
     path = Path(path)
     if not path.is_file():
         raise TrainingError(f"recipe '{path}' does not exist; see specs/recipes/ for examples")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise TrainingError(f"recipe '{path}' is not valid YAML: {e}") from None
+    data = load_yaml_file(path, "recipe", error=TrainingError)  # bounded size, aliases and nesting
     if not isinstance(data, dict):
         raise TrainingError(f"recipe '{path}' must be a mapping of settings; got {type(data).__name__}")
     return parse_recipe(data, str(path))

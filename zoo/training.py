@@ -4,15 +4,22 @@ Data comes in as a `make_batch(generator)` callable so that the loop owns every 
 Generator that draws patches is saved in each checkpoint together with model, optimizer and scheduler state,
 and `--resume` therefore continues exactly as an uninterrupted run would (checkpoints are written at epoch ends;
 an interrupted epoch is redone from its start). Checkpoints hold state_dicts only and are written atomically.
+
+Checkpoints are read with `torch.load(weights_only=True)` only (`load_checkpoint`): tensors, numbers, strings and
+plain containers; a checkpoint that holds any other pickled object is refused, never executed. Everything the loop
+saves (optimizer and scheduler state, the generator's and torch's RNG states as uint8 tensors, the loop state as
+plain numbers) is of those types, so `--resume` stays exact without trusting the file.
 """
 from __future__ import annotations
 
 import csv
 import math
 import os
+import pickle
 import random
 import sys
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -60,6 +67,55 @@ def atomic_save(obj: Any, path: Path) -> None:
         raise
 
 
+def load_checkpoint(path: Path, what: str = "checkpoint") -> Any:
+    """A checkpoint's content, read with weights_only=True; TrainingError (never a traceback, never code run) when
+    it holds pickled objects, is truncated, or is not a torch file."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the refusal below says what matters
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message suggests weights_only=False: keep only the line naming what was refused
+        reason = next((line.strip()[:200] for line in str(e).splitlines() if "GLOBAL" in line or "nsupported" in line),
+                      "content that is not a tensor or a plain value")
+        raise TrainingError(
+            f"{what} '{path}' holds pickled Python objects, not only tensors and plain values ({reason}); biozoo "
+            "loads checkpoints with weights_only=True and never runs code from them. Delete the file (and train "
+            "again), or use a checkpoint biozoo wrote"
+        ) from None
+    except Exception as e:  # truncated or foreign files: RuntimeError, EOFError, OSError, ValueError, ...
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise TrainingError(
+            f"{what} '{path}' cannot be read ({type(e).__name__}: {first}); it is truncated or not a torch "
+            "checkpoint. Delete it and train again (without --resume)"
+        ) from None
+
+
+def _resume(last: Path, model: torch.nn.Module, opt, sched, generator: torch.Generator) -> LoopState:
+    """Restore everything `train_loop` saved in last.pt; TrainingError when it does not fit this run."""
+    ckpt = load_checkpoint(last, "--resume: last.pt")
+    keys = ("model", "optimizer", "generator", "torch_rng", "loop")
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in keys):
+        got = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise TrainingError(f"--resume: '{last}' is not a biozoo training checkpoint (expected the keys {list(keys)}, "
+                            f"got {got}); start without --resume in a new --out folder")
+    try:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        if sched is not None and ckpt.get("scheduler"):
+            sched.load_state_dict(ckpt["scheduler"])
+        generator.set_state(ckpt["generator"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        return LoopState(**ckpt["loop"])
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise TrainingError(
+            f"--resume: '{last}' does not match this run ({type(e).__name__}: {first}); it was written for another "
+            "architecture, optimizer or recipe. Resume with the recipe it was trained with, or start a new --out"
+        ) from None
+
+
 def _optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
     params = model.parameters()
     if cfg.optimizer == "sgd":
@@ -99,6 +155,8 @@ def train_loop(
 
     `stop_after_epochs` ends this call early (as an interruption would) without marking the run finished.
     """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainingError(f"--out '{run_dir}' is a file; the run needs a folder: choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -110,14 +168,12 @@ def train_loop(
     if resume:
         if not last.is_file():
             raise TrainingError(f"--resume: no last.pt in '{run_dir}'; start without --resume")
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        if sched is not None and ckpt.get("scheduler"):
-            sched.load_state_dict(ckpt["scheduler"])
-        generator.set_state(ckpt["generator"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        state = LoopState(**ckpt["loop"])
+        state = _resume(last, model, opt, sched, generator)
+        if (run_dir / "best.pt").is_file():  # read back after training: refuse a hostile one before any work
+            best = load_checkpoint(run_dir / "best.pt", "--resume: best.pt")
+            if not isinstance(best, dict) or not all(isinstance(v, torch.Tensor) for v in best.values()):
+                raise TrainingError(f"--resume: '{run_dir / 'best.pt'}' is not a state dict of tensors; delete it "
+                                    "(the next better epoch writes it again) or start a new --out")
     monitor = cfg.early_stopping.monitor if cfg.early_stopping else "val_loss"
     epochs_this_call = 0
     while state.epoch < cfg.epochs and not state.stopped_early:

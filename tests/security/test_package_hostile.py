@@ -312,7 +312,7 @@ def test_billion_laughs_in_the_name_is_refused_at_once(fixed, tmp_path):
     text = (folder / "rdf.yaml").read_text()
     (folder / "rdf.yaml").write_text(_laughs() + "\n" + text.replace("name: ", "name: *l9\nold_name: ", 1))
     rss, start = _maxrss_mib(), time.monotonic()
-    with pytest.raises(PackageError, match=r"uses a YAML alias '\*l0' \(line 2\); aliases are refused") as e:
+    with pytest.raises(PackageError, match=r"more than 500000 values with its aliases expanded at line \d+") as e:
         load(folder, device="cpu")
     _one_line(e.value)
     assert time.monotonic() - start < 5 and _maxrss_mib() - rss < 100
@@ -383,8 +383,14 @@ def test_the_safe_loader_reads_ordinary_yaml_and_takes_the_caller_error(tmp_path
     path = tmp_path / "recipe.yaml"
     path.write_text("a: &x 1\nb: [1, {c: d}]\n")  # an anchor without alias is harmless
     assert load_yaml_file(path, "recipe") == {"a": 1, "b": [1, {"c": "d"}]}
-    path.write_text("a: &x 1\nb: *x\n")
-    with pytest.raises(TrainingError, match="recipe 'recipe.yaml' uses a YAML alias"):
+    path.write_text("a: &x [1, 2]\nb: *x\n")  # what PyYAML's writer emits for a shared value
+    assert load_yaml_file(path, "recipe") == {"a": [1, 2], "b": [1, 2]}
+    path.write_text("a: *x\nb: &x 1\n")
+    with pytest.raises(TrainingError, match="recipe 'recipe.yaml' uses the YAML alias '\\*x' before"):
+        load_yaml_file(path, "recipe", error=TrainingError)
+    path.write_text("a: &x [[[[[[[[[[1]]]]]]]]]]\n" + "".join(f"b{i}: &y{i} [*{'x' if i == 0 else f'y{i-1}'}]\n"
+                                                          for i in range(60)))
+    with pytest.raises(TrainingError, match="nests more than 64"):  # depth counted through aliases
         load_yaml_file(path, "recipe", error=TrainingError)
 
 
@@ -392,7 +398,11 @@ def test_yaml_dos_through_the_cli_exits_2(fixed, tmp_path):
     folder = _copy(fixed, tmp_path)
     text = (folder / "rdf.yaml").read_text()
     (folder / "rdf.yaml").write_text(_laughs() + "\n" + text.replace("name: ", "name: *l9\nx: ", 1))
-    _refused_by_cli(tmp_path, "info", folder, match="aliases are refused")
+    _refused_by_cli(tmp_path, "info", folder, match="aliases expanded")
+    start = time.monotonic()  # validate fails the package (exit 1) at once, and never hands it to bioimageio.spec
+    proc = cli(tmp_path, "validate", folder)
+    assert proc.returncode == 1 and "aliases expanded" in proc.stdout and "Traceback" not in proc.stderr
+    assert "not run: biozoo cannot open the package safely" in proc.stdout and time.monotonic() - start < 30
 
 
 # -------------------------------------------------------------------------------------------- ONNX external data
