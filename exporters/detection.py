@@ -33,7 +33,7 @@ def export_detection(run: Any, out: Path, *, authors: Sequence[str], license: st
                      name: Optional[str]) -> Any:
     from biozoo.zoo.detector import PADDING, DetectorWithNMS, export_detector_onnx
 
-    from . import export as E
+    from . import export_steps as E
     from .onnx_export import export_onnx
     from .parity import check_batch_independence, check_parity, onnx_forward, torch_forward
     from .zipper import write_deterministic_zip

@@ -56,7 +56,7 @@ def export_stardist(run: Any, out: Path, *, authors: Sequence[str], license: str
                     name: Optional[str]) -> Any:
     from biozoo.runtime.stardist_post import instances
 
-    from . import export as E
+    from . import export_steps as E
     from .documents import write_cover, write_readme
     from .onnx_export import export_onnx
     from .parity import onnx_forward, torch_forward

@@ -16,10 +16,11 @@ import numpy as np
 from .checks import CheckResult
 from .description import ParameterizedSize, SizeReference
 from .errors import BiozooError
+from .test_tensors import compare, load_test_tensors
 from .tiling import output_shapes, resolve_size
 
 if TYPE_CHECKING:
-    from .model import Model
+    from .engine import Engine
 
 NAME = "batch-independence"
 NO_TILING = 2**62
@@ -32,7 +33,7 @@ def _batch_index(tensor) -> Optional[int]:
     return next((i for i, a in enumerate(tensor.axes) if a.type == "batch"), None)
 
 
-def _random_inputs(model: "Model") -> dict[str, np.ndarray]:
+def _random_inputs(model: "Engine") -> dict[str, np.ndarray]:
     """Random data of a small valid size (min + 2 steps) for packages without test tensors."""
     rng = np.random.default_rng(0)
     desc, known, arrays = model.description, {}, {}
@@ -55,8 +56,7 @@ def _random_inputs(model: "Model") -> dict[str, np.ndarray]:
     return arrays
 
 
-def check_batch_independence(model: "Model", test_inputs: Optional[Mapping[str, np.ndarray]] = None) -> CheckResult:
-    from .testing import compare, load_test_tensors
+def check_batch_independence(model: "Engine", test_inputs: Optional[Mapping[str, np.ndarray]] = None) -> CheckResult:
 
     desc = model.description
     for t in desc.inputs:

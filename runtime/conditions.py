@@ -19,7 +19,7 @@ from .objects import segmentation_like
 from .resample import order_for, resample
 
 if TYPE_CHECKING:
-    from .model import Model
+    from .engine import Engine
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Prediction:
     report: CheckReport
 
 
-def _rescale(arrays: dict[str, np.ndarray], model: "Model", factors: Mapping[str, float]) -> dict[str, np.ndarray]:
+def _rescale(arrays: dict[str, np.ndarray], model: "Engine", factors: Mapping[str, float]) -> dict[str, np.ndarray]:
     out = {}
     for tid, x in arrays.items():
         t = model.description.input(tid)
@@ -52,7 +52,7 @@ def _rescale(arrays: dict[str, np.ndarray], model: "Model", factors: Mapping[str
     return out
 
 
-def _valid_mask(model: "Model", x: np.ndarray, caller: str, opts: InputOptions, report: CheckReport,
+def _valid_mask(model: "Engine", x: np.ndarray, caller: str, opts: InputOptions, report: CheckReport,
                 factors: Optional[Mapping[str, float]], original: np.ndarray) -> Optional[np.ndarray]:
     """The primary input's valid mask at the model's resolution, or None (all valid); adds the report entry."""
     name, t = "masked-normalization", model.description.inputs[0]
@@ -104,7 +104,7 @@ class Prepared:
         return None if self.valid is None else {self.primary: self.valid}
 
 
-def prepare(model: "Model", inputs: Any, axes: Any, opts: InputOptions, report: CheckReport) -> Prepared:
+def prepare(model: "Engine", inputs: Any, axes: Any, opts: InputOptions, report: CheckReport) -> Prepared:
     """Check the pixel size (raising on a mismatch without --rescale), resample, decide and apply the mask."""
     desc = model.description
     primary = desc.inputs[0]
@@ -125,7 +125,7 @@ def prepare(model: "Model", inputs: Any, axes: Any, opts: InputOptions, report: 
     return Prepared(primary.id, arrays, caller, valid, factors, original_shapes, x)
 
 
-def predict_checked(model: "Model", inputs: Any, axes: Any, opts: InputOptions, *, tile=None, tile_budget: int,
+def predict_checked(model: "Engine", inputs: Any, axes: Any, opts: InputOptions, *, tile=None, tile_budget: int,
                     dataset_stats=None, progress=None, batch_effects: bool = True) -> Prediction:
     desc = model.description
     primary = desc.inputs[0]
@@ -151,7 +151,7 @@ def predict_checked(model: "Model", inputs: Any, axes: Any, opts: InputOptions, 
     return Prediction(result, report)
 
 
-def _batch_effects_in_call(model: "Model", report: CheckReport, x: np.ndarray, valid: Optional[np.ndarray]) -> None:
+def _batch_effects_in_call(model: "Engine", report: CheckReport, x: np.ndarray, valid: Optional[np.ndarray]) -> None:
     t = model.description.inputs[0]
     batch = next((i for i, a in enumerate(t.axes) if a.type == "batch"), None)
     n = x.shape[batch] if batch is not None else 1
@@ -163,7 +163,7 @@ def _batch_effects_in_call(model: "Model", report: CheckReport, x: np.ndarray, v
     input_checks.batch_effects(report, summaries, input_checks.dataset_normalized(model))
 
 
-def _mask_outputs(model: "Model", outputs: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, np.ndarray]:
+def _mask_outputs(model: "Engine", outputs: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, np.ndarray]:
     desc = model.description
     masked = {}
     for tid, y in outputs.items():
@@ -177,7 +177,7 @@ def _mask_outputs(model: "Model", outputs: dict[str, np.ndarray], valid: np.ndar
     return masked
 
 
-def _resample_back(model: "Model", outputs: dict[str, np.ndarray], original_shapes, resampled_shape
+def _resample_back(model: "Engine", outputs: dict[str, np.ndarray], original_shapes, resampled_shape
                    ) -> dict[str, np.ndarray]:
     """Outputs back onto the input's original grid: lengths from the description for the original input shape;
     box lists (not images; data-dependent or fixed-capacity lengths) get their corner coordinates scaled instead."""
@@ -200,7 +200,7 @@ def _resample_back(model: "Model", outputs: dict[str, np.ndarray], original_shap
     return back
 
 
-def _boxes_back(model: "Model", xyxy: np.ndarray, which, original_shapes, resampled_shape) -> np.ndarray:
+def _boxes_back(model: "Engine", xyxy: np.ndarray, which, original_shapes, resampled_shape) -> np.ndarray:
     """Box corners from the resampled grid onto the original one (x columns by the x ratio, y by the y ratio)."""
     primary = model.description.inputs[0]
     original = original_shapes[primary.id]
@@ -211,7 +211,7 @@ def _boxes_back(model: "Model", xyxy: np.ndarray, which, original_shapes, resamp
     return (xyxy * scale).astype(xyxy.dtype, copy=False)
 
 
-def check_test_tensors(model: "Model", inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
+def check_test_tensors(model: "Engine", inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
                        report: CheckReport) -> None:
     """The input checks on a package's own test tensors (`biozoo test`): they report, never mask or resample, so
     that the test reproduces the package's outputs exactly as the package defines them."""

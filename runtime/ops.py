@@ -14,10 +14,9 @@ import numpy as np
 from .description import ModelDescription, Processing, Tensor
 from .errors import PackageError
 from .op_kwargs import checked_kwargs
+from .op_base import Axes, Op
+from .stardist_post import StardistPostprocessing
 from .stats import Measure, StatsContext
-
-Axes = Sequence[str]
-
 
 def _along(values: Any, axis: Optional[str], axes: Axes, where: str) -> Any:
     """Scalars stay scalars; a list given `axis` becomes an array broadcasting along that axis."""
@@ -35,22 +34,6 @@ def _affine(x: np.ndarray, scale: np.ndarray, subtract: np.ndarray) -> np.ndarra
     out = np.subtract(x, subtract, dtype=np.float32)
     out *= np.asarray(scale, dtype=np.float32)
     return out
-
-
-@dataclass(frozen=True)
-class Op:
-    """Base: subclasses set `op_id`, parse kwargs in `build`, and implement `__call__`."""
-
-    op_id: ClassVar[str]
-    tensor_id: str
-    where: str
-
-    @property
-    def measures(self) -> tuple[Measure, ...]:
-        return ()
-
-    def __call__(self, x: np.ndarray, axes: Axes, stats: StatsContext) -> np.ndarray:  # pragma: no cover
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -203,7 +186,7 @@ OPS: dict[str, type[Op]] = {
     cls.op_id: cls
     for cls in (
         Binarize, Clip, EnsureDtype, FixedZeroMeanUnitVariance, ScaleLinear, ScaleRange, Sigmoid, Softmax,
-        ZeroMeanUnitVariance, ScaleMeanVariance,
+        ZeroMeanUnitVariance, ScaleMeanVariance, StardistPostprocessing,
     )
 }
 
@@ -256,5 +239,3 @@ def run_chain(ops: Sequence[Op], x: np.ndarray, axes: Axes, stats: StatsContext)
     for op in ops:
         x = op(x, axes, stats)
     return x
-
-from . import stardist_post  # noqa: E402,F401  (registers stardist_postprocessing, an Op subclass, into OPS)

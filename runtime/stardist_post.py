@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Optional, Sequence, Union
 import numpy as np
 
 from .errors import PackageError
-from .ops import OPS, Op
+from .op_base import Op
 from .polygon_overlap import StarPolygons
 
 log = logging.getLogger("biozoo")
@@ -361,4 +361,3 @@ class StardistPostprocessing(Op):
         return np.transpose(labels, [order.index(a) for a in axes])
 
 
-OPS[StardistPostprocessing.op_id] = StardistPostprocessing

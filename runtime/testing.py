@@ -11,61 +11,17 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 import numpy as np
 
 from .description import ParameterizedSize, SizeReference
-from .errors import BiozooError, PackageError
-from .npy import load_npy
+from .errors import BiozooError
+from .test_tensors import compare, load_test_tensors
 from .tiling import output_shapes, pad_to, resolve_size
 
 if TYPE_CHECKING:
-    from .model import Model
+    from .engine import Engine
 
 NO_TILING = 2**62
 
 
-def load_test_tensors(model: "Model", kind: str) -> dict[str, np.ndarray]:
-    tensors = model.description.inputs if kind == "inputs" else model.description.outputs
-    arrays = {}
-    for i, t in enumerate(tensors):
-        if t.test_tensor is None:
-            if t.optional:
-                continue
-            raise PackageError(f"{kind}[{i}] ('{t.id}') has no test_tensor; every tensor of a package needs one")
-        path = model.package.file(t.test_tensor, f"{kind}[{i}].test_tensor")
-        arrays[t.id] = load_npy(path, f"{kind}[{i}].test_tensor")  # header checked before any allocation
-        if arrays[t.id].ndim != len(t.axes):
-            raise PackageError(
-                f"{kind}[{i}].test_tensor has shape {arrays[t.id].shape}, but '{t.id}' has axes {t.letters}"
-            )
-    return arrays
-
-
-def compare(actual: np.ndarray, expected: np.ndarray, tol) -> dict[str, Any]:
-    result: dict[str, Any] = {
-        "shape": list(actual.shape),
-        "expected_shape": list(expected.shape),
-        "tolerance": {
-            "relative": tol.relative, "absolute": tol.absolute, "mismatched_per_million": tol.mismatched_per_million,
-        },
-    }
-    if actual.shape != expected.shape:
-        result.update(passed=False, reason=f"shape {actual.shape} != expected {expected.shape}")
-        return result
-    a = actual.astype(np.float64)
-    e = expected.astype(np.float64)
-    diff = np.abs(a - e)
-    mismatched = np.count_nonzero(diff > tol.absolute + tol.relative * np.abs(e))
-    nonzero = np.abs(e) > 0
-    ppm = mismatched / max(e.size, 1) * 1e6
-    result.update(
-        max_abs_error=float(diff.max(initial=0.0)),
-        max_rel_error=float((diff[nonzero] / np.abs(e[nonzero])).max(initial=0.0)),
-        mismatched_elements=int(mismatched),
-        mismatched_per_million=float(ppm),
-        passed=bool(ppm <= tol.mismatched_per_million),
-    )
-    return result
-
-
-def _probe_shapes(model: "Model", test_inputs: Mapping[str, np.ndarray]) -> list[dict[str, tuple[int, ...]]]:
+def _probe_shapes(model: "Engine", test_inputs: Mapping[str, np.ndarray]) -> list[dict[str, tuple[int, ...]]]:
     """Two other valid sizes for the parameterized axes, and the test size with batch 2."""
     desc = model.description
     probes = []
@@ -101,7 +57,7 @@ def _probe_shapes(model: "Model", test_inputs: Mapping[str, np.ndarray]) -> list
     return probes
 
 
-def _check_probe(model: "Model", test_inputs, shapes) -> dict[str, Any]:
+def _check_probe(model: "Engine", test_inputs, shapes) -> dict[str, Any]:
     arrays = {}
     for tid, shape in shapes.items():
         x = test_inputs[tid][tuple(slice(0, n) for n in shape)]
@@ -121,7 +77,7 @@ def _check_probe(model: "Model", test_inputs, shapes) -> dict[str, Any]:
     return check
 
 
-def run_model_test(model: "Model", check_sizes: bool = True, skip_checks: Iterable[str] = ()) -> dict[str, Any]:
+def run_model_test(model: "Engine", check_sizes: bool = True, skip_checks: Iterable[str] = ()) -> dict[str, Any]:
     """Reproduce the test outputs, probe sizes, and run the checks: batch independence (a failure fails the test)
     and the input checks on the test tensors (reported only; `skip_checks` names checks to leave out)."""
     from .batch_independence import check_batch_independence

@@ -21,29 +21,12 @@ from biozoo.runtime import TrainingError
 from . import metrics as M
 from .config import CareRecipe, DetectionRecipe, N2VRecipe, SegmentationRecipe, StarDistRecipe, load_recipe
 from .n2v import n2v_loss, n2v_mask
-from .registry import create_model
+from .recipe_setup import AnyRecipe, build_model, prepare_data
 from .training import plot_curves, seed_everything, train_loop
 
 log = logging.getLogger("biozoo")
-AnyRecipe = Union[SegmentationRecipe, CareRecipe, N2VRecipe, DetectionRecipe, StarDistRecipe]
 VAL_MASKED_FRACTION = 0.05
 VAL_MASK_DRAWS = 3
-
-
-def prepare_data(recipe: AnyRecipe) -> Path:
-    """The folder the split is made in: fetched (or given) data, cut into tiles, plus noise for care/n2v."""
-    from .data import fetch_dataset, list_datasets, make_noisy_pairs, tile_dataset
-
-    d = recipe.data
-    source = fetch_dataset(d.dataset) if d.dataset in list_datasets() else Path(d.dataset).expanduser()
-    if not (source / "images").is_dir():
-        raise TrainingError(f"data.dataset '{d.dataset}': no images/ folder in {source}; give a dataset name from "
-                            "`biozoo data list` or a folder with images/ (+ masks/ or targets/)")
-    folder = tile_dataset(source, source / "derived" / f"tiles-{d.tile}", d.tile) if d.tile else source
-    if recipe.task in ("care", "n2v"):
-        gain, sigma = recipe.noise
-        folder = make_noisy_pairs(folder, folder.parent / f"{folder.name}-noisy-g{gain:g}-s{sigma:g}", gain, sigma)
-    return folder
 
 
 def _predict(model: torch.nn.Module, image: np.ndarray, step: int) -> np.ndarray:
@@ -53,23 +36,6 @@ def _predict(model: torch.nn.Module, image: np.ndarray, step: int) -> np.ndarray
     with torch.no_grad():
         y = model(x)[0].numpy()
     return y[(slice(None), *(slice(0, n) for n in image.shape))]
-
-
-def build_model(recipe: AnyRecipe) -> torch.nn.Module:
-    """The untrained network a recipe describes (the exporter rebuilds it this way before loading best.pt)."""
-    m = recipe.model
-    if isinstance(recipe, StarDistRecipe):
-        return create_model(m.name, in_channels=1, n_rays=recipe.n_rays, grid=recipe.grid, depth=m.depth,
-                            base_channels=m.base_channels, convs_per_block=m.convs_per_block,
-                            batch_norm=m.batch_norm, residual=m.residual, features=recipe.head_features)
-    if isinstance(recipe, DetectionRecipe):
-        return create_model(m.name, in_channels=1, num_classes=len(recipe.classes), stride=recipe.stride,
-                            depth=m.depth, base_channels=m.base_channels, convs_per_block=m.convs_per_block,
-                            batch_norm=m.batch_norm, residual=m.residual)
-    out = len(recipe.classes) if isinstance(recipe, SegmentationRecipe) else 1
-    extra = {"n2v2": recipe.n2v2} if isinstance(recipe, N2VRecipe) else {}
-    return create_model(m.name, in_channels=1, out_channels=out, depth=m.depth, base_channels=m.base_channels,
-                        convs_per_block=m.convs_per_block, batch_norm=m.batch_norm, residual=m.residual, **extra)
 
 
 def _losses(recipe: AnyRecipe, train_ds):

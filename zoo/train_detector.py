@@ -258,7 +258,7 @@ def best_f1_threshold(detections: Sequence[B.Boxes], truths: Sequence[B.Boxes]) 
 # ---------------------------------------------------------------------------------------------- the run
 def train_detection(recipe: DetectionRecipe, out: Path, resume: bool = False, **loop_kwargs) -> dict[str, Any]:
     from .data import make_or_load_split
-    from .train import build_model, prepare_data
+    from .recipe_setup import build_model, prepare_data
 
     if not resume and (out / "last.pt").exists():
         raise TrainingError(f"'{out}' already holds a run; use --resume to continue it or choose another --out")

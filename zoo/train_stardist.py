@@ -221,7 +221,7 @@ def _baseline(val, test) -> dict[str, Any]:
 
 def train_stardist(recipe: StarDistRecipe, out: Path, resume: bool = False, **loop_kwargs) -> dict[str, Any]:
     from .data import make_or_load_split
-    from .train import build_model, prepare_data
+    from .recipe_setup import build_model, prepare_data
 
     if not resume and (out / "last.pt").exists():
         raise TrainingError(f"'{out}' already holds a run; use --resume to continue it or choose another --out")

@@ -76,7 +76,7 @@ def load_checkpoint(path: Path, what: str = "checkpoint") -> Any:
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's message suggests weights_only=False: keep only the line naming what was refused
+        # torch's message suggests turning the safe mode off: keep only the line naming what was refused
         reason = next((line.strip()[:200] for line in str(e).splitlines() if "GLOBAL" in line or "nsupported" in line),
                       "content that is not a tensor or a plain value")
         raise TrainingError(
