@@ -4,8 +4,9 @@ from __future__ import annotations
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
+# benchmarks are scripts (python benchmarks/X.py): the repository root makes the test fixtures importable as `tests`
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from packages import build_package  # noqa: E402
+from tests.packages import build_package  # noqa: E402
 
 __all__ = ["build_package"]

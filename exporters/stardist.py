@@ -54,7 +54,7 @@ def _name_output_axes(path: Path) -> None:
 
 def export_stardist(run: Any, out: Path, *, authors: Sequence[str], license: str, opset: int,
                     name: Optional[str]) -> Any:
-    from biozoo.runtime.stardist_post import instances
+    from biozoo.runtime import stardist_instances as instances
 
     from . import export_steps as E
     from .documents import write_cover, write_readme

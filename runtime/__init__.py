@@ -17,9 +17,10 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 if TYPE_CHECKING:
     from .model import Model, load
+    from .stardist_post import instances as stardist_instances
 
 __all__ = ["BiozooError", "ExportError", "InputError", "Model", "PackageError", "TrainingError", "load",
-           "load_yaml_file"]
+           "load_yaml_file", "stardist_instances"]
 
 
 def __getattr__(name: str) -> Any:
@@ -27,4 +28,8 @@ def __getattr__(name: str) -> Any:
         from . import model
 
         return getattr(model, name)
+    if name == "stardist_instances":  # StarDist's NMS, shared by training (threshold choice) and the package's op
+        from .stardist_post import instances
+
+        return instances
     raise AttributeError(f"module 'biozoo.runtime' has no attribute {name!r}")

@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 import pathlib
-import sys
 
 import pytest
 
-TESTS = pathlib.Path(__file__).parent
-sys.path.insert(0, str(TESTS))
-
-import packages  # noqa: E402
+from tests import packages
 
 
 @pytest.fixture(scope="session")

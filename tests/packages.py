@@ -1,7 +1,7 @@
 """Small but real bioimage.io model packages (format 0.5.12, ONNX weights) used as test fixtures.
 
     build_package(kind, dest, zip=False) -> path of dest/<kind>/rdf.yaml or of dest/<kind>.zip
-    python tests/packages.py OUTDIR [KIND ...]
+    python -m tests.packages OUTDIR [KIND ...]
 
 The expected test outputs are computed independently of biozoo: pre-/postprocessing in plain numpy
 following the spec (and bioimageio.core's implementation), inference with onnxruntime on CPU.
@@ -23,8 +23,7 @@ import onnxruntime as ort
 import yaml
 from PIL import Image
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import _onnx_graphs as graphs  # noqa: E402
+from tests import _onnx_graphs as graphs
 
 FORMAT_VERSION = "0.5.12"  # bioimageio.spec.model.v0_5.ModelDescr.implemented_format_version
 KINDS: tuple[str, ...] = ("unet2d", "fixed", "multi_io", "softmax3", "dataset_stats", "nobatch",

@@ -10,13 +10,11 @@ from __future__ import annotations
 import hashlib
 import pathlib
 import socket
-import sys
 import zipfile
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import packages  # noqa: E402
+from tests import packages
 
 spec = pytest.importorskip("bioimageio.spec")
 core = pytest.importorskip("bioimageio.core")

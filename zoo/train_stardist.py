@@ -143,7 +143,7 @@ def predict_maps(model: torch.nn.Module, image: np.ndarray, step: int, grid: int
 def segment(maps: Sequence[tuple[np.ndarray, np.ndarray]], shapes: Sequence[tuple[int, ...]], prob_threshold: float,
             nms_threshold: float, grid: int, border: int) -> list[np.ndarray]:
     """Label images from predicted maps with the package's own post-processing."""
-    from biozoo.runtime.stardist_post import instances
+    from biozoo.runtime import stardist_instances as instances
 
     out = []
     for (prob, dist), shape in zip(maps, shapes):

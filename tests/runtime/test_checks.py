@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
-import packages
+from tests import packages
 from biozoo.runtime import InputError, load
 from biozoo.runtime.checks import CHECKS, InputWarning, parse_no_check
 from biozoo.runtime.masking import detect_constant_regions

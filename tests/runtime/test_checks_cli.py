@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tifffile
 
-import packages
-from test_cli import cli, one_json
+from tests import packages
+from tests.runtime.test_cli import cli, one_json
 
 
 @pytest.fixture(scope="module")

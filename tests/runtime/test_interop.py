@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 import yaml
 
-import _onnx_graphs as graphs
+from tests import _onnx_graphs as graphs
 from biozoo.runtime import load
 from biozoo.runtime.errors import PackageError
 from biozoo.runtime.tiling import fixed_size_grid, pad_to, plan_tiles

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-import packages
+from tests import packages
 from biozoo.runtime import InputError, PackageError, load
 
 

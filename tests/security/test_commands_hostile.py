@@ -28,7 +28,7 @@ import pytest
 import tifffile
 import yaml
 
-import packages
+from tests import packages
 
 TESTS = pathlib.Path(__file__).resolve().parents[1]
 

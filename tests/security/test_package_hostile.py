@@ -21,7 +21,7 @@ import zlib
 import pytest
 import yaml
 
-import packages
+from tests import packages
 from biozoo.runtime import PackageError, load
 from biozoo.runtime.onnx_scan import MAX_GRAPH_DEPTH, external_data_locations
 from biozoo.runtime.package import open_package
