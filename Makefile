@@ -24,7 +24,7 @@ test-slow: $(STAMP)
 
 # Real-data acceptance of the instance models (StarDist accuracy@0.5, detector mAP50), with their margins (~8 min).
 test-instances: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow tests/zoo/test_stardist_real.py tests/zoo/test_detector_export.py
+	$(BIN)/python -m pytest -q -m slow tests/zoo/test_stardist_real.py tests/exporters/test_detector_export.py
 
 # Packages must load under the oldest onnxruntime biozoo supports (1.16, in its own venv) and the latest.
 test-compat: $(STAMP)

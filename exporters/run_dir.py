@@ -56,7 +56,7 @@ class RunDir:
 
     def trained_model(self) -> torch.nn.Module:
         """The recipe's network with the best checkpoint's weights, in eval mode."""
-        from biozoo.zoo.recipe_setup import build_model
+        from biozoo.zoo.train import build_model
         from biozoo.zoo.training import load_checkpoint
 
         net = build_model(self.recipe)

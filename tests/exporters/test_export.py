@@ -18,8 +18,8 @@ from biozoo.specs import list_recipes, recipe_path
 from biozoo.zoo.config import load_recipe
 
 # A detector can be packaged only once its first test image gives a detection (bioimageio.spec refuses an all-zero
-# test tensor), which a few quick steps do not give; detection export runs on a fast synthetic run and on the real recipe in tests/zoo/test_detector_export.py.
-# The same holds for StarDist (a label test output without objects): tests/zoo/test_stardist_package.py and
+# test tensor), which a few quick steps do not give; detection export runs on a fast synthetic run and on the real recipe in tests/exporters/test_detector_export.py.
+# The same holds for StarDist (a label test output without objects): tests/exporters/test_stardist_package.py and
 # tests/zoo/test_stardist_real.py.
 QUICK_EXPORTABLE = [r for r in list_recipes() if load_recipe(recipe_path(r)).task not in ("detection", "stardist")]
 

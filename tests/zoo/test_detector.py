@@ -20,6 +20,7 @@ from biozoo.zoo import boxes as B
 from biozoo.zoo import create_model
 from biozoo.zoo.config import parse_recipe
 from biozoo.zoo.detector import DetectorConfig, DetectorWithNMS, decode, export_detector_onnx, nms_indices
+from tests.synthetic import blob_folder
 from biozoo.zoo.train_detector import augment_boxes, build_targets, crop_boxes, ensure_labels, predict_boxes
 
 torch.set_num_threads(2)
@@ -215,27 +216,8 @@ def test_predict_boxes_drops_boxes_found_in_the_padding():
     np.testing.assert_allclose(centre, [12, 12], atol=4)
 
 
-def _synthetic_folder(root: Path, n: int = 8, size: int = 64, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    yy, xx = np.mgrid[0:size, 0:size]
-    for k in range(n):
-        lab = np.zeros((size, size), np.uint16)
-        img = rng.normal(100, 5, (size, size))
-        for i in range(int(rng.integers(3, 6))):
-            cy, cx = rng.uniform(8, size - 8, 2)
-            ry, rx = rng.uniform(3, 7, 2)
-            blob = (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1) & (lab == 0)
-            lab[blob] = i + 1
-            img[blob] += rng.uniform(80, 150)
-        tifffile.imwrite(root / "images" / f"s{k:02d}.tif", img.astype(np.uint16))
-        tifffile.imwrite(root / "masks" / f"s{k:02d}.tif", lab)
-    return root
-
-
 def test_labels_are_derived_once_and_redone_when_a_mask_changes(tmp_path):
-    folder = _synthetic_folder(tmp_path / "data", n=2, size=32)
+    folder = blob_folder(tmp_path / "data", n=2, size=32)
     labels = ensure_labels(folder)
     first = (labels / "s00.txt").read_text()
     lab = tifffile.imread(folder / "masks" / "s00.tif")
@@ -254,7 +236,7 @@ def test_yolo_labels_without_masks_are_used_as_given(tmp_path):
 
     from biozoo.zoo.train_detector import load_detection_data
 
-    folder = _synthetic_folder(tmp_path / "data", n=2, size=32)
+    folder = blob_folder(tmp_path / "data", n=2, size=32)
     truth = B.masks_to_boxes(tifffile.imread(folder / "masks" / "s01.tif"))
     ensure_labels(folder)
     shutil.rmtree(folder / "masks")

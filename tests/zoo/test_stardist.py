@@ -177,7 +177,7 @@ def test_stardist_recipe_checks_grid_and_patch():
 
 
 def test_build_model_follows_the_recipe():
-    from biozoo.zoo.recipe_setup import build_model
+    from biozoo.zoo.train import build_model
 
     net = build_model(_recipe(grid=2, n_rays=16, head_features=8, model={"name": "stardist2d_tiny"}))
     c = net.io_contract(measure=False)

@@ -3,7 +3,6 @@ biozoo test / predict (box files). The real-data acceptance run is the slow test
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -12,8 +11,7 @@ import torch
 
 from biozoo.zoo.config import parse_recipe
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_detector import _synthetic_folder  # noqa: E402
+from tests.synthetic import blob_folder
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +19,7 @@ def run(tmp_path_factory) -> tuple[Path, dict, Path]:
     from biozoo.zoo.train import train_recipe
 
     root = tmp_path_factory.mktemp("detection")
-    folder = _synthetic_folder(root / "data", n=8, size=96)
+    folder = blob_folder(root / "data", n=8, size=96)
     recipe = parse_recipe({
         "name": "det-smoke", "task": "detection", "classes": ["blob"],
         "model": {"name": "detector2d_tiny", "depth": 3, "base_channels": 4, "batch_norm": True},

@@ -55,7 +55,7 @@ def _frame(peaks: list[tuple[int, int]], amplitudes: list[float]) -> np.ndarray:
 
 def _constructed_run(root: Path, image: np.ndarray, capacity: int) -> Path:
     """A finished `biozoo train` run folder (the files open_run needs) around the hand-set detector."""
-    from biozoo.zoo.recipe_setup import build_model
+    from biozoo.zoo.train import build_model
 
     data, run = root / "data", root / "run"
     (data / "images").mkdir(parents=True)
