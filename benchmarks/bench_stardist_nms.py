@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from biozoo.runtime import stardist_post as ours
+from biozoo.runtime.ops import stardist as ours
 
 CASES = ((0.5, 0.4), (0.3, 0.3))
 

@@ -17,7 +17,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 if TYPE_CHECKING:
     from .model import Model, load
-    from .stardist_post import instances as stardist_instances
+    from .ops.stardist import instances as stardist_instances
 
 __all__ = ["BiozooError", "ExportError", "InputError", "Model", "PackageError", "TrainingError", "load",
            "load_yaml_file", "stardist_instances"]
@@ -29,7 +29,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(model, name)
     if name == "stardist_instances":  # StarDist's NMS, shared by training (threshold choice) and the package's op
-        from .stardist_post import instances
+        from .ops.stardist import instances
 
         return instances
     raise AttributeError(f"module 'biozoo.runtime' has no attribute {name!r}")

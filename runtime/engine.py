@@ -9,7 +9,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from .description import ModelDescription
-    from .op_base import Op
+    from .ops.base import Op
     from .package import Package
     from .stats import DatasetStatistics
 

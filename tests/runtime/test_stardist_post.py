@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from biozoo.runtime import stardist_post as SP
+from biozoo.runtime.ops import stardist as SP
 from biozoo.runtime.description import Axis, Processing, Tensor
 from biozoo.runtime.errors import PackageError
 from biozoo.runtime.ops import OPS, build_op
-from biozoo.runtime.polygon_overlap import StarPolygons
+from biozoo.runtime.ops.polygon_overlap import StarPolygons
 
 ENGINES = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(SP._jit() is None, reason="numba not installed"))]
 

@@ -1,22 +1,31 @@
-"""Format-0.5 pre/post-processing ops: one small frozen dataclass each, one dict from op id to class.
+"""The spec's pre/post-processing ops (format 0.5): one small frozen dataclass each.
 
-Each op is built once from its rdf entry (`build_op`) and applied to a numpy array whose axes are the tensor's
-axis ids, in the tensor's order. Statistics come from a StatsContext (see stats.py for the spec's semantics).
+Each op is built once from its rdf entry (`Op.from_kwargs`, with the op's own kwarg rules) and applied to a numpy
+array whose axes are the tensor's axis ids, in the tensor's order. Statistics come from a StatsContext (see
+stats.py for the spec's semantics). The registry that lists them is `biozoo.runtime.ops.OPS`.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Optional, Sequence
+from typing import Any, ClassVar, Mapping, Optional
 
 import numpy as np
 
-from .description import ModelDescription, Processing, Tensor
-from .errors import PackageError
-from .op_kwargs import checked_kwargs
-from .op_base import Axes, Op
-from .stardist_post import StardistPostprocessing
-from .stats import Measure, StatsContext
+from .. import rdf_fields as F
+from ..description import DTYPES, Tensor
+from ..errors import PackageError
+from ..stats import Measure
+from .base import Axes, Op
+
+
+def _check_percentiles(values: Mapping[str, Any], where: str) -> None:
+    for name in ("min_percentile", "max_percentile"):
+        if values.get(name) is not None and not 0 <= values[name] <= 100:
+            raise F.refuse(f"{where}.kwargs.{name}", values[name], "a percentile between 0 and 100")
+    lo, hi = values.get("min_percentile"), values.get("max_percentile")
+    if lo is not None and hi is not None and lo >= hi:
+        raise PackageError(f"{where}: min_percentile {lo} must be below max_percentile {hi}")
+
 
 def _along(values: Any, axis: Optional[str], axes: Axes, where: str) -> Any:
     """Scalars stay scalars; a list given `axis` becomes an array broadcasting along that axis."""
@@ -55,6 +64,10 @@ class Clip(Op):
     max_percentile: Optional[float] = None
     axes: Optional[tuple[str, ...]] = None
 
+    @classmethod
+    def check_values(cls, values, tensor, where):
+        _check_percentiles(values, where)
+
     def _percentile(self, p: Optional[float]) -> Optional[Measure]:
         return None if p is None else Measure(self.tensor_id, "quantile", self.axes, p / 100, "inverted_cdf")
 
@@ -73,6 +86,11 @@ class Clip(Op):
 class EnsureDtype(Op):
     op_id: ClassVar[str] = "ensure_dtype"
     dtype: str = "float32"
+
+    @classmethod
+    def check_values(cls, values, tensor, where):
+        if "dtype" in values and values["dtype"] not in DTYPES:
+            raise F.refuse(f"{where}.kwargs.dtype", values["dtype"], f"one of {', '.join(DTYPES)}")
 
     def __call__(self, x, axes, stats):
         return x.astype(self.dtype, copy=False)
@@ -113,6 +131,10 @@ class ScaleRange(Op):
     axes: Optional[tuple[str, ...]] = None
     eps: float = 1e-6
     reference_tensor: Optional[str] = None
+
+    @classmethod
+    def check_values(cls, values, tensor, where):
+        _check_percentiles(values, where)
 
     @property
     def measures(self):
@@ -173,6 +195,13 @@ class ScaleMeanVariance(Op):
     axes: Optional[tuple[str, ...]] = None
     eps: float = 1e-6
 
+    @classmethod
+    def checked_kwargs(cls, kwargs, tensor: Tensor, where):
+        out = super().checked_kwargs(kwargs, tensor, where)
+        if out.get("axes") is None:  # the spec's default here is per sample
+            out["axes"] = tuple(a.id for a in tensor.axes if a.type != "batch")
+        return out
+
     @property
     def measures(self):
         return tuple(Measure(t, k, self.axes) for t in (self.tensor_id, self.reference_tensor) for k in ("mean", "std"))
@@ -180,62 +209,3 @@ class ScaleMeanVariance(Op):
     def __call__(self, x, axes, stats):
         mean, std, ref_mean, ref_std = (stats.get(m, axes) for m in self.measures)
         return ((x - mean) / (std + self.eps) * (ref_std + self.eps) + ref_mean).astype(np.float32, copy=False)
-
-
-OPS: dict[str, type[Op]] = {
-    cls.op_id: cls
-    for cls in (
-        Binarize, Clip, EnsureDtype, FixedZeroMeanUnitVariance, ScaleLinear, ScaleRange, Sigmoid, Softmax,
-        ZeroMeanUnitVariance, ScaleMeanVariance, StardistPostprocessing,
-    )
-}
-
-
-def build_op(proc: Processing, tensor: Tensor, where: str) -> Op:
-    """Build one op from its rdf entry; unknown ids and bad kwargs are PackageErrors naming the entry."""
-    cls = OPS.get(proc.id)
-    if cls is None:
-        raise PackageError(
-            f"{where}: processing op '{proc.id}' is not supported by this biozoo version; supported: "
-            f"{', '.join(sorted(OPS))}. Upgrade biozoo or use a package without this op"
-        )
-    kwargs = dict(proc.kwargs)
-    fields = set(cls.__dataclass_fields__) - {"tensor_id", "where"}
-    unknown = sorted(set(kwargs) - fields)
-    if unknown:
-        raise PackageError(f"{where}: op '{proc.id}' got unexpected kwargs {unknown}; expected some of {sorted(fields)}")
-    kwargs = checked_kwargs(cls, kwargs, tensor, where)
-    if "axes" in kwargs and kwargs["axes"] is not None:
-        kwargs["axes"] = tuple(kwargs["axes"])
-    if cls is ScaleMeanVariance and kwargs.get("axes") is None:  # the spec's default here is per sample
-        kwargs["axes"] = tuple(a.id for a in tensor.axes if a.type != "batch")
-    try:
-        return cls(tensor_id=tensor.id, where=where, **kwargs)
-    except TypeError as e:
-        raise PackageError(f"{where}: op '{proc.id}' has invalid kwargs {proc.kwargs}: {e}") from None
-
-
-def build_chain(tensor: Tensor, where: str) -> tuple[Op, ...]:
-    return tuple(build_op(p, tensor, f"{where}[{i}]") for i, p in enumerate(tensor.processing))
-
-
-def network_description(description: ModelDescription, chains: Mapping[str, Sequence[Op]]) -> ModelDescription:
-    """What the network itself outputs: outputs whose post-processing changes their shape (an op with
-    ``network_axes``, e.g. stardist_postprocessing: 1 + n_rays channels on a subsampled grid -> one label image)
-    described as before it. Tiling, stitching and the raw-output checks work on this one."""
-    outputs = []
-    for t in description.outputs:
-        axes = t.axes
-        for op in reversed(tuple(chains.get(t.id, ()))):
-            if hasattr(op, "network_axes"):
-                axes = op.network_axes(axes)
-        outputs.append(t if axes == t.axes else dataclasses.replace(t, axes=axes))
-    if all(a is b for a, b in zip(outputs, description.outputs)):
-        return description
-    return dataclasses.replace(description, outputs=tuple(outputs))
-
-
-def run_chain(ops: Sequence[Op], x: np.ndarray, axes: Axes, stats: StatsContext) -> np.ndarray:
-    for op in ops:
-        x = op(x, axes, stats)
-    return x

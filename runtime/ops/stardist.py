@@ -27,8 +27,8 @@ from typing import Any, ClassVar, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import PackageError
-from .op_base import Op
+from ..errors import PackageError
+from .base import Op
 from .polygon_overlap import StarPolygons
 
 log = logging.getLogger("biozoo")
