@@ -24,7 +24,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from biozoo.runtime.errors import InputError
+from biozoo.runtime import InputError
 
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # COCO's 0.50:0.05:0.95
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)

@@ -34,7 +34,7 @@ def _train(args) -> int:
 
 def _check_arguments(recipe: Path, out: Path) -> None:
     """Refuse bad paths before torch is imported or any data is fetched (exit 2, one line)."""
-    from biozoo.runtime.errors import TrainingError
+    from biozoo.runtime import TrainingError
 
     if recipe.is_file():
         try:

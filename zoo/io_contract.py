@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from biozoo.runtime.errors import BiozooError
+from biozoo.runtime import BiozooError
 
 _AXES = ("bcyx", "bczyx")
 

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from biozoo.runtime.errors import BiozooError
+from biozoo.runtime import BiozooError
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from typing import Any, Callable, Hashable, Optional
 import torch
 import torch.nn as nn
 
-from biozoo.runtime.errors import BiozooError
+from biozoo.runtime import BiozooError
 
 from .io_contract import IOContract
 

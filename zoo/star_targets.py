@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from biozoo.runtime.errors import TrainingError
+from biozoo.runtime import TrainingError
 
 
 def _labels(labels: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from biozoo.runtime.errors import BiozooError
+from biozoo.runtime import BiozooError
 
 from .io_contract import IOContract
 from .receptive_field import contract_with_receptive_field, receptive_field_of

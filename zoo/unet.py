@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from biozoo.runtime.errors import BiozooError
+from biozoo.runtime import BiozooError
 
 from .io_contract import IOContract
 from .receptive_field import contract_with_receptive_field, receptive_field_of

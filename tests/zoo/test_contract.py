@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from biozoo.runtime.errors import BiozooError
+from biozoo.runtime import BiozooError
 from biozoo.zoo import IOContract, create_model, list_models, measure_receptive_field
 
 torch.set_num_threads(2)

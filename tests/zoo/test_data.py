@@ -12,7 +12,7 @@ import pytest
 import tifffile
 import torch
 
-from biozoo.runtime.errors import InputError, TrainingError
+from biozoo.runtime import InputError, TrainingError
 from biozoo.zoo.data import (Augment, PatchDataset, add_poisson_gaussian, folder_dataset, labels_to_classes,
                              make_noisy_pairs, make_or_load_split, percentile_normalize, tile_dataset)
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from biozoo.runtime.errors import BiozooError
+from biozoo.runtime import BiozooError
 from biozoo.zoo.data import fetch
 from biozoo.zoo.data.fetch import DatasetSpec, Member
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from biozoo.runtime.errors import InputError
+from biozoo.runtime import InputError
 from biozoo.zoo import boxes as B
 
 

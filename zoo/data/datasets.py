@@ -16,7 +16,7 @@ from typing import Literal, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from biozoo.runtime.errors import TrainingError
+from biozoo.runtime import TrainingError
 
 from .augment import Augment
 from .normalize import percentile_normalize

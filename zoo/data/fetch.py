@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from biozoo.runtime.errors import BiozooError
+from biozoo.runtime import BiozooError
 
 PathLike = Union[str, Path]
 

@@ -15,7 +15,7 @@ from typing import Union
 
 import numpy as np
 
-from biozoo.runtime.errors import InputError
+from biozoo.runtime import InputError
 
 from .normalize import percentile_normalize
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from biozoo.runtime.errors import TrainingError
+from biozoo.runtime import TrainingError
 
 from .fetch import sha256_file
 
