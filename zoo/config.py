@@ -7,7 +7,7 @@ validators. Errors name the YAML path that is wrong ("training.lr: ...").
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -150,28 +150,30 @@ class StarDistRecipe(_RecipeBase):
         return self
 
 
-Recipe = Annotated[Union[SegmentationRecipe, CareRecipe, N2VRecipe, DetectionRecipe, StarDistRecipe],
-                   Field(discriminator="task")]
+AnyRecipe = Union[SegmentationRecipe, CareRecipe, N2VRecipe, DetectionRecipe, StarDistRecipe]
+Recipe = Annotated[AnyRecipe, Field(discriminator="task")]
+RECIPES: tuple[type[_RecipeBase], ...] = get_args(AnyRecipe)
+# the `task` discriminator of each recipe class: the id its TrainTask (biozoo.zoo.tasks) is registered under
+TASK_IDS: tuple[str, ...] = tuple(get_args(r.model_fields["task"].annotation)[0] for r in RECIPES)
 
 
 class _RecipeFile(BaseModel):
     recipe: Recipe
 
 
-def parse_recipe(data: dict[str, Any], source: str = "recipe") -> Union[SegmentationRecipe, CareRecipe, N2VRecipe]:
+def parse_recipe(data: dict[str, Any], source: str = "recipe") -> AnyRecipe:
     """Validate a recipe dict; errors list each wrong YAML path with what was expected."""
     try:
         return _RecipeFile(recipe=data).recipe
     except ValidationError as e:
         lines = []
         for err in e.errors():
-            loc = [str(p) for p in err["loc"][1:]
-                   if str(p) not in ("segmentation", "care", "n2v", "detection", "stardist")]
+            loc = [str(p) for p in err["loc"][1:] if str(p) not in TASK_IDS]
             lines.append(f"  {'.'.join(loc) or '(top level)'}: {err['msg']} (got {err.get('input')!r})")
         raise TrainingError(f"{source} is not a valid recipe:\n" + "\n".join(lines)) from None
 
 
-def load_recipe(path: Union[str, Path]) -> Union[SegmentationRecipe, CareRecipe, N2VRecipe]:
+def load_recipe(path: Union[str, Path]) -> AnyRecipe:
     path = Path(path)
     if not path.is_file():
         raise TrainingError(f"recipe '{path}' does not exist; see specs/recipes/ for examples")

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Optional, TypeVar
 
 import torch.nn as nn
 
-from biozoo.runtime.errors import BiozooError
+from biozoo.runtime import BiozooError
 
 Factory = Callable[..., nn.Module]
 F = TypeVar("F", bound=Factory)
@@ -66,7 +66,7 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     _load_architectures()
     factory = _MODELS.get(name)
     if factory is None:
-        raise BiozooError(_unknown("model", name, list_models()))
+        raise BiozooError(unknown_name("model", name, list_models()))
     return factory(**overrides)
 
 
@@ -80,12 +80,13 @@ def build_config(cls: type[C], values: Mapping[str, Any], *, model: str) -> C:
     unknown = [k for k in values if k not in fields]
     if unknown:
         raise BiozooError(
-            f"{model}: " + "; ".join(_unknown("hyperparameter", k, fields) for k in unknown)
+            f"{model}: " + "; ".join(unknown_name("hyperparameter", k, fields) for k in unknown)
         )
     return cls(**values)
 
 
-def _unknown(kind: str, name: str, known: list[str]) -> str:
+def unknown_name(kind: str, name: str, known: list[str]) -> str:
+    """The one message for an unknown name (model, hyperparameter, task): the close matches, then all known."""
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
     return f"unknown {kind} {name!r}; {hint}available: {', '.join(known) or '(none)'}"

@@ -15,13 +15,13 @@ import tifffile
 import torch
 import torch.nn.functional as F
 
-from biozoo.runtime.errors import BiozooError, TrainingError
+from biozoo.runtime import BiozooError, TrainingError
 from biozoo.zoo import boxes as B
 from biozoo.zoo import create_model
 from biozoo.zoo.config import parse_recipe
 from biozoo.zoo.detector import DetectorConfig, DetectorWithNMS, decode, export_detector_onnx, nms_indices
 from tests.synthetic import blob_folder
-from biozoo.zoo.train_detector import augment_boxes, build_targets, crop_boxes, ensure_labels, predict_boxes
+from biozoo.zoo.tasks.detection import augment_boxes, build_targets, crop_boxes, ensure_labels, predict_boxes
 
 torch.set_num_threads(2)
 
@@ -234,7 +234,7 @@ def test_labels_are_derived_once_and_redone_when_a_mask_changes(tmp_path):
 def test_yolo_labels_without_masks_are_used_as_given(tmp_path):
     import shutil
 
-    from biozoo.zoo.train_detector import load_detection_data
+    from biozoo.zoo.tasks.detection import load_detection_data
 
     folder = blob_folder(tmp_path / "data", n=2, size=32)
     truth = B.masks_to_boxes(tifffile.imread(folder / "masks" / "s01.tif"))

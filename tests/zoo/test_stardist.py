@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from biozoo.runtime.errors import BiozooError, TrainingError
+from biozoo.runtime import BiozooError, TrainingError
 from biozoo.zoo import matching as MT
 from biozoo.zoo.config import parse_recipe
 from biozoo.zoo.star_targets import object_probabilities, star_distances, stardist_loss, stardist_targets
-from biozoo.zoo.train_stardist import StarPatches, ray_permutation
+from biozoo.zoo.tasks.stardist import StarPatches, ray_permutation
 
 
 def ellipses(shape=(96, 96), count=12, seed=0, margin=0) -> np.ndarray:

@@ -9,30 +9,27 @@ loss with the usual penalty reduction near centres), and the box itself at cells
 Boxes cut by a patch border keep being targets while ``min_visible`` of their area is inside; less visible ones
 become "don't care" regions (no positive, no negative loss), so the net is never punished for seeing half a nucleus.
 
-Run dir: what every trainer writes (zoo/train.py); test_metrics.json holds mAP50 / mAP50-95 on the held-out test
+Run dir: what every run writes (tasks/base.py); test_metrics.json holds mAP50 / mAP50-95 on the held-out test
 split beside the Otsu + connected-components baseline, and the post-processing the package should use (score
 threshold = the best-F1 threshold at IoU 0.5 on the validation split unless the recipe fixes one).
 """
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 
 from biozoo.runtime import TrainingError
 
-from . import boxes as B
-from .config import DetectionRecipe
-from .detector import decode
-from .training import plot_curves, seed_everything, train_loop
+from .. import boxes as B
+from ..config import DetectionRecipe
+from ..detector import decode
+from .base import Evaluation, SplitData, create_recipe_model, data_folder
 
-log = logging.getLogger("biozoo")
 LABELS_FORMAT = "biozoo-yolo-from-masks/1"
 EVAL_SCORE_THRESHOLD = 0.01  # mAP is computed over (almost) all detections, as COCO does
 EVAL_MAX_CANDIDATES = 3000  # per image, before NMS: bounds the cost of validating an untrained net
@@ -44,7 +41,7 @@ def ensure_labels(folder: Path) -> Path:
     """``folder/labels``: derived from masks/ (recorded in labels.json, redone when a mask changed), or given."""
     import tifffile
 
-    from .data import list_files
+    from ..data import list_files
 
     labels = folder / "labels"
     masks = folder / "masks"
@@ -72,7 +69,7 @@ def load_detection_data(folder: Path, names: Sequence[str], percentiles: tuple[f
     """Normalized images and their boxes (read from the YOLO label files)."""
     import tifffile
 
-    from .data import percentile_normalize
+    from ..data import percentile_normalize
 
     labels = folder / "labels"
     images, truths = [], []
@@ -256,79 +253,94 @@ def best_f1_threshold(detections: Sequence[B.Boxes], truths: Sequence[B.Boxes]) 
 
 
 # ---------------------------------------------------------------------------------------------- the run
-def train_detection(recipe: DetectionRecipe, out: Path, resume: bool = False, **loop_kwargs) -> dict[str, Any]:
-    from .data import make_or_load_split
-    from .recipe_setup import build_model, prepare_data
+class DetectionTask:
+    name = "detection"
+    records_output_stride = True
 
-    if not resume and (out / "last.pt").exists():
-        raise TrainingError(f"'{out}' already holds a run; use --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    d, nc, stride = recipe.data, len(recipe.classes), recipe.stride
-    if len(d.patch_size) != 2:
-        raise TrainingError(f"data.patch_size {d.patch_size}: the detector is 2D; give two sizes, e.g. [256, 256]")
-    folder = prepare_data(recipe)
-    ensure_labels(folder)
-    split = make_or_load_split(folder, d.fractions, recipe.training.seed)
-    (train_x, train_y), val, test = (load_detection_data(folder, split.part(p), d.percentiles)
-                                     for p in ("train", "val", "test"))
-    patches = BoxPatches(train_x, train_y, d.patch_size, stride, nc, recipe.min_visible, augment=d.augment)
-    seed_everything(recipe.training.seed)
-    model = build_model(recipe)
-    contract = model.io_contract()
-    step, bs = contract.size_step, recipe.training.batch_size
+    def prepare(self, recipe: DetectionRecipe) -> Path:
+        """The data folder with its labels/ (derived from masks/ when given)."""
+        if len(recipe.data.patch_size) != 2:
+            raise TrainingError(f"data.patch_size {recipe.data.patch_size}: the detector is 2D; give two sizes, "
+                                "e.g. [256, 256]")
+        folder = data_folder(recipe)
+        ensure_labels(folder)
+        return folder
 
-    def find(model_, images, score_threshold=EVAL_SCORE_THRESHOLD):
-        return [predict_boxes(model_, x, step, nc, stride, score_threshold, recipe.iou_threshold,
-                              recipe.max_detections) for x in images]
+    def load(self, recipe: DetectionRecipe, folder: Path, split) -> SplitData:
+        d = recipe.data
+        train, val, test = (load_detection_data(folder, split.part(p), d.percentiles)
+                            for p in ("train", "val", "test"))
+        patches = BoxPatches(*train, d.patch_size, recipe.stride, len(recipe.classes), recipe.min_visible,
+                             augment=d.augment)
+        return SplitData(patches, train, val, test)  # truths: B.Boxes per image
 
-    def validate(model_) -> dict[str, float]:
-        losses = []
-        for x, t in zip(*val):
-            maps = predict_maps(model_, x, step)
-            targets = build_targets(t, np.zeros((0, 4)), tuple(n * stride for n in maps.shape[2:]), stride, nc)
-            losses.append(detection_loss(maps, {k: torch.from_numpy(v)[None] for k, v in targets.items()}, nc,
-                                         stride).item())
-        m = B.evaluate_detections(find(model_, val[0]), val[1], thresholds=(0.5, 0.75))
-        return {"val_loss": float(np.mean(losses)), "val_map50": m["mAP50"]}
+    def build_model(self, recipe: DetectionRecipe, data: Optional[SplitData] = None) -> torch.nn.Module:
+        return create_recipe_model(recipe, num_classes=len(recipe.classes), stride=recipe.stride)
 
-    state = train_loop(model, lambda m_, b: detection_loss(m_(b[0]), b[1], nc, stride),
-                       lambda g: patches.sample_batch(g, bs), validate, recipe.training, out, resume=resume,
-                       **loop_kwargs)
-    plot_curves(state.history, out / "curves.png")
-    model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True))
-    model.eval()
-    chosen_on = "fixed by the recipe"
-    threshold = recipe.score_threshold
-    if threshold is None:
-        threshold, _ = best_f1_threshold(find(model, val[0]), val[1])
-        chosen_on = "validation split: best F1 at IoU 0.5"
-    test_det = find(model, test[0])
-    metrics = B.evaluate_detections(test_det, test[1], max_detections=recipe.max_detections)
-    at = B.evaluate_detections([t.subset(t.scores > threshold) for t in test_det], test[1], thresholds=(0.5,))
-    result = {
-        "recipe": recipe.name, "task": "detection", "best_epoch": state.best_epoch, "epochs_run": state.epoch,
-        "stopped_early": state.stopped_early, "split": {p: len(split.part(p)) for p in ("train", "val", "test")},
-        **{k: metrics[k] for k in ("mAP50", "mAP50-95", "ap_per_iou", "ap50_per_class", "ground_truth", "images")},
-        "at_score_threshold": {k: at[k] for k in ("precision50", "recall50", "f1_50", "detections")},
-        "postprocessing": {"score_threshold": threshold, "score_threshold_chosen_on": chosen_on,
-                           "iou_threshold": recipe.iou_threshold, "max_detections": recipe.max_detections,
-                           "map_score_threshold": EVAL_SCORE_THRESHOLD},
-        "baseline": _baseline(val, test),
-    }
-    _write(out / "test_metrics.json", result)
-    _write(out / "split.json", {"manifest_hash": split.manifest_hash, "data": str(folder), **{
-        p: list(split.part(p)) for p in ("train", "val", "test")}})
-    _write(out / "stats.json", _stats(recipe, train_x, train_y))
-    _write(out / "receptive_field.json", {"receptive_field": contract.receptive_field, "halo": contract.halo,
-                                          "size_step": contract.size_step, "min_size": contract.min_size,
-                                          "output_stride": contract.output_stride})
-    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
-    return result
+    def objective(self, recipe: DetectionRecipe, data: SplitData, contract):
+        nc, stride, step, val = len(recipe.classes), recipe.stride, contract.size_step, data.val
+
+        def validate(model_) -> dict[str, float]:
+            losses = []
+            for x, t in zip(*val):
+                maps = predict_maps(model_, x, step)
+                targets = build_targets(t, np.zeros((0, 4)), tuple(n * stride for n in maps.shape[2:]), stride, nc)
+                losses.append(detection_loss(maps, {k: torch.from_numpy(v)[None] for k, v in targets.items()}, nc,
+                                             stride).item())
+            m = B.evaluate_detections(_find(recipe, model_, val[0], step), val[1], thresholds=(0.5, 0.75))
+            return {"val_loss": float(np.mean(losses)), "val_map50": m["mAP50"]}
+
+        bs = recipe.training.batch_size
+        return (lambda g: data.sampler.sample_batch(g, bs),
+                lambda m_, b: detection_loss(m_(b[0]), b[1], nc, stride), validate)
+
+    def evaluate(self, recipe: DetectionRecipe, model, data: SplitData, contract) -> Evaluation:
+        """mAP50 / mAP50-95 on the test split beside Otsu + connected components, and the package's
+        post-processing: score threshold = the best-F1 threshold at IoU 0.5 on val unless the recipe fixes one."""
+        step, val, test = contract.size_step, data.val, data.test
+        chosen_on = "fixed by the recipe"
+        threshold = recipe.score_threshold
+        if threshold is None:
+            threshold, _ = best_f1_threshold(_find(recipe, model, val[0], step), val[1])
+            chosen_on = "validation split: best F1 at IoU 0.5"
+        test_det = _find(recipe, model, test[0], step)
+        metrics = B.evaluate_detections(test_det, test[1], max_detections=recipe.max_detections)
+        at = B.evaluate_detections([t.subset(t.scores > threshold) for t in test_det], test[1], thresholds=(0.5,))
+        return Evaluation({
+            **{k: metrics[k] for k in ("mAP50", "mAP50-95", "ap_per_iou", "ap50_per_class", "ground_truth", "images")},
+            "at_score_threshold": {k: at[k] for k in ("precision50", "recall50", "f1_50", "detections")},
+            "postprocessing": {"score_threshold": threshold, "score_threshold_chosen_on": chosen_on,
+                               "iou_threshold": recipe.iou_threshold, "max_detections": recipe.max_detections,
+                               "map_score_threshold": EVAL_SCORE_THRESHOLD},
+            "baseline": _baseline(val, test),
+        })
+
+    def stats(self, recipe: DetectionRecipe, data: SplitData) -> dict[str, Any]:
+        d, (images, truths) = recipe.data, data.train
+        pixels = np.concatenate([x.ravel() for x in images])
+        xyxy = np.concatenate([t.xyxy for t in truths]) if truths else np.zeros((0, 4))
+        size = np.sqrt(np.prod(np.clip(xyxy[:, 2:] - xyxy[:, :2], 0, None), axis=1))  # geometric mean of w and h
+        counts = np.bincount(np.concatenate([t.classes for t in truths]), minlength=len(recipe.classes))
+        return {
+            "normalization": {"percentiles": list(d.percentiles)},
+            "normalized_intensity_percentiles": {str(q): float(np.percentile(pixels, q)) for q in (1, 50, 99)},
+            "pixel_size": list(d.pixel_size) if d.pixel_size else None,
+            "class_frequencies": {c: int(n) for c, n in zip(recipe.classes, counts)},
+            "box_size": {"median_px": float(np.median(size)) if size.size else None,
+                         "p95_px": float(np.percentile(size, 95)) if size.size else None, "count": int(size.size)},
+            "sampling": {"images": len(images), "patch_size": list(d.patch_size), "min_visible": recipe.min_visible},
+        }
+
+
+def _find(recipe: DetectionRecipe, model: torch.nn.Module, images, step: int,
+          score_threshold: float = EVAL_SCORE_THRESHOLD) -> list[B.Boxes]:
+    return [predict_boxes(model, x, step, len(recipe.classes), recipe.stride, score_threshold, recipe.iou_threshold,
+                          recipe.max_detections) for x in images]
 
 
 def _baseline(val, test) -> dict[str, Any]:
     """Otsu threshold + 4-connected components -> boxes (score = mean intensity); min area tuned on val."""
-    from .metrics import otsu_threshold
+    from ..metrics import otsu_threshold
 
     def run(images, min_area):
         return [B.threshold_boxes(x, otsu_threshold(x), min_area) for x in images]
@@ -338,34 +350,3 @@ def _baseline(val, test) -> dict[str, Any]:
     m = B.evaluate_detections(run(test[0], best), test[1])
     return {"name": "otsu+connected-components", "min_area_chosen_on_val": best, "mAP50": m["mAP50"],
             "mAP50-95": m["mAP50-95"]}
-
-
-def _stats(recipe: DetectionRecipe, images: list[np.ndarray], truths: list[B.Boxes]) -> dict[str, Any]:
-    d = recipe.data
-    pixels = np.concatenate([x.ravel() for x in images])
-    xyxy = np.concatenate([t.xyxy for t in truths]) if truths else np.zeros((0, 4))
-    size = np.sqrt(np.prod(np.clip(xyxy[:, 2:] - xyxy[:, :2], 0, None), axis=1))  # geometric mean of w and h
-    counts = np.bincount(np.concatenate([t.classes for t in truths]), minlength=len(recipe.classes))
-    return {
-        "normalization": {"percentiles": list(d.percentiles)},
-        "normalized_intensity_percentiles": {str(q): float(np.percentile(pixels, q)) for q in (1, 50, 99)},
-        "pixel_size": list(d.pixel_size) if d.pixel_size else None,
-        "class_frequencies": {c: int(n) for c, n in zip(recipe.classes, counts)},
-        "box_size": {"median_px": float(np.median(size)) if size.size else None,
-                     "p95_px": float(np.percentile(size, 95)) if size.size else None, "count": int(size.size)},
-        "sampling": {"images": len(images), "patch_size": list(d.patch_size), "min_visible": recipe.min_visible},
-    }
-
-
-def _write(path: Path, data: Any) -> None:
-    """Atomic JSON; NaN (e.g. precision without any detection) becomes null, so the file is strict JSON."""
-    def clean(v):
-        if isinstance(v, float) and v != v:
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        return [clean(x) for x in v] if isinstance(v, (list, tuple)) else v
-
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(clean(data), indent=1, allow_nan=False))
-    tmp.replace(path)

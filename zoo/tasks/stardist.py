@@ -4,31 +4,27 @@ optimized on the validation split -> instance metrics on the held-out test split
 Targets are computed once per training image (on the grid raster) and cropped per patch; flips and 90-degree
 rotations permute the rays, so no target is recomputed while training.
 
-Evaluation uses the runtime's post-processing (``biozoo.runtime.stardist_post``, the code the exported package
-runs, imported lazily): the thresholds chosen here and the metrics reported are those of the package itself.
+Evaluation uses the runtime's post-processing (``biozoo.runtime.stardist_instances``, the code the exported
+package runs, imported lazily): the thresholds chosen here and the metrics reported are those of the package itself.
 
-Run dir: what every trainer writes (see zoo/train.py) plus ``thresholds.json`` (prob and NMS thresholds, the grid
+Run dir: what every run writes (see tasks/base.py) plus ``thresholds.json`` (prob and NMS thresholds, the grid
 searched on the validation split, and the validation score).
 """
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
-import yaml
 
 from biozoo.runtime import TrainingError
 
-from . import matching as MT
-from .config import StarDistRecipe
-from .star_targets import stardist_loss, stardist_targets
-from .training import plot_curves, seed_everything, train_loop
+from .. import matching as MT
+from ..config import StarDistRecipe
+from ..star_targets import stardist_loss, stardist_targets
+from .base import Evaluation, SplitData, create_recipe_model, data_folder
 
-log = logging.getLogger("biozoo")
 IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 OPTIMIZE_IOUS = (0.3, 0.5, 0.7)  # the thresholds are chosen for the mean accuracy over these (stardist's choice)
 NMS_GRID = (0.3, 0.4, 0.5)
@@ -40,7 +36,7 @@ def load_instances(folder: Path, names: Sequence[str], percentiles: tuple[float,
     """Normalized images (float32) and their instance labels (int32) for the files ``names`` of a data folder."""
     import tifffile
 
-    from .data import percentile_normalize
+    from ..data import percentile_normalize
 
     if not (folder / "masks").is_dir():
         raise TrainingError(f"task 'stardist' needs {folder / 'masks'}/ with instance labels (0 = background, one id "
@@ -191,7 +187,7 @@ def watershed_baseline(images: Sequence[np.ndarray], sigma: float, min_distance:
     from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
-    from .metrics import otsu_threshold
+    from ..metrics import otsu_threshold
 
     out = []
     for x in images:
@@ -219,90 +215,81 @@ def _baseline(val, test) -> dict[str, Any]:
             "accuracy_iou50": result["0.5"]["accuracy"], "matching": result}
 
 
-def train_stardist(recipe: StarDistRecipe, out: Path, resume: bool = False, **loop_kwargs) -> dict[str, Any]:
-    from .data import make_or_load_split
-    from .recipe_setup import build_model, prepare_data
+class StarDistTask:
+    name = "stardist"
+    records_output_stride = True
 
-    if not resume and (out / "last.pt").exists():
-        raise TrainingError(f"'{out}' already holds a run; use --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    d, g = recipe.data, recipe.grid
-    folder = prepare_data(recipe)
-    split = make_or_load_split(folder, d.fractions, recipe.training.seed)
-    (train_x, train_y), val, test = (load_instances(folder, split.part(p), d.percentiles)
-                                     for p in ("train", "val", "test"))
-    patches = StarPatches(train_x, train_y, d.patch_size, recipe.n_rays, g, augment=d.augment,
-                          intensity=0.1 if d.augment else 0.0)
-    seed_everything(recipe.training.seed)
-    model = build_model(recipe)
-    with torch.no_grad():  # distances start at the training objects' mean ray length instead of 0: faster start
-        model.dist.bias.fill_(float(np.mean([t[1:][:, t[0] > 0].mean() for t in patches.targets if (t[0] > 0).any()]
-                                            or [0.0])))
-    contract = model.io_contract()
-    step, bs = contract.size_step, recipe.training.batch_size
-    val_targets = [torch.from_numpy(stardist_targets(y, recipe.n_rays, (g, g)))[None] for y in val[1]]
+    def prepare(self, recipe: StarDistRecipe) -> Path:
+        return data_folder(recipe)
 
-    def loss(model_, batch):
-        logits, dist = model_.heads(batch[0])
-        return stardist_loss(logits, dist, batch[1], recipe.dist_weight)
+    def load(self, recipe: StarDistRecipe, folder: Path, split) -> SplitData:
+        d = recipe.data
+        train, val, test = (load_instances(folder, split.part(p), d.percentiles) for p in ("train", "val", "test"))
+        patches = StarPatches(*train, d.patch_size, recipe.n_rays, recipe.grid, augment=d.augment,
+                              intensity=0.1 if d.augment else 0.0)
+        return SplitData(patches, train, val, test)  # truths: instance labels
 
-    def validate(model_) -> dict[str, float]:
-        losses = []
-        for x, t in zip(val[0], val_targets):
-            pad = [(0, (-n) % step) for n in x.shape]
-            xt = torch.from_numpy(np.pad(x, pad, mode="reflect")[None, None])
-            logits, dist = model_.heads(xt)
-            ny, nx = t.shape[2:]
-            losses.append(stardist_loss(logits[..., :ny, :nx], dist[..., :ny, :nx], t, recipe.dist_weight).item())
-        return {"val_loss": float(np.mean(losses))}
+    def build_model(self, recipe: StarDistRecipe, data: Optional[SplitData] = None) -> torch.nn.Module:
+        model = create_recipe_model(recipe, n_rays=recipe.n_rays, grid=recipe.grid, features=recipe.head_features)
+        if data is not None:  # distances start at the training objects' mean ray length instead of 0: faster start
+            targets = data.sampler.targets
+            with torch.no_grad():
+                model.dist.bias.fill_(float(np.mean([t[1:][:, t[0] > 0].mean() for t in targets if (t[0] > 0).any()]
+                                                    or [0.0])))
+        return model
 
-    state = train_loop(model, loss, lambda gen: patches.sample_batch(gen, bs), validate, recipe.training, out,
-                       resume=resume, **loop_kwargs)
-    plot_curves(state.history, out / "curves.png")
-    model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True))
-    model.eval()
-    val_maps = [predict_maps(model, x, step, g) for x in val[0]]
-    found = optimize_thresholds(val_maps, val[1], g, recipe.border)
-    prob_t = recipe.prob_threshold if recipe.prob_threshold is not None else found["prob_threshold"]
-    nms_t = recipe.nms_threshold if recipe.nms_threshold is not None else found["nms_threshold"]
-    thresholds = {"prob_threshold": prob_t, "nms_threshold": nms_t, "border": recipe.border,
-                  "optimized_on": "validation split", "objective": f"mean accuracy at IoU {list(OPTIMIZE_IOUS)}",
-                  "val_score": found["score"], "fixed_by_recipe": [k for k in ("prob_threshold", "nms_threshold")
-                                                                   if getattr(recipe, k) is not None],
-                  "searched": found["searched"]}
-    test_pred = segment([predict_maps(model, x, step, g) for x in test[0]], [y.shape for y in test[1]], prob_t, nms_t,
-                        g, recipe.border)
-    table = MT.metrics_table(MT.match_dataset(test[1], test_pred, IOU_THRESHOLDS))
-    result = {
-        "recipe": recipe.name, "task": "stardist", "best_epoch": state.best_epoch, "epochs_run": state.epoch,
-        "stopped_early": state.stopped_early, "split": {p: len(split.part(p)) for p in ("train", "val", "test")},
-        "accuracy_iou50": table["0.5"]["accuracy"], "f1_iou50": table["0.5"]["f1"],
-        "panoptic_quality_iou50": table["0.5"]["panoptic_quality"], "matching": table,
-        "postprocessing": {k: thresholds[k] for k in ("prob_threshold", "nms_threshold", "border")},
-        "baseline": _baseline(val, test),
-    }
-    _write(out / "thresholds.json", thresholds)
-    _write(out / "test_metrics.json", result)
-    _write(out / "split.json", {"manifest_hash": split.manifest_hash, "data": str(folder), **{
-        p: list(split.part(p)) for p in ("train", "val", "test")}})
-    pixels = np.concatenate([x.ravel() for x in train_x])
-    _write(out / "stats.json", {
-        "normalization": {"percentiles": list(d.percentiles)},
-        "normalized_intensity_percentiles": {str(q): float(np.percentile(pixels, q)) for q in (1, 50, 99)},
-        "pixel_size": list(d.pixel_size) if d.pixel_size else None,
-        "objects": {"train": int(sum(len(np.unique(y)) - 1 for y in train_y)),
-                    "val": int(sum(len(np.unique(y)) - 1 for y in val[1])),
-                    "test": int(sum(len(np.unique(y)) - 1 for y in test[1]))},
-        "sampling": {"images": len(train_x), "patch_size": list(d.patch_size), "n_rays": recipe.n_rays, "grid": g},
-    })
-    _write(out / "receptive_field.json", {"receptive_field": contract.receptive_field, "halo": contract.halo,
-                                          "size_step": contract.size_step, "min_size": contract.min_size,
-                                          "output_stride": contract.output_stride})
-    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
-    return result
+    def objective(self, recipe: StarDistRecipe, data: SplitData, contract):
+        step, bs, g = contract.size_step, recipe.training.batch_size, recipe.grid
+        val_targets = [torch.from_numpy(stardist_targets(y, recipe.n_rays, (g, g)))[None] for y in data.val[1]]
 
+        def loss(model_, batch):
+            logits, dist = model_.heads(batch[0])
+            return stardist_loss(logits, dist, batch[1], recipe.dist_weight)
 
-def _write(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+        def validate(model_) -> dict[str, float]:
+            losses = []
+            for x, t in zip(data.val[0], val_targets):
+                pad = [(0, (-n) % step) for n in x.shape]
+                xt = torch.from_numpy(np.pad(x, pad, mode="reflect")[None, None])
+                logits, dist = model_.heads(xt)
+                ny, nx = t.shape[2:]
+                losses.append(stardist_loss(logits[..., :ny, :nx], dist[..., :ny, :nx], t, recipe.dist_weight).item())
+            return {"val_loss": float(np.mean(losses))}
+
+        return lambda gen: data.sampler.sample_batch(gen, bs), loss, validate
+
+    def evaluate(self, recipe: StarDistRecipe, model, data: SplitData, contract) -> Evaluation:
+        """Thresholds optimized on the validation split (unless the recipe fixes them), then instance matching on
+        the test split with the package's post-processing, beside Otsu + watershed; thresholds.json beside."""
+        step, g, val, test = contract.size_step, recipe.grid, data.val, data.test
+        val_maps = [predict_maps(model, x, step, g) for x in val[0]]
+        found = optimize_thresholds(val_maps, val[1], g, recipe.border)
+        prob_t = recipe.prob_threshold if recipe.prob_threshold is not None else found["prob_threshold"]
+        nms_t = recipe.nms_threshold if recipe.nms_threshold is not None else found["nms_threshold"]
+        thresholds = {"prob_threshold": prob_t, "nms_threshold": nms_t, "border": recipe.border,
+                      "optimized_on": "validation split", "objective": f"mean accuracy at IoU {list(OPTIMIZE_IOUS)}",
+                      "val_score": found["score"], "fixed_by_recipe": [k for k in ("prob_threshold", "nms_threshold")
+                                                                       if getattr(recipe, k) is not None],
+                      "searched": found["searched"]}
+        test_pred = segment([predict_maps(model, x, step, g) for x in test[0]], [y.shape for y in test[1]], prob_t,
+                            nms_t, g, recipe.border)
+        table = MT.metrics_table(MT.match_dataset(test[1], test_pred, IOU_THRESHOLDS))
+        return Evaluation({
+            "accuracy_iou50": table["0.5"]["accuracy"], "f1_iou50": table["0.5"]["f1"],
+            "panoptic_quality_iou50": table["0.5"]["panoptic_quality"], "matching": table,
+            "postprocessing": {k: thresholds[k] for k in ("prob_threshold", "nms_threshold", "border")},
+            "baseline": _baseline(val, test),
+        }, files={"thresholds.json": thresholds})
+
+    def stats(self, recipe: StarDistRecipe, data: SplitData) -> dict[str, Any]:
+        d, (train_x, train_y) = recipe.data, data.train
+        pixels = np.concatenate([x.ravel() for x in train_x])
+        return {
+            "normalization": {"percentiles": list(d.percentiles)},
+            "normalized_intensity_percentiles": {str(q): float(np.percentile(pixels, q)) for q in (1, 50, 99)},
+            "pixel_size": list(d.pixel_size) if d.pixel_size else None,
+            "objects": {p: int(sum(len(np.unique(y)) - 1 for y in labels))
+                        for p, (_, labels) in (("train", data.train), ("val", data.val), ("test", data.test))},
+            "sampling": {"images": len(train_x), "patch_size": list(d.patch_size), "n_rays": recipe.n_rays,
+                         "grid": recipe.grid},
+        }
