@@ -16,14 +16,13 @@ import numpy as np
 from .checks import CheckResult
 from .description import ParameterizedSize, SizeReference
 from .errors import BiozooError
-from .test_tensors import compare, load_test_tensors
+from .test_tensors import NO_TILING, compare, load_test_tensors
 from .tiling import output_shapes, resolve_size
 
 if TYPE_CHECKING:
     from .engine import Engine
 
 NAME = "batch-independence"
-NO_TILING = 2**62
 CAUSES = ("likely causes: batch normalization exported in training mode (call model.eval() before exporting), or "
           "a normalization across the batch axis inside the graph (e.g. ReduceMean over axis 0). Predictions then "
           "depend on what else is in the batch; re-export the model, or predict one sample at a time")
@@ -33,10 +32,10 @@ def _batch_index(tensor) -> Optional[int]:
     return next((i for i, a in enumerate(tensor.axes) if a.type == "batch"), None)
 
 
-def _random_inputs(model: "Engine") -> dict[str, np.ndarray]:
+def _random_inputs(engine: "Engine") -> dict[str, np.ndarray]:
     """Random data of a small valid size (min + 2 steps) for packages without test tensors."""
     rng = np.random.default_rng(0)
-    desc, known, arrays = model.description, {}, {}
+    desc, known, arrays = engine.description, {}, {}
     for t in desc.inputs:
         dims = []
         for a in t.axes:
@@ -56,9 +55,9 @@ def _random_inputs(model: "Engine") -> dict[str, np.ndarray]:
     return arrays
 
 
-def check_batch_independence(model: "Engine", test_inputs: Optional[Mapping[str, np.ndarray]] = None) -> CheckResult:
+def check_batch_independence(engine: "Engine", test_inputs: Optional[Mapping[str, np.ndarray]] = None) -> CheckResult:
 
-    desc = model.description
+    desc = engine.description
     for t in desc.inputs:
         b = _batch_index(t)
         if b is None:
@@ -68,23 +67,23 @@ def check_batch_independence(model: "Engine", test_inputs: Optional[Mapping[str,
     source = "the test input"
     if test_inputs is None:
         try:
-            test_inputs = load_test_tensors(model, "inputs")
+            test_inputs = load_test_tensors(engine, "inputs")
         except BiozooError:
             test_inputs = None
         if not test_inputs:
-            test_inputs, source = _random_inputs(model), "a random input"
+            test_inputs, source = _random_inputs(engine), "a random input"
     alone = {tid: np.take(x, [0], axis=_batch_index(desc.input(tid))).astype(np.float32)
              for tid, x in test_inputs.items()}
     rng = np.random.default_rng(12345)
     try:
-        processed = model.preprocess(alone)
+        processed = engine.preprocess(alone)
         paired = {}
         for tid, x in processed.items():
             mean, std = float(np.mean(x)), float(np.std(x)) or 1.0
             other = rng.normal(mean + 3 * std + 1.0, 4 * std + 1.0, size=x.shape).astype(np.float32)
             paired[tid] = np.concatenate([x, other], axis=_batch_index(desc.input(tid)))
-        first = model.run_processed(processed, alone, tile_budget=NO_TILING, postprocess=False)
-        both = model.run_processed(paired, alone, tile_budget=NO_TILING, postprocess=False)
+        first = engine.run_processed(processed, alone, tile_budget=NO_TILING, postprocess=False)
+        both = engine.run_processed(paired, alone, tile_budget=NO_TILING, postprocess=False)
     except BiozooError as e:
         return CheckResult(NAME, "error", f"the model could not run {source} in a batch of two: {e}")
     results: dict[str, dict[str, Any]] = {}

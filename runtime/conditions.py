@@ -42,20 +42,20 @@ class Prediction:
     report: CheckReport
 
 
-def _rescale(arrays: dict[str, np.ndarray], model: "Engine", factors: Mapping[str, float]) -> dict[str, np.ndarray]:
+def _rescale(arrays: dict[str, np.ndarray], engine: "Engine", factors: Mapping[str, float]) -> dict[str, np.ndarray]:
     out = {}
     for tid, x in arrays.items():
-        t = model.description.input(tid)
+        t = engine.description.input(tid)
         lengths = {i: max(1, round(x.shape[i] * factors[a.id])) for i, a in enumerate(t.axes)
                    if a.type == "space" and a.id in factors}
         out[tid] = resample(x, lengths, "linear")
     return out
 
 
-def _valid_mask(model: "Engine", x: np.ndarray, caller: str, opts: InputOptions, report: CheckReport,
+def _valid_mask(engine: "Engine", x: np.ndarray, caller: str, opts: InputOptions, report: CheckReport,
                 factors: Optional[Mapping[str, float]], original: np.ndarray) -> Optional[np.ndarray]:
     """The primary input's valid mask at the model's resolution, or None (all valid); adds the report entry."""
-    name, t = "masked-normalization", model.description.inputs[0]
+    name, t = "masked-normalization", engine.description.inputs[0]
     if opts.mask is not None or opts.ignore_value is not None:
         if opts.mask is not None:
             valid, source = masking.mask_from_array(opts.mask, original, t, caller), "--mask"
@@ -104,11 +104,11 @@ class Prepared:
         return None if self.valid is None else {self.primary: self.valid}
 
 
-def prepare(model: "Engine", inputs: Any, axes: Any, opts: InputOptions, report: CheckReport) -> Prepared:
+def prepare(engine: "Engine", inputs: Any, axes: Any, opts: InputOptions, report: CheckReport) -> Prepared:
     """Check the pixel size (raising on a mismatch without --rescale), resample, decide and apply the mask."""
-    desc = model.description
+    desc = engine.description
     primary = desc.inputs[0]
-    arrays, caller = model.prepare_inputs(inputs, axes)
+    arrays, caller = engine.prepare_inputs(inputs, axes)
     space = input_checks.tensor_space_axes(primary)
     given = pixelsize.parse_pixel_size(opts.pixel_size, [a.id for a in space])
     source = "--pixel-size" if given is not None else "TIFF metadata"
@@ -117,33 +117,33 @@ def prepare(model: "Engine", inputs: Any, axes: Any, opts: InputOptions, report:
     original_shapes = {tid: x.shape for tid, x in arrays.items()}
     original = arrays[primary.id]
     if factors:
-        arrays = _rescale(arrays, model, factors)
+        arrays = _rescale(arrays, engine, factors)
     x = arrays[primary.id]
-    valid = _valid_mask(model, x, caller.get(primary.id, primary.letters), opts, report, factors, original)
+    valid = _valid_mask(engine, x, caller.get(primary.id, primary.letters), opts, report, factors, original)
     if valid is not None:
         arrays[primary.id] = masking.fill_masked(x, valid, primary)
     return Prepared(primary.id, arrays, caller, valid, factors, original_shapes, x)
 
 
-def predict_checked(model: "Engine", inputs: Any, axes: Any, opts: InputOptions, *, tile=None, tile_budget: int,
+def predict_checked(engine: "Engine", inputs: Any, axes: Any, opts: InputOptions, *, tile=None, tile_budget: int,
                     dataset_stats=None, progress=None, batch_effects: bool = True) -> Prediction:
-    desc = model.description
+    desc = engine.description
     primary = desc.inputs[0]
     report = CheckReport(opts.skip)
-    p = prepare(model, inputs, axes, opts, report)
+    p = prepare(engine, inputs, axes, opts, report)
     if batch_effects:
-        _batch_effects_in_call(model, report, p.raw, p.valid)
-    processed = model.preprocess(p.arrays, dataset_stats, p.masks)
+        _batch_effects_in_call(engine, report, p.raw, p.valid)
+    processed = engine.preprocess(p.arrays, dataset_stats, p.masks)
     input_checks.distribution_shift(report, training_conditions(desc.config), processed[primary.id], p.valid)
-    outputs = model.run_processed(processed, p.arrays, tile=tile, tile_budget=tile_budget,
+    outputs = engine.run_processed(processed, p.arrays, tile=tile, tile_budget=tile_budget,
                                   dataset_stats=dataset_stats, progress=progress, masks=p.masks)
     boxes = detections.detection_outputs(desc)
     outputs = detections.drop_padding(desc, outputs, boxes)  # fixed-capacity box lists: only real rows from here
     if p.valid is not None:
-        outputs = _mask_outputs(model, outputs, p.valid)
-    input_checks.receptive_field(report, model, outputs)
+        outputs = _mask_outputs(engine, outputs, p.valid)
+    input_checks.receptive_field(report, engine, outputs)
     if p.factors:
-        outputs = _resample_back(model, outputs, p.original_shapes, p.arrays[primary.id].shape)
+        outputs = _resample_back(engine, outputs, p.original_shapes, p.arrays[primary.id].shape)
     report.disabled()
     caller = p.caller.get(primary.id)
     result = {tid: axes_mod.from_model_layout(y, detections.unpadded_tensor(desc, tid, boxes), caller)
@@ -151,8 +151,8 @@ def predict_checked(model: "Engine", inputs: Any, axes: Any, opts: InputOptions,
     return Prediction(result, report)
 
 
-def _batch_effects_in_call(model: "Engine", report: CheckReport, x: np.ndarray, valid: Optional[np.ndarray]) -> None:
-    t = model.description.inputs[0]
+def _batch_effects_in_call(engine: "Engine", report: CheckReport, x: np.ndarray, valid: Optional[np.ndarray]) -> None:
+    t = engine.description.inputs[0]
     batch = next((i for i, a in enumerate(t.axes) if a.type == "batch"), None)
     n = x.shape[batch] if batch is not None else 1
     summaries = []
@@ -160,11 +160,11 @@ def _batch_effects_in_call(model: "Engine", report: CheckReport, x: np.ndarray, 
         sel = tuple([slice(None)] * batch + [slice(b, b + 1)]) if batch is not None else ()
         v = valid[sel] if valid is not None and batch is not None and valid.shape[batch] > 1 else valid
         summaries.append((f"sample {b}", input_checks.intensity_summary(x[sel], v)))
-    input_checks.batch_effects(report, summaries, input_checks.dataset_normalized(model))
+    input_checks.batch_effects(report, summaries, input_checks.dataset_normalized(engine))
 
 
-def _mask_outputs(model: "Engine", outputs: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, np.ndarray]:
-    desc = model.description
+def _mask_outputs(engine: "Engine", outputs: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, np.ndarray]:
+    desc = engine.description
     masked = {}
     for tid, y in outputs.items():
         t = desc.output(tid)
@@ -177,20 +177,20 @@ def _mask_outputs(model: "Engine", outputs: dict[str, np.ndarray], valid: np.nda
     return masked
 
 
-def _resample_back(model: "Engine", outputs: dict[str, np.ndarray], original_shapes, resampled_shape
+def _resample_back(engine: "Engine", outputs: dict[str, np.ndarray], original_shapes, resampled_shape
                    ) -> dict[str, np.ndarray]:
     """Outputs back onto the input's original grid: lengths from the description for the original input shape;
     box lists (not images; data-dependent or fixed-capacity lengths) get their corner coordinates scaled instead."""
     from .tiling import output_shapes
 
-    desc = model.description
+    desc = engine.description
     wanted = output_shapes(desc, original_shapes)
     boxes = detections.detection_outputs(desc)
     back = {}
     for tid, y in outputs.items():
         t, shape = desc.output(tid), wanted.get(tid)
         if boxes and tid == boxes.boxes:
-            back[tid] = _boxes_back(model, y, boxes, original_shapes, resampled_shape)
+            back[tid] = _boxes_back(engine, y, boxes, original_shapes, resampled_shape)
             continue
         if shape is None:
             back[tid] = y
@@ -200,9 +200,9 @@ def _resample_back(model: "Engine", outputs: dict[str, np.ndarray], original_sha
     return back
 
 
-def _boxes_back(model: "Engine", xyxy: np.ndarray, which, original_shapes, resampled_shape) -> np.ndarray:
+def _boxes_back(engine: "Engine", xyxy: np.ndarray, which, original_shapes, resampled_shape) -> np.ndarray:
     """Box corners from the resampled grid onto the original one (x columns by the x ratio, y by the y ratio)."""
-    primary = model.description.inputs[0]
+    primary = engine.description.inputs[0]
     original = original_shapes[primary.id]
     ratio = {a.id: original[i] / resampled_shape[i] for i, a in enumerate(primary.axes) if a.type == "space"}
     scale = np.ones(xyxy.shape[-1], np.float32)
@@ -211,11 +211,11 @@ def _boxes_back(model: "Engine", xyxy: np.ndarray, which, original_shapes, resam
     return (xyxy * scale).astype(xyxy.dtype, copy=False)
 
 
-def check_test_tensors(model: "Engine", inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
+def check_test_tensors(engine: "Engine", inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
                        report: CheckReport) -> None:
     """The input checks on a package's own test tensors (`biozoo test`): they report, never mask or resample, so
     that the test reproduces the package's outputs exactly as the package defines them."""
-    desc = model.description
+    desc = engine.description
     primary = desc.inputs[0]
     training = training_conditions(desc.config)
     x = inputs[primary.id]
@@ -229,7 +229,7 @@ def check_test_tensors(model: "Engine", inputs: Mapping[str, np.ndarray], output
             report.add("masked-normalization", "warning", f"the test input has large constant regions "
                        f"({1 - float(valid.mean()):.1%} of its pixels): `biozoo predict` would exclude them from the "
                        "normalization statistics; `biozoo test` reproduces the outputs without masking", **numbers)
-    _batch_effects_in_call(model, report, x, None)
-    processed = model.preprocess(inputs)
+    _batch_effects_in_call(engine, report, x, None)
+    processed = engine.preprocess(inputs)
     input_checks.distribution_shift(report, training, processed[primary.id], None)
-    input_checks.receptive_field(report, model, outputs)
+    input_checks.receptive_field(report, engine, outputs)

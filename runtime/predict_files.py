@@ -134,7 +134,7 @@ def predict_files(
 
     report = CheckReport(skip)
     dataset_stats = None
-    if len(samples) > 1 and dataset_normalized(model):
+    if len(samples) > 1 and dataset_normalized(model.engine):
         dataset_stats = _dataset_pass(model, samples, read, options, report)
     items = []
     for sample, stem, targets in zip(samples, stems, plans):
@@ -360,14 +360,15 @@ def _refuse_early(model: Model, samples, pixel_size, rescale: bool, skip) -> lis
 def _dataset_pass(model: Model, samples, read, options, report: CheckReport) -> DatasetStatistics:
     """Dataset statistics over all files (masked and resampled as they will be predicted) and the batch-effects
     check across the files."""
-    inputs = {t.id for t in model.description.inputs}
-    stats = DatasetStatistics(m for m in model.required_measures() if m.tensor_id in inputs)
+    engine = model.engine
+    inputs = {t.id for t in engine.description.inputs}
+    stats = DatasetStatistics(m for m in engine.required_measures() if m.tensor_id in inputs)
     summaries = []
-    primary = model.description.inputs[0].id
+    primary = engine.description.inputs[0].id
     for sample in samples:
         arrays, sample_axes = read(sample)
-        prepared = prepare(model, arrays, sample_axes or None, options(sample), CheckReport(options(sample).skip))
-        stats.update({tid: (x, model._axis_ids(tid)) for tid, x in prepared.arrays.items()}, prepared.masks)
+        prepared = prepare(engine, arrays, sample_axes or None, options(sample), CheckReport(options(sample).skip))
+        stats.update({tid: (x, engine.axis_ids(tid)) for tid, x in prepared.arrays.items()}, prepared.masks)
         summaries.append((str(sample[primary]), intensity_summary(prepared.raw, prepared.valid)))
     batch_effects(report, summaries, True)
     return stats

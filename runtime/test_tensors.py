@@ -1,5 +1,5 @@
-"""A package's test tensors and how outputs are compared with them (the spec's tolerance rule): used by `biozoo
-test` and by the batch-independence check, which may not import each other."""
+"""A package's test tensors and how outputs are compared with them (the spec's tolerance rule): the reference that
+`biozoo test` and the batch-independence check both run against."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -12,16 +12,18 @@ from .npy import load_npy
 if TYPE_CHECKING:
     from .engine import Engine
 
+NO_TILING = 2**62  # a tile budget no input reaches: the reference runs see the whole input at once
 
-def load_test_tensors(model: "Engine", kind: str) -> dict[str, np.ndarray]:
-    tensors = model.description.inputs if kind == "inputs" else model.description.outputs
+
+def load_test_tensors(engine: "Engine", kind: str) -> dict[str, np.ndarray]:
+    tensors = engine.description.inputs if kind == "inputs" else engine.description.outputs
     arrays = {}
     for i, t in enumerate(tensors):
         if t.test_tensor is None:
             if t.optional:
                 continue
             raise PackageError(f"{kind}[{i}] ('{t.id}') has no test_tensor; every tensor of a package needs one")
-        path = model.package.file(t.test_tensor, f"{kind}[{i}].test_tensor")
+        path = engine.package.file(t.test_tensor, f"{kind}[{i}].test_tensor")
         arrays[t.id] = load_npy(path, f"{kind}[{i}].test_tensor")  # header checked before any allocation
         if arrays[t.id].ndim != len(t.axes):
             raise PackageError(

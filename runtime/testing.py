@@ -10,20 +10,21 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 
+from .batch_independence import check_batch_independence
+from .checks import CheckReport
+from .conditions import check_test_tensors
 from .description import ParameterizedSize, SizeReference
 from .errors import BiozooError
-from .test_tensors import compare, load_test_tensors
+from .test_tensors import NO_TILING, compare, load_test_tensors
 from .tiling import output_shapes, pad_to, resolve_size
 
 if TYPE_CHECKING:
     from .engine import Engine
 
-NO_TILING = 2**62
 
-
-def _probe_shapes(model: "Engine", test_inputs: Mapping[str, np.ndarray]) -> list[dict[str, tuple[int, ...]]]:
+def _probe_shapes(engine: "Engine", test_inputs: Mapping[str, np.ndarray]) -> list[dict[str, tuple[int, ...]]]:
     """Two other valid sizes for the parameterized axes, and the test size with batch 2."""
-    desc = model.description
+    desc = engine.description
     probes = []
     for k in (1, 2):
         shapes: dict[str, tuple[int, ...]] = {}
@@ -57,18 +58,18 @@ def _probe_shapes(model: "Engine", test_inputs: Mapping[str, np.ndarray]) -> lis
     return probes
 
 
-def _check_probe(model: "Engine", test_inputs, shapes) -> dict[str, Any]:
+def _check_probe(engine: "Engine", test_inputs, shapes) -> dict[str, Any]:
     arrays = {}
     for tid, shape in shapes.items():
         x = test_inputs[tid][tuple(slice(0, n) for n in shape)]
         arrays[tid] = pad_to(x, shape, "reflect")
     check: dict[str, Any] = {"input_shapes": {k: list(v) for k, v in shapes.items()}}
     try:
-        outputs = model.run_model_layout(arrays, tile_budget=NO_TILING, postprocess=False)
+        outputs = engine.run_model_layout(arrays, tile_budget=NO_TILING, postprocess=False)
     except BiozooError as e:
         check.update(passed=False, reason=str(e))
         return check
-    expected = output_shapes(model.network, shapes)  # raw network outputs (before shape-changing post-ops)
+    expected = output_shapes(engine.network, shapes)  # raw network outputs (before shape-changing post-ops)
     got = {k: list(v.shape) for k, v in outputs.items()}
     wrong = {k: (got[k], list(s)) for k, s in expected.items() if s is not None and got[k] != list(s)}
     check.update(output_shapes=got, passed=not wrong)
@@ -77,20 +78,16 @@ def _check_probe(model: "Engine", test_inputs, shapes) -> dict[str, Any]:
     return check
 
 
-def run_model_test(model: "Engine", check_sizes: bool = True, skip_checks: Iterable[str] = ()) -> dict[str, Any]:
+def run_model_test(engine: "Engine", check_sizes: bool = True, skip_checks: Iterable[str] = ()) -> dict[str, Any]:
     """Reproduce the test outputs, probe sizes, and run the checks: batch independence (a failure fails the test)
     and the input checks on the test tensors (reported only; `skip_checks` names checks to leave out)."""
-    from .batch_independence import check_batch_independence
-    from .checks import CheckReport
-    from .conditions import check_test_tensors
-
-    desc = model.description
+    desc = engine.description
     checks = CheckReport(skip_checks)
-    report: dict[str, Any] = {"name": desc.name, "provider": model.provider, "outputs": {}, "size_checks": []}
-    inputs = {tid: x.astype(np.float32) for tid, x in load_test_tensors(model, "inputs").items()}
-    expected = load_test_tensors(model, "outputs")
+    report: dict[str, Any] = {"name": desc.name, "provider": engine.provider, "outputs": {}, "size_checks": []}
+    inputs = {tid: x.astype(np.float32) for tid, x in load_test_tensors(engine, "inputs").items()}
+    expected = load_test_tensors(engine, "outputs")
     try:
-        actual = model.run_model_layout(inputs, tile_budget=NO_TILING)
+        actual = engine.run_model_layout(inputs, tile_budget=NO_TILING)
     except BiozooError as e:  # the package cannot run its own test input: a failed test, not bad usage
         report.update(status="failed", error=str(e))
         return report
@@ -98,12 +95,12 @@ def run_model_test(model: "Engine", check_sizes: bool = True, skip_checks: Itera
         if t.id in expected:
             report["outputs"][t.id] = compare(actual[t.id], expected[t.id], desc.tolerance_for(t.id))
     if check_sizes:
-        for shapes in _probe_shapes(model, inputs):
-            report["size_checks"].append(_check_probe(model, inputs, shapes))
+        for shapes in _probe_shapes(engine, inputs):
+            report["size_checks"].append(_check_probe(engine, inputs, shapes))
     if checks.enabled("batch-independence"):
-        checks.results.append(check_batch_independence(model, inputs))
+        checks.results.append(check_batch_independence(engine, inputs))
     try:
-        check_test_tensors(model, inputs, actual, checks)
+        check_test_tensors(engine, inputs, actual, checks)
     except BiozooError as e:  # e.g. statistics the test input cannot provide: the reproduction above decides
         report["checks_error"] = str(e)
     checks.disabled()

@@ -159,7 +159,7 @@ def _spec_version() -> str:
 def _batch_independence(model) -> dict[str, Any]:
     from .batch_independence import check_batch_independence
 
-    result = check_batch_independence(model)
+    result = check_batch_independence(model.engine)
     return {**result.as_dict(), "passed": result.status != "error", "detail": result.message}
 
 
