@@ -18,7 +18,9 @@ _EXPORTS = {
     "check_parity": ".parity",
     "check_batch_independence": ".parity",
     "TASKS": ".tasks",
-    "TaskExport": ".tasks",
+    "ExportTask": ".tasks",
+    "get_export_task": ".tasks",
+    "list_export_tasks": ".tasks",
     "register_task": ".tasks",
     "write_deterministic_zip": ".zipper",
 }

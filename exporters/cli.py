@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 
 def _check_export_arguments(run_dir: Path, out: Path, overwrite: bool) -> None:
     """Refuse bad -o paths and unsafe checkpoints before any export work (exit 2, one line each)."""
-    from biozoo.runtime.errors import ExportError
+    from biozoo.runtime import ExportError
 
     if out.is_dir():
         raise ExportError(f"-o '{out}' is a folder; give the package's file name, e.g. -o {out / 'model.zip'}")
@@ -88,7 +88,7 @@ def register_convert(subparsers) -> None:
 
 
 def _convert(args) -> int:
-    from biozoo.runtime.errors import InputError
+    from biozoo.runtime import InputError
 
     try:
         import bioimageio.spec  # noqa: F401

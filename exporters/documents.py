@@ -33,13 +33,13 @@ def write_cover(path: Path, image: np.ndarray, output: np.ndarray, output_range:
     Image.fromarray(canvas).save(path, format="PNG", optimize=False, compress_level=9)
 
 
-def _table(rows: list[tuple[str, Any]]) -> list[str]:
+def table_lines(rows: list[tuple[str, Any]]) -> list[str]:
     return ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
 
 
-def write_readme(path: Path, *, name: str, description: str, task_notes: list[str], metrics_lines: list[str],
-                 training_rows: list[tuple[str, Any]], parity: dict, independence: dict, tolerance: dict,
-                 input_id: str, output_id: str, axes: str, has_curves: bool) -> None:
+def readme_text(*, name: str, description: str, task_notes: list[str], metrics_lines: list[str],
+                training_rows: list[tuple[str, Any]], parity: dict, independence: dict, tolerance: dict,
+                input_id: str, output_id: str, axes: str, has_curves: bool) -> str:
     """README.md with a '# Validation' section (bioimage.io looks for it) and how to run the model two ways."""
     lines = [
         f"# {name}", "", description, "",
@@ -58,7 +58,7 @@ def write_readme(path: Path, *, name: str, description: str, task_notes: list[st
         "from bioimageio.core import load_model_description, predict, test_model",
         'descr = load_model_description("model.zip")', 'print(test_model(descr).status)',
         f'sample = predict(model=descr, inputs={{"{input_id}": image[None, None]}})', "```", "",
-        "## Training", "", *_table(training_rows), "",
+        "## Training", "", *table_lines(training_rows), "",
     ]
     if has_curves:
         lines += ["![training curves](curves.png)", ""]
@@ -77,4 +77,4 @@ def write_readme(path: Path, *, name: str, description: str, task_notes: list[st
         "results: `biozoo predict` checks them against `config.biozoo` and warns or refuses.",
         "",
     ]
-    path.write_text("\n".join(lines), encoding="utf-8")
+    return "\n".join(lines)

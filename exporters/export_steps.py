@@ -1,6 +1,5 @@
-"""The steps every task's exporter shares (held-out test input, parity and batch independence, curves, the
-config.biozoo block, the self-test, the report): its own module so the task exporters (detection, stardist) use
-them without importing the dispatcher in export.py that calls them."""
+"""The steps the export pipeline and the tasks' graph steps share (held-out test input, parity and batch
+independence, curves, the config.biozoo block, the self-test, the report): below both export.py and the tasks."""
 from __future__ import annotations
 
 import datetime as dt
@@ -14,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from biozoo.runtime.errors import ExportError
+from biozoo.runtime import ExportError
 
 from .parity import Forward, check_batch_independence, check_parity
 from .run_dir import RunDir, object_sizes, test_image
@@ -104,7 +103,9 @@ def self_test(folder: Path) -> dict:
     return {"status": report["status"]}
 
 
-def biozoo_config(run: RunDir, contract, parity: dict, independence: dict) -> dict[str, Any]:
+def biozoo_config(run: RunDir, contract, parity: dict, independence: dict, object_size: bool) -> dict[str, Any]:
+    """config.biozoo's common part: what the runtime checks inputs against (``object_size``: record the training
+    objects' sizes, for tasks whose outputs are objects)."""
     from importlib.metadata import version
 
     r = run.recipe
@@ -118,7 +119,7 @@ def biozoo_config(run: RunDir, contract, parity: dict, independence: dict) -> di
             "normalization": {"op": "scale_range", "percentiles": list(r.data.percentiles), "per": "sample"},
             "intensity_percentiles": run.stats.get("normalized_intensity_percentiles"),
             "receptive_field": contract.receptive_field, "halo": contract.halo,
-            "object_size": object_sizes(run) if r.task in ("segmentation", "stardist", "detection") else None,
+            "object_size": object_sizes(run) if object_size else None,
             "split_manifest_hash": run.split.get("manifest_hash"),
         },
         "test_metrics": run.test_metrics, "parity": parity, "batch_independence": independence,

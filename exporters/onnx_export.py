@@ -15,7 +15,7 @@ from typing import Sequence
 import onnx
 import torch
 
-from biozoo.runtime.errors import ExportError
+from biozoo.runtime import ExportError
 
 DEFAULT_OPSET = 17
 DEFAULT_IR_VERSION = 8  # onnxruntime 1.16 reads IR <= 9

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from biozoo.runtime.errors import ExportError
+from biozoo.runtime import ExportError
 
 PARITY_ABS = 1e-4
 PARITY_REL = 1e-3

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from biozoo.runtime.errors import ExportError
+from biozoo.runtime import ExportError
 
 REQUIRED = ("recipe.yaml", "best.pt", "split.json", "stats.json", "test_metrics.json", "receptive_field.json")
 

@@ -12,50 +12,20 @@ import pytest
 
 from biozoo.runtime import load
 from biozoo.runtime.cli import main
-
-
-def _disks(shape, rng, count):
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
-    lab = np.zeros(shape, np.int32)
-    for i in range(1, count + 1):
-        cy, cx, r = rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), rng.uniform(5, 9)
-        lab[((yy - cy) ** 2 + (xx - cx) ** 2 < r * r) & (lab == 0)] = i
-    image = (lab > 0) * 200.0 + 20 + rng.normal(0, 8, shape)
-    return image.astype(np.float32), lab
+from tests.exporters.tiny_runs import disks
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    import tifffile
-
-    from biozoo.zoo.config import parse_recipe
-    from biozoo.zoo.train import train_recipe
-
-    data = tmp_path_factory.mktemp("disks")
-    (data / "images").mkdir()
-    (data / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(14):
-        image, lab = _disks((96, 96), rng, 6)
-        tifffile.imwrite(data / "images" / f"d{i:02d}.tif", image)
-        tifffile.imwrite(data / "masks" / f"d{i:02d}.tif", lab)
-    recipe = parse_recipe({
-        "name": "stardist-disks", "task": "stardist", "n_rays": 16, "grid": 2, "head_features": 16,
-        "model": {"name": "stardist2d_tiny", "depth": 2, "base_channels": 8, "batch_norm": True},
-        "data": {"dataset": str(data), "tile": None, "patch_size": [64, 64]},
-        "training": {"batch_size": 4, "lr": 0.01, "epochs": 25, "steps_per_epoch": 10, "threads": 1,
-                     "early_stopping": None},
-    })
-    out = tmp_path_factory.mktemp("run") / "run"
-    result = train_recipe(recipe, out, progress=False)
-    return out, result, data
+def run(tiny_run):
+    out = tiny_run("stardist")
+    return out, json.loads((out / "test_metrics.json").read_text()), out
 
 
 @pytest.fixture(scope="module")
 def package(run, tmp_path_factory):
     from biozoo.exporters import export_run
 
-    out = tmp_path_factory.mktemp("pkg") / "stardist-disks.zip"
+    out = tmp_path_factory.mktemp("pkg") / "tiny-stardist.zip"
     report = export_run(run[0], out)
     assert report.test["status"] == "passed"
     return out
@@ -85,7 +55,7 @@ def test_package_passes_bioimageio_core_and_biozoo_test(package, assert_package_
 def test_predict_writes_a_label_tiff(package, tmp_path, capsys):
     import tifffile
 
-    image, lab = _disks((100, 124), np.random.default_rng(7), 8)  # not a multiple of the size step
+    image, lab = disks((100, 124), np.random.default_rng(7), 8)  # not a multiple of the size step
     tifffile.imwrite(tmp_path / "cells.tif", image)
     assert main(["predict", str(package), str(tmp_path / "cells.tif"), "-o", str(tmp_path / "out"),
                  "--axes", "yx"]) == 0
@@ -100,7 +70,7 @@ def test_predict_writes_a_label_tiff(package, tmp_path, capsys):
 
 def test_tiled_prediction_neither_loses_nor_duplicates_border_objects(package):
     model = load(package, device="cpu")
-    image, _ = _disks((192, 224), np.random.default_rng(8), 40)
+    image, _ = disks((192, 224), np.random.default_rng(8), 40)
     whole = model.predict(image, axes="yx")
     tiled = model.predict(image, axes="yx", tile={"y": 64, "x": 64})
     np.testing.assert_array_equal(tiled, whole)
