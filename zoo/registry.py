@@ -90,3 +90,23 @@ def unknown_name(kind: str, name: str, known: list[str]) -> str:
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
     return f"unknown {kind} {name!r}; {hint}available: {', '.join(known) or '(none)'}"
+
+
+def module_plugins(package: str, path: Any) -> list[Any]:
+    """The ``PLUGINS`` of every public module of ``package`` (its ``__path__``) but ``base``, modules sorted by name.
+
+    The task registries (biozoo.zoo.tasks, biozoo.exporters.tasks) read their members this way, so a new task is a
+    new module and no list is kept by hand."""
+    import importlib
+    import pkgutil
+
+    found: list[Any] = []
+    for info in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
+        if info.name == "base" or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{package}.{info.name}")
+        plugins = getattr(module, "PLUGINS", None)
+        if not plugins:
+            raise BiozooError(f"{module.__name__} lists no PLUGINS; a task module ends with PLUGINS = (MyTask(),)")
+        found.extend(plugins)
+    return found

@@ -1,7 +1,7 @@
 """The export side of every task, registered once under the recipe's task id (the same ids as biozoo.zoo.tasks).
 
-A new task means one module here with an `ExportTask` subclass and one line in `_register_builtin`; the pipeline
-in export.py never names a task.
+A new task means one module here with an `ExportTask` subclass, listed in the module's ``PLUGINS``; nothing
+else: the modules are found here, and the pipeline in export.py never names a task.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from biozoo.runtime import ExportError
+from biozoo.zoo.registry import module_plugins
 
 from .base import ExportContext, ExportTask, Graph, TestOutput
 
@@ -39,17 +40,8 @@ def list_export_tasks() -> list[str]:
     return sorted(TASKS)
 
 
-def _register_builtin() -> None:
-    # explicit, in one place (timm's models/__init__.py does the same): no registration as an import side effect
-    from .dense import CareExport, N2VExport, SegmentationExport
-    from .detection import DetectionExport
-    from .stardist import StarDistExport
-
-    for cls in (SegmentationExport, CareExport, N2VExport, StarDistExport, DetectionExport):
-        register_task(cls())
-
-
-_register_builtin()
+for _task in module_plugins(__name__, __path__):
+    register_task(_task)
 
 __all__ = ["TASKS", "ExportContext", "ExportTask", "Graph", "TestOutput", "get_export_task", "list_export_tasks",
            "register_task"]

@@ -93,3 +93,6 @@ class N2VExport(_RestorationExport):
 
     def citations(self, recipe: Any) -> tuple[tuple[str, str], ...]:
         return (N2V_CITE, N2V2_CITE, UNET_CITE) if getattr(recipe, "n2v2", False) else self.cite
+
+
+PLUGINS = (SegmentationExport(), CareExport(), N2VExport())  # what biozoo.exporters.tasks registers from this module

@@ -218,3 +218,6 @@ def _readme(title: str, recipe, metrics: dict, training_rows, parity: dict, inde
         "need the memory of one whole-image pass.", "",
     ]
     return "\n".join(lines)
+
+
+PLUGINS = (DetectionExport(),)  # what biozoo.exporters.tasks registers from this module

@@ -160,3 +160,6 @@ def _metrics_lines(m: dict) -> list[str]:
         f"{b.get('accuracy_iou50', float('nan')):.3f}",
         "accuracy per IoU threshold: " + ", ".join(f"{k}: {v['accuracy']:.3f}" for k, v in m["matching"].items()),
     ]
+
+
+PLUGINS = (StarDistExport(),)  # what biozoo.exporters.tasks registers from this module

@@ -1,18 +1,15 @@
 """biozoo.zoo.tasks: one training plug-in per task, registered under the id that ``recipe.task`` carries.
 
 The generic run (`base.run_training`) never names a task; it asks `get_task(recipe.task)` for the task's data,
-model, objective, evaluation and statistics. Adding a task means its recipe class in config.py, one module here
-that implements `TrainTask`, and one line below (the modules are imported explicitly, as timm's models are).
+model, objective, evaluation and statistics. Adding a task means its recipe class in config.py and one module
+here that implements `TrainTask` and lists its instances in ``PLUGINS``; nothing else (no hand-kept list here).
 """
 from __future__ import annotations
 
 from biozoo.runtime import BiozooError
 
-from ..registry import unknown_name
+from ..registry import module_plugins, unknown_name
 from .base import Evaluation, TrainTask, run_training
-from .dense import CareTask, N2VTask, SegmentationTask
-from .detection import DetectionTask
-from .stardist import StarDistTask
 
 TASKS: dict[str, TrainTask] = {}
 
@@ -37,7 +34,7 @@ def list_tasks() -> list[str]:
     return sorted(TASKS)
 
 
-for _task in (SegmentationTask(), CareTask(), N2VTask(), DetectionTask(), StarDistTask()):
+for _task in module_plugins(__name__, __path__):
     register_task(_task)
 
 __all__ = ["TASKS", "Evaluation", "TrainTask", "get_task", "list_tasks", "register_task", "run_training"]

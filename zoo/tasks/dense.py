@@ -176,3 +176,6 @@ def noisy_pairs(recipe, folder: Path) -> Path:
 
     gain, sigma = recipe.noise
     return make_noisy_pairs(folder, folder.parent / f"{folder.name}-noisy-g{gain:g}-s{sigma:g}", gain, sigma)
+
+
+PLUGINS = (SegmentationTask(), CareTask(), N2VTask())  # what biozoo.zoo.tasks registers from this module

@@ -350,3 +350,6 @@ def _baseline(val, test) -> dict[str, Any]:
     m = B.evaluate_detections(run(test[0], best), test[1])
     return {"name": "otsu+connected-components", "min_area_chosen_on_val": best, "mAP50": m["mAP50"],
             "mAP50-95": m["mAP50-95"]}
+
+
+PLUGINS = (DetectionTask(),)  # what biozoo.zoo.tasks registers from this module

@@ -293,3 +293,6 @@ class StarDistTask:
             "sampling": {"images": len(train_x), "patch_size": list(d.patch_size), "n_rays": recipe.n_rays,
                          "grid": recipe.grid},
         }
+
+
+PLUGINS = (StarDistTask(),)  # what biozoo.zoo.tasks registers from this module
