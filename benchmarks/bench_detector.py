@@ -40,7 +40,7 @@ def untrained_package(folder: Path) -> Path:
     import torch
     import yaml
 
-    from biozoo.runtime.detections import CORNERS
+    from biozoo.runtime.engine.outputs import CORNERS
     from biozoo.zoo import create_model
     from biozoo.zoo.detector import PADDING, DetectorWithNMS, export_detector_onnx
 

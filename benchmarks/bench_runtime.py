@@ -15,7 +15,7 @@ from pathlib import Path
 from _fixtures import build_package
 
 from biozoo.runtime import load
-from biozoo.runtime.bench import format_bench, run_bench
+from biozoo.runtime.commands.bench import format_bench, run_bench
 
 
 def main() -> None:

@@ -57,7 +57,7 @@ def package_maps(package: str):
 
     model = load(package, device="cpu")
     tid = model.description.inputs[0].id
-    from biozoo.runtime.testing import load_test_tensors
+    from biozoo.runtime.engine.test_tensors import load_test_tensors
 
     x = load_test_tensors(model, "inputs")
     maps = model.run_model_layout(x, postprocess=False)[model.description.outputs[0].id][0]

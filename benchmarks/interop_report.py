@@ -41,9 +41,9 @@ def _core_predict(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 
 def report(package: pathlib.Path) -> dict[str, Any]:
     from biozoo.runtime import load
+    from biozoo.runtime.commands.info import model_info
+    from biozoo.runtime.commands.validate import validate_package
     from biozoo.runtime.errors import BiozooError
-    from biozoo.runtime.info import model_info
-    from biozoo.runtime.validate import validate_package
 
     row: dict[str, Any] = {"package": package.name}
     try:

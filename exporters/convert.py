@@ -19,9 +19,8 @@ from typing import Any, Iterator, Mapping, Optional
 
 import yaml
 
-from biozoo.runtime.description import parse_description
-from biozoo.runtime.errors import BiozooError, ExportError, InputError
-from biozoo.runtime.package import Package, open_package, sha256_of
+from biozoo.runtime import BiozooError, ExportError, InputError
+from biozoo.runtime.format import Package, open_package, parse_description, sha256_of
 
 from .zipper import write_deterministic_zip
 
@@ -50,7 +49,7 @@ def read_rdf(path: Path) -> dict[str, Any]:
     if not isinstance(rdf, dict):
         raise InputError(f"{Path(path).name} must hold a mapping; got {type(rdf).__name__}")
     if str(rdf.get("format_version", "")).startswith("0.4."):
-        from biozoo.runtime.format_v04 import convert_v04
+        from biozoo.runtime.format import convert_v04
 
         rdf = convert_v04(rdf)
     return rdf

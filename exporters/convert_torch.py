@@ -25,10 +25,8 @@ import numpy as np
 import onnx
 import torch
 
-from biozoo.runtime.description import ModelDescription, ParameterizedSize, SizeReference, Tensor
-from biozoo.runtime.errors import ExportError, InputError
-from biozoo.runtime.npy import load_npy
-from biozoo.runtime.package import Package
+from biozoo.runtime import ExportError, InputError
+from biozoo.runtime.format import ModelDescription, Package, ParameterizedSize, SizeReference, Tensor, load_npy
 
 from .onnx_export import DEFAULT_IR_VERSION, DEFAULT_OPSET, SINGLE_FILE_LIMIT
 

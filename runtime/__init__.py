@@ -9,7 +9,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from .errors import BiozooError, ExportError, InputError, PackageError, TrainingError
-from .safe_yaml import load_yaml_file  # for other layers' YAML (recipes): size, alias and depth limits
+from .format.safe_yaml import load_yaml_file  # for other layers' YAML (recipes): size, alias and depth limits
 
 # onnxruntime-gpu writes a device-id file under ~/.cache/Microsoft per session and long sessions resolve a
 # telemetry host; this must be set before onnxruntime is first imported (biozoo never connects anywhere)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .checks import CHECKS, help_text
+from .checks.report import CHECKS, help_text
 from .errors import BiozooError
 
 log = logging.getLogger("biozoo")
@@ -61,7 +61,7 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
 
 
 def cmd_info(args) -> int:
-    from .info import format_info, model_info
+    from .commands.info import format_info, model_info
     from .model import load
 
     info = model_info(load(args.package, device=args.device))
@@ -78,7 +78,7 @@ def _log_checks(checks: list[dict[str, Any]]) -> None:
 
 
 def cmd_test(args) -> int:
-    from .checks import parse_no_check
+    from .checks.report import parse_no_check
     from .model import load
 
     skip = parse_no_check(args.no_check)
@@ -101,7 +101,7 @@ def cmd_test(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .validate import validate_package
+    from .commands.validate import validate_package
 
     report = validate_package(Path(args.package), skip_checks=args.no_check)
     lines = [f"{args.package}: {report['status'].upper()}"]
@@ -114,8 +114,8 @@ def cmd_validate(args) -> int:
 
 def cmd_predict(args) -> int:
     from .errors import InputError
-    from .input_checks import MEMORY_ENV
-    from .predict_files import predict_files
+    from .checks.input_checks import MEMORY_ENV
+    from .commands.predict_files import predict_files
 
     try:
         summary = predict_files(
@@ -134,7 +134,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import format_bench, run_bench
+    from .commands.bench import format_bench, run_bench
     from .model import load
 
     result = run_bench(load(args.package, device=args.device), args.size, runs=args.runs, vs_core=args.vs_core)

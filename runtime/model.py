@@ -13,18 +13,18 @@ from typing import Any, Iterable, Mapping, Optional, Union
 
 import numpy as np
 
-from .checks import parse_no_check
-from .conditions import InputOptions, Prediction, predict_checked
-from .description import ModelDescription, parse_description
-from .description_checks import check_consistency
-from .engine import ArrayInputs, AxesArg, Engine, Progress
+from .checks.conditions import InputOptions, Prediction, predict_checked
+from .checks.report import parse_no_check
+from .checks.testing import run_model_test
+from .engine.engine import ArrayInputs, AxesArg, Engine, Progress
+from .engine.session import OnnxSession
+from .engine.tiling import DEFAULT_TILE_BUDGET
 from .errors import PackageError
-from .onnx_scan import external_data_locations
-from .package import Package, open_package
-from .session import OnnxSession
-from .stats import DatasetStatistics, Measure
-from .testing import run_model_test
-from .tiling import DEFAULT_TILE_BUDGET
+from .format.description import ModelDescription, parse_description
+from .format.description_checks import check_consistency
+from .format.onnx_scan import external_data_locations
+from .format.package import Package, open_package
+from .ops.stats import DatasetStatistics, Measure
 
 log = logging.getLogger("biozoo")
 
@@ -106,7 +106,7 @@ class Model:
         `inputs`: one array (single-input models) or a dict by input tensor id. `axes`: letters per array, e.g.
         "yx", "cyx", "zyx", "byx" (a str for all inputs or a dict by id); guessed from the model when omitted.
         `tile`: tile length per space axis id, e.g. {"y": 512, "x": 512}; default: whole image within `tile_budget`.
-        Input checks (see checks.py): `pixel_size` (micrometers: one number, one per space axis, or a dict),
+        Input checks (see biozoo.runtime.checks): `pixel_size` (micrometers: one number, one per space axis, or a dict),
         `rescale`, `mask` (non-zero = pixels to use), `ignore_value`, `skip_checks` (names, like --no-check).
         A pixel-size mismatch raises InputError; warnings are raised as `biozoo.runtime.checks.InputWarning`.
         Use `predict_with_report` to get the check results as data.
@@ -168,7 +168,7 @@ class Model:
 
     def test(self, sizes: bool = True, skip_checks: Iterable[str] = ()) -> dict[str, Any]:
         """Reproduce the package's test tensors, check other valid sizes and batch independence, report the input
-        checks on the test tensors; see testing.run_model_test."""
+        checks on the test tensors; see checks.testing.run_model_test."""
         return run_model_test(self.engine, check_sizes=sizes, skip_checks=skip_checks)
 
     # ---- building blocks (used by test and bench): the engine's ------------------------------------------------

@@ -96,3 +96,22 @@ def test_the_runtime_imports_neither_the_zoo_nor_the_exporters():
     wrong = {m: sorted(t for t in targets if t.startswith(("biozoo.zoo", "biozoo.exporters")))
              for m, targets in graph.items() if m.startswith("biozoo.runtime")}
     assert {m: t for m, t in wrong.items() if t} == {}
+
+
+# the runtime's layers, top to bottom: a module imports its own layer or the ones below it, never one above
+RUNTIME_LAYERS = ("cli", "commands", "model", "checks", "engine", "ops", "format", "errors")
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[:2] != ["biozoo", "runtime"] or len(parts) < 3:
+        return None  # biozoo.runtime itself: the lazy public face over every layer
+    return RUNTIME_LAYERS.index(parts[2])
+
+
+def test_the_runtime_layers_import_downward_only():
+    graph = _graph()
+    runtime = [m for m in graph if _layer(m) is not None]
+    assert {m.split(".")[2] for m in runtime} == set(RUNTIME_LAYERS), "every runtime module lies in a layer"
+    upward = {m: sorted(t for t in graph[m] if _layer(t) is not None and _layer(t) < _layer(m)) for m in runtime}
+    assert {m: t for m, t in upward.items() if t} == {}

@@ -110,7 +110,7 @@ def test_format_04_conversion_matches_bioimageio_spec_field_by_field(tmp_path):
     pytest.importorskip("bioimageio.spec")
     import zipfile
 
-    from biozoo.runtime.format_v04 import convert_v04
+    from biozoo.runtime.format.format_v04 import convert_v04
 
     compared = 0
     for name in PACKAGES:

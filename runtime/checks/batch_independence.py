@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import numpy as np
 
-from .checks import CheckResult
-from .description import ParameterizedSize, SizeReference
-from .errors import BiozooError
-from .test_tensors import NO_TILING, compare, load_test_tensors
-from .tiling import output_shapes, resolve_size
+from ..engine.test_tensors import NO_TILING, compare, load_test_tensors
+from ..engine.tiling import output_shapes, resolve_size
+from ..errors import BiozooError
+from ..format.description import ParameterizedSize, SizeReference
+from .report import CheckResult
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from ..engine.engine import Engine
 
 NAME = "batch-independence"
 CAUSES = ("likely causes: batch normalization exported in training mode (call model.eval() before exporting), or "

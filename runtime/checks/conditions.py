@@ -12,14 +12,15 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import numpy as np
 
-from . import axes as axes_mod
-from . import detections, input_checks, masking, pixelsize
-from .checks import CheckReport, training_conditions
+from ..engine.outputs import drop_padding, unpadded_tensor
+from ..format import axes as axes_mod
+from . import input_checks, masking, pixelsize
 from .objects import segmentation_like
+from .report import CheckReport, training_conditions
 from .resample import order_for, resample
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from ..engine.engine import Engine
 
 
 @dataclass(frozen=True)
@@ -137,8 +138,8 @@ def predict_checked(engine: "Engine", inputs: Any, axes: Any, opts: InputOptions
     input_checks.distribution_shift(report, training_conditions(desc.config), processed[primary.id], p.valid)
     outputs = engine.run_processed(processed, p.arrays, tile=tile, tile_budget=tile_budget,
                                   dataset_stats=dataset_stats, progress=progress, masks=p.masks)
-    boxes = detections.detection_outputs(desc)
-    outputs = detections.drop_padding(desc, outputs, boxes)  # fixed-capacity box lists: only real rows from here
+    boxes = engine.box_lists
+    outputs = drop_padding(desc, outputs, boxes)  # fixed-capacity box lists: only real rows from here
     if p.valid is not None:
         outputs = _mask_outputs(engine, outputs, p.valid)
     input_checks.receptive_field(report, engine, outputs)
@@ -146,7 +147,7 @@ def predict_checked(engine: "Engine", inputs: Any, axes: Any, opts: InputOptions
         outputs = _resample_back(engine, outputs, p.original_shapes, p.arrays[primary.id].shape)
     report.disabled()
     caller = p.caller.get(primary.id)
-    result = {tid: axes_mod.from_model_layout(y, detections.unpadded_tensor(desc, tid, boxes), caller)
+    result = {tid: axes_mod.from_model_layout(y, unpadded_tensor(desc, tid, boxes), caller)
               for tid, y in outputs.items()}
     return Prediction(result, report)
 
@@ -181,11 +182,11 @@ def _resample_back(engine: "Engine", outputs: dict[str, np.ndarray], original_sh
                    ) -> dict[str, np.ndarray]:
     """Outputs back onto the input's original grid: lengths from the description for the original input shape;
     box lists (not images; data-dependent or fixed-capacity lengths) get their corner coordinates scaled instead."""
-    from .tiling import output_shapes
+    from ..engine.tiling import output_shapes
 
     desc = engine.description
     wanted = output_shapes(desc, original_shapes)
-    boxes = detections.detection_outputs(desc)
+    boxes = engine.box_lists
     back = {}
     for tid, y in outputs.items():
         t, shape = desc.output(tid), wanted.get(tid)

@@ -16,11 +16,11 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..errors import InputError
+from ..format.description import Axis, Tensor
 from . import pixelsize
-from .checks import CheckReport
-from .description import Axis, Tensor
-from .errors import InputError
 from .objects import RESTORATION_TASKS, foreground, object_diameters, segmentation_like
+from .report import CheckReport
 
 LARGE_OBJECT_FRACTION = 0.25  # a few merged (touching) objects must not fire it
 SIZE_RATIO_LIMIT = 2.0  # median object diameter vs the training objects'

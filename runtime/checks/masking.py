@@ -17,8 +17,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .description import Tensor
-from .errors import InputError
+from ..errors import InputError
+from ..format.description import Tensor
 from .resample import resample
 
 AUTO_MIN_FRACTION = 0.20
@@ -79,7 +79,7 @@ def detect_constant_regions(x: np.ndarray, tensor: Tensor) -> tuple[Optional[np.
 
 def mask_from_array(mask: np.ndarray, x: np.ndarray, tensor: Tensor, caller_axes: str) -> np.ndarray:
     """A user mask (space axes only, or the input's full shape in the caller's axes) as a valid mask."""
-    from .axes import to_model_layout
+    from ..format.axes import to_model_layout
 
     mask = np.asarray(mask)
     space = _space(tensor)

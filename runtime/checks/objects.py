@@ -10,7 +10,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from .description import Tensor
+from ..format.description import Tensor
 
 SEGMENTATION_TASKS = ("segmentation", "stardist", "detection")
 RESTORATION_TASKS = ("care", "n2v")

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from .errors import InputError
+from ..errors import InputError
 
 PixelSize = dict[str, float]  # space axis id -> micrometers
 PixelSizeArg = Union[None, float, str, Sequence[float], Mapping[str, float]]

@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Optional
 
-from .errors import InputError
+from ..errors import InputError
 
 # name -> one line for --help and error messages. Order = the order in which reports list them.
 CHECKS: dict[str, str] = {

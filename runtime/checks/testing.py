@@ -1,5 +1,5 @@
 """`biozoo test`: reproduce a package's test tensors, probe other valid sizes and batch 2, check batch independence,
-and report the input checks on the test tensors (see checks.py).
+and report the input checks on the test tensors (see report.py).
 
 Tolerances come from config.bioimageio.reproducibility_tolerance (defaults rtol 1e-3, atol 1e-3, 100 mismatched
 elements per million): an element mismatches when |out - expected| > atol + rtol * |expected|.
@@ -10,16 +10,16 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 
+from ..engine.test_tensors import NO_TILING, compare, load_test_tensors
+from ..engine.tiling import output_shapes, pad_to, resolve_size
+from ..errors import BiozooError
+from ..format.description import ParameterizedSize, SizeReference
 from .batch_independence import check_batch_independence
-from .checks import CheckReport
 from .conditions import check_test_tensors
-from .description import ParameterizedSize, SizeReference
-from .errors import BiozooError
-from .test_tensors import NO_TILING, compare, load_test_tensors
-from .tiling import output_shapes, pad_to, resolve_size
+from .report import CheckReport
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from ..engine.engine import Engine
 
 
 def _probe_shapes(engine: "Engine", test_inputs: Mapping[str, np.ndarray]) -> list[dict[str, tuple[int, ...]]]:

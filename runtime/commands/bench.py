@@ -12,9 +12,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .description import ParameterizedSize
-from .model import Model
-from .tiling import pad_to, plan_tiles
+from ..engine.tiling import pad_to, plan_tiles
+from ..format.description import ParameterizedSize
+from ..model import Model
 
 
 def _median_seconds(fn: Callable[[], Any], runs: int) -> float:

@@ -8,8 +8,8 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import InputError
-from .npy import load_npy
+from ..errors import InputError
+from ..format.npy import load_npy
 
 READ_SUFFIXES = (".tif", ".tiff", ".npy", ".png")
 WRITE_SUFFIXES = (".tif", ".tiff", ".npy")

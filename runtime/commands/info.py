@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .description import Axis, DataDependentSize, ParameterizedSize, SizeReference, Tensor
-from .model import Model
+from ..format.description import Axis, DataDependentSize, ParameterizedSize, SizeReference, Tensor
+from ..model import Model
 
 
 def describe_size(axis: Axis) -> str:

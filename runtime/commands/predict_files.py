@@ -19,17 +19,19 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from . import detections, input_checks
-from .checks import CheckReport, parse_no_check, training_conditions
-from .conditions import InputOptions, prepare
-from .errors import InputError
+from ..checks import input_checks
+from ..checks.conditions import InputOptions, prepare
+from ..checks.input_checks import available_memory, batch_effects, dataset_normalized, format_bytes, intensity_summary
+from ..checks.pixelsize import parse_pixel_size, read_pixel_size
+from ..checks.report import CheckReport, parse_no_check, training_conditions
+from ..engine.outputs import DetectionOutputs
+from ..engine.tiling import output_shapes
+from ..errors import InputError
+from ..model import Model, load
+from ..ops.stats import DatasetStatistics
+from . import box_files
 from .imageio import WRITE_SUFFIXES, image_info, read_image, write_image
-from .input_checks import available_memory, batch_effects, dataset_normalized, format_bytes, intensity_summary
-from .model import Model, load
-from .pixelsize import parse_pixel_size, read_pixel_size
 from .progress import ProgressBar
-from .stats import DatasetStatistics
-from .tiling import output_shapes
 
 
 def parse_tile(text: Optional[str], axes_hint: str = "yx") -> Optional[dict[str, int]]:
@@ -109,7 +111,7 @@ def predict_files(
     tile_sizes = parse_tile(tile, space)
     primary = model.description.inputs[0].id
     stems = _stems(samples)
-    boxes = detections.detection_outputs(model.description)  # box-list outputs go to YOLO txt + CSV + JSON
+    boxes = model.engine.box_lists  # box-list outputs go to YOLO txt + CSV + JSON
     plans = [planned_outputs(model.description, output, len(samples) > 1, suffix, stem, boxes) for stem in stems]
     protected = {p: "an input" for sample in samples for p in sample.values()}
     if mask:
@@ -149,9 +151,9 @@ def predict_files(
         results = prediction.outputs
         written, found = {}, {}
         if boxes is not None:
-            height, width = detections.image_size(arrays[primary], sample_axes.get(primary))
+            height, width = box_files.image_size(arrays[primary], sample_axes.get(primary))
             # with --rescale, predict has already mapped the boxes back onto the input's grid
-            written, found = detections.write_prediction(output, stem, results, boxes, height, width, str(sample[primary]))
+            written, found = box_files.write_prediction(output, stem, results, boxes, height, width, str(sample[primary]))
         for tid, (data, out_axes) in results.items() if boxes is None else ():
             write_image(targets[tid], data, out_axes)
             written[tid] = str(targets[tid])
@@ -176,9 +178,9 @@ def _stems(samples: Sequence[dict[str, Path]]) -> list[str]:
 
 
 def planned_outputs(description, output: Path, many: bool, suffix: str, stem: str,
-                    boxes: Optional[detections.DetectionOutputs]) -> dict[str, Path]:
+                    boxes: Optional[DetectionOutputs]) -> dict[str, Path]:
     """Every file one sample's prediction writes, by output id (or by box-file kind for detection packages: the
-    names `detections.write_prediction` gives them, folder/STEM.txt, .csv, .json)."""
+    names `box_files.write_prediction` gives them, folder/STEM.txt, .csv, .json)."""
     if boxes is not None:
         if output.suffix:
             raise InputError(f"output '{output}': a detection package writes box files (YOLO .txt, .csv, .json) per "

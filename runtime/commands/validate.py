@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .errors import BiozooError, InputError
-from .export_record import export_record_checks
-from .onnx_compat import portability_note
-from .onnx_scan import onnx_versions
+from ..errors import BiozooError, InputError
+from ..format.export_record import export_record_checks
+from ..format.onnx_compat import portability_note
+from ..format.onnx_scan import onnx_versions
 
 
 def _check(name: str, fn: Callable[[], str]) -> dict[str, Any]:
@@ -67,8 +67,8 @@ def spec_validation(source: Path) -> dict[str, Any]:
     import re
     from pathlib import PurePosixPath
 
-    from .package import open_package, sha256_of
-    from .safe_yaml import load_yaml_file
+    from ..format.package import open_package, sha256_of
+    from ..format.safe_yaml import load_yaml_file
 
     try:
         package = open_package(source)
@@ -157,15 +157,15 @@ def _spec_version() -> str:
 
 
 def _batch_independence(model) -> dict[str, Any]:
-    from .batch_independence import check_batch_independence
+    from ..checks.batch_independence import check_batch_independence
 
     result = check_batch_independence(model.engine)
     return {**result.as_dict(), "passed": result.status != "error", "detail": result.message}
 
 
 def validate_package(source: Path, device: str = "cpu", skip_checks: Iterable[str] = ()) -> dict[str, Any]:
-    from .checks import parse_no_check
-    from .model import load
+    from ..checks.report import parse_no_check
+    from ..model import load
 
     skip = parse_no_check(skip_checks)
     checks: list[dict[str, Any]] = []

@@ -6,17 +6,19 @@ testing, batch_independence) are written against it and never import the facade 
 """
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import numpy as np
 
-from . import axes as axes_mod
-from .description import ModelDescription, ParameterizedSize
-from .errors import InputError
-from .ops import Op, build_chain, network_description, run_chain
-from .package import Package
+from ..errors import InputError
+from ..format import axes as axes_mod
+from ..format.description import ModelDescription, ParameterizedSize
+from ..format.package import Package
+from ..ops import Op, build_chain, network_description, run_chain
+from ..ops.stats import DatasetStatistics, Measure, StatsContext
+from .outputs import DetectionOutputs, detection_outputs
 from .session import OnnxSession
-from .stats import DatasetStatistics, Measure, StatsContext
 from .tiling import DEFAULT_TILE_BUDGET, output_shapes, plan_tiles, run_tiled
 
 ArrayInputs = Union[np.ndarray, Mapping[str, np.ndarray]]
@@ -46,6 +48,11 @@ class Engine:
     @property
     def provider(self) -> str:
         return self.session.provider
+
+    @cached_property
+    def box_lists(self) -> Optional[DetectionOutputs]:
+        """The outputs that are box lists (None: all are images), read from the description on first use."""
+        return detection_outputs(self.description)
 
     def dataset_statistics(self, samples: Iterable[Any], axes: AxesArg = None) -> DatasetStatistics:
         """Accumulate the dataset statistics the preprocessing needs over many samples (one pass); each sample is

@@ -14,7 +14,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError, PackageError
+from ..errors import InputError, PackageError
 
 log = logging.getLogger("biozoo")
 DEVICES = ("auto", "cpu", "cuda")

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import PackageError
-from .npy import load_npy
+from ..errors import PackageError
+from ..format.npy import load_npy
 
 if TYPE_CHECKING:
     from .engine import Engine

@@ -15,8 +15,8 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .description import Axis, DataDependentSize, ModelDescription, ParameterizedSize, SizeReference, Tensor
-from .errors import InputError, PackageError
+from ..errors import InputError, PackageError
+from ..format.description import Axis, DataDependentSize, ModelDescription, ParameterizedSize, SizeReference, Tensor
 
 DEFAULT_TILE_BUDGET = 2**22  # input elements per tile (spatial x batch x channels): 2048x2048 single channel
 

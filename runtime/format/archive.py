@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Optional
 
-from .errors import PackageError
+from ..errors import PackageError
 
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 _HASH_CHUNK = 1 << 20

@@ -9,8 +9,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import InputError
 from .description import DataDependentSize, Tensor
-from .errors import InputError
 
 KNOWN_LETTERS = set("bctizyx")
 

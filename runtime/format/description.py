@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
+from ..errors import PackageError
 from . import rdf_fields as F
-from .errors import PackageError
 
 DEFAULT_AXIS_IDS = {"batch": "batch", "channel": "channel", "index": "index", "time": "time", "space": "x"}
 AXIS_LETTERS = {"batch": "b", "channel": "c", "index": "i", "time": "t"}

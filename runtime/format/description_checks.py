@@ -3,8 +3,8 @@ unique, size references must point at an axis that exists and has a size, halos 
 smallest output, processing must name tensors and axes that exist. Checked once at load, before any work."""
 from __future__ import annotations
 
+from ..errors import PackageError
 from .description import DataDependentSize, ModelDescription, ParameterizedSize, SizeReference, Tensor
-from .errors import PackageError
 
 
 def check_consistency(description: ModelDescription) -> None:

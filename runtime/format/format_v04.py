@@ -17,8 +17,8 @@ from __future__ import annotations
 import string
 from typing import Any, Mapping, Optional, Sequence
 
+from ..errors import PackageError
 from . import rdf_fields as F
-from .errors import PackageError
 
 AXIS_TYPES = {"b": "batch", "t": "time", "i": "index", "c": "channel", "x": "space", "y": "space", "z": "space"}
 AXIS_IDS = {"b": "batch", "t": "time", "i": "index", "c": "channel"}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BiozooError, PackageError
+from ..errors import BiozooError, PackageError
 from .safe_yaml import file_kind
 
 MAX_NPY_BYTES = 4 * 2**30

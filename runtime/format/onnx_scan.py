@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from .errors import PackageError
+from ..errors import PackageError
 
 MAX_GRAPH_DEPTH = 64  # real models nest If/Loop bodies a few levels; protobuf itself stops at 100
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Optional
 
+from ..errors import PackageError
 from .archive import RDF_NAMES, unpack
-from .errors import PackageError
 from .format_v04 import convert_v04, is_v04
 from .safe_yaml import load_yaml_file
 

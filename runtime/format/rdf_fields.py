@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Optional
 
-from .errors import PackageError
+from ..errors import PackageError
 
 
 def shown(value: Any) -> str:

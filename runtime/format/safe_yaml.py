@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .errors import BiozooError, PackageError
+from ..errors import BiozooError, PackageError
 
 MAX_YAML_BYTES = 16 * 2**20
 MAX_YAML_DEPTH = 64

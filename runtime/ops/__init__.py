@@ -12,9 +12,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..description import ModelDescription, Processing, Tensor
+from ..format.description import ModelDescription, Processing, Tensor
 from ..errors import PackageError
-from ..stats import StatsContext
+from .stats import StatsContext
 from .base import Axes, Op
 from .basic import (Binarize, Clip, EnsureDtype, FixedZeroMeanUnitVariance, ScaleLinear, ScaleMeanVariance,
                     ScaleRange, Sigmoid, Softmax, ZeroMeanUnitVariance)

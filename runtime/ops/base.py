@@ -14,10 +14,10 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from .. import rdf_fields as F
-from ..description import Tensor
 from ..errors import PackageError
-from ..stats import Measure, StatsContext
+from ..format import rdf_fields as F
+from ..format.description import Tensor
+from .stats import Measure, StatsContext
 
 Axes = Sequence[str]
 _OWN = ("tensor_id", "where")  # set by the builder, never by the rdf's kwargs

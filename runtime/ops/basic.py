@@ -11,11 +11,11 @@ from typing import Any, ClassVar, Mapping, Optional
 
 import numpy as np
 
-from .. import rdf_fields as F
-from ..description import DTYPES, Tensor
 from ..errors import PackageError
-from ..stats import Measure
+from ..format import rdf_fields as F
+from ..format.description import DTYPES, Tensor
 from .base import Axes, Op
+from .stats import Measure
 
 
 def _check_percentiles(values: Mapping[str, Any], where: str) -> None:

@@ -19,7 +19,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 BATCH = "batch"
 

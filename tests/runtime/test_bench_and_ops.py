@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from biozoo.runtime.bench import run_bench
-from biozoo.runtime.description import Processing
-from biozoo.runtime.ops import OPS, build_op
-from biozoo.runtime.stats import StatsContext
+from biozoo.runtime.commands.bench import run_bench
 from biozoo.runtime.errors import PackageError
+from biozoo.runtime.format.description import Processing
+from biozoo.runtime.ops import OPS, build_op
+from biozoo.runtime.ops.stats import StatsContext
 
 
 def test_bench_measures_both_contenders(models):

@@ -15,11 +15,11 @@ import tifffile
 from tests import packages
 from biozoo.runtime import InputError, load
 from biozoo.runtime.checks import CHECKS, InputWarning, parse_no_check
-from biozoo.runtime.masking import detect_constant_regions
-from biozoo.runtime.objects import label
-from biozoo.runtime.pixelsize import parse_pixel_size, read_pixel_size
-from biozoo.runtime.resample import resample
-from biozoo.runtime.stats import DatasetStatistics, Measure, StatsContext
+from biozoo.runtime.checks.masking import detect_constant_regions
+from biozoo.runtime.checks.objects import label
+from biozoo.runtime.checks.pixelsize import parse_pixel_size, read_pixel_size
+from biozoo.runtime.checks.resample import resample
+from biozoo.runtime.ops.stats import DatasetStatistics, Measure, StatsContext
 
 
 @pytest.fixture(scope="session")
@@ -269,7 +269,7 @@ def test_batch_effects(models):
 @pytest.mark.parametrize("kind", ["batch_mixing", "bn_train"])
 def test_batch_dependence_fails_test_and_validate(extra, kind):
     pytest.importorskip("torch") if kind == "bn_train" else None
-    from biozoo.runtime.validate import validate_package
+    from biozoo.runtime.commands.validate import validate_package
 
     model = extra(kind)
     report = model.test()

@@ -19,7 +19,7 @@ import tifffile
 
 from biozoo.runtime import load
 from biozoo.runtime.checks import InputWarning
-from biozoo.runtime.testing import compare
+from biozoo.runtime.engine.test_tensors import compare
 from tests.runtime.test_cli import cli, one_json
 
 OUT = "probabilities"  # softmax over background / foreground / boundary

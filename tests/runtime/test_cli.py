@@ -283,7 +283,7 @@ def test_usage_errors_exit_2(tmp_path, args):
 
 
 def test_cpu_fallback_says_one_line_and_no_cuda_error_wall(rdf, tmp_path):
-    from biozoo.runtime.session import cuda_driver_available
+    from biozoo.runtime.engine.session import cuda_driver_available
 
     if cuda_driver_available():
         pytest.skip("this machine has a CUDA driver")

@@ -12,9 +12,10 @@ import pytest
 import tifffile
 import yaml
 
-from biozoo.runtime.description import DataDependentSize, parse_description
-from biozoo.runtime.detections import (Detections, csv_text, detection_outputs, drop_padding, json_record,
-                                       to_detections, unpadded_tensor, write_prediction, yolo_text)
+from biozoo.runtime.format.description import DataDependentSize, parse_description
+from biozoo.runtime.commands.box_files import (Detections, csv_text, json_record, to_detections, write_prediction,
+                                               yolo_text)
+from biozoo.runtime.engine.outputs import detection_outputs, drop_padding, unpadded_tensor
 from biozoo.runtime.errors import InputError, PackageError
 
 INDEX = {"id": "detection", "type": "index", "size": {}}

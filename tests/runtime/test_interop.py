@@ -18,8 +18,8 @@ import yaml
 
 from tests import _onnx_graphs as graphs
 from biozoo.runtime import load
+from biozoo.runtime.engine.tiling import fixed_size_grid, pad_to, plan_tiles
 from biozoo.runtime.errors import PackageError
-from biozoo.runtime.tiling import fixed_size_grid, pad_to, plan_tiles
 
 
 def _sha(path: pathlib.Path) -> str:
@@ -272,7 +272,7 @@ def external_package(tmp_path) -> pathlib.Path:
 
 def test_external_data_is_verified_before_use(external_package):
     assert load(external_package, device="cpu").test()["status"] == "passed"
-    from biozoo.runtime.validate import validate_package
+    from biozoo.runtime.commands.validate import validate_package
 
     files = next(c for c in validate_package(external_package)["checks"] if c["name"] == "files")
     assert files["passed"] and files["detail"].startswith("5 referenced files")  # weights, data, 2 tensors, docs
@@ -285,7 +285,7 @@ def test_tampered_external_data_is_refused(external_package):
     data.write_bytes(bytes(blob))
     with pytest.raises(PackageError, match="sha256 mismatch for 'weights.onnx.data'"):
         load(external_package, device="cpu")
-    from biozoo.runtime.validate import validate_package
+    from biozoo.runtime.commands.validate import validate_package
 
     report = validate_package(external_package)
     assert report["status"] == "failed"
@@ -301,7 +301,7 @@ def test_external_data_the_description_does_not_list_is_refused(external_package
 
 
 def test_onnx_portability_is_information_from_onnxruntime_s_table():
-    from biozoo.runtime.onnx_compat import oldest_onnxruntime, portability_note
+    from biozoo.runtime.format.onnx_compat import oldest_onnxruntime, portability_note
 
     assert oldest_onnxruntime(8, 17) == "1.16"  # biozoo's own exports
     assert oldest_onnxruntime(9, 20) == "1.17"  # the official unet2d_nuclei_broad example

@@ -159,7 +159,7 @@ def test_session_is_built_once_and_reused(models):
 
 
 def test_device_cuda_without_cuda_is_a_clear_error(rdf):
-    from biozoo.runtime.session import cuda_driver_available
+    from biozoo.runtime.engine.session import cuda_driver_available
 
     if cuda_driver_available():
         pytest.skip("this machine has CUDA")

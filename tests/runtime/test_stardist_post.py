@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from biozoo.runtime.ops import stardist as SP
-from biozoo.runtime.description import Axis, Processing, Tensor
 from biozoo.runtime.errors import PackageError
+from biozoo.runtime.format.description import Axis, Processing, Tensor
+from biozoo.runtime.ops import stardist as SP
 from biozoo.runtime.ops import OPS, build_op
 from biozoo.runtime.ops.polygon_overlap import StarPolygons
 

@@ -254,10 +254,10 @@ def test_a_failed_write_leaves_no_file_behind(rdf, tmp_path, capsys, monkeypatch
 def test_detection_box_files_are_planned_and_checked_before_inference(tmp_path):
     """The YOLO .txt / .csv / .json names of a detection package are known up front: an annotation of the same
     name next to the image is refused (without --overwrite), a file name for -o is refused."""
-    from biozoo.runtime import detections
-    from biozoo.runtime.description import parse_description
+    from biozoo.runtime.commands.predict_files import check_output_paths, planned_outputs
+    from biozoo.runtime.engine.outputs import detection_outputs
     from biozoo.runtime.errors import InputError
-    from biozoo.runtime.predict_files import check_output_paths, planned_outputs
+    from biozoo.runtime.format.description import parse_description
 
     index = {"id": "detection", "type": "index", "size": {}}
     corners = {"type": "channel", "channel_names": ["x_min", "y_min", "x_max", "y_max"]}
@@ -268,7 +268,7 @@ def test_detection_box_files_are_planned_and_checked_before_inference(tmp_path):
                                           {"id": "x", "type": "space", "size": {"min": 32, "step": 16}}]}],
         "outputs": [{"id": "boxes", "axes": [index, corners]}, {"id": "scores", "axes": [index]},
                     {"id": "labels", "axes": [index], "data": {"type": "int64"}}]})
-    boxes = detections.detection_outputs(desc)
+    boxes = detection_outputs(desc)
     plan = planned_outputs(desc, tmp_path, False, "tif", "cells", boxes)
     assert sorted(p.name for p in plan.values()) == ["cells.csv", "cells.json", "cells.txt"]
     image = _image(tmp_path / "cells.tif")
@@ -298,7 +298,7 @@ def test_a_prediction_larger_than_the_memory_limit_is_refused_before_any_work(rd
 
 
 def test_running_out_of_memory_anyway_is_one_line_and_writes_nothing(rdf, tmp_path, capsys, monkeypatch):
-    from biozoo.runtime.input_checks import parse_bytes
+    from biozoo.runtime.checks.input_checks import parse_bytes
     from biozoo.runtime.model import Model
 
     assert parse_bytes("2GB") == parse_bytes("2 GiB") == 2 * 2**30 and parse_bytes("1500") == 1500
@@ -320,7 +320,7 @@ def test_rescale_of_a_tiff_claiming_one_pixel_per_cm_is_refused_with_the_numbers
 
 
 def test_receptive_field_check_never_fails_after_the_prediction(blobseg, tmp_path, capsys, monkeypatch):
-    from biozoo.runtime import input_checks
+    from biozoo.runtime.checks import input_checks
     from biozoo.runtime.checks import CheckReport
     from biozoo.runtime.model import load
 
@@ -547,7 +547,7 @@ def test_every_command_works_offline(rdf, tmp_path, offline, command):
 
 def test_train_works_offline_on_a_local_dataset(tmp_path, offline):
     pytest.importorskip("torch")
-    from biozoo.runtime.objects import label
+    from biozoo.runtime.checks.objects import label
 
     rng = np.random.default_rng(0)
     for sub in ("images", "masks"):

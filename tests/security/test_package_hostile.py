@@ -23,9 +23,9 @@ import yaml
 
 from tests import packages
 from biozoo.runtime import PackageError, load
-from biozoo.runtime.onnx_scan import MAX_GRAPH_DEPTH, external_data_locations
-from biozoo.runtime.package import open_package
-from biozoo.runtime.safe_yaml import load_yaml_file, load_yaml_text
+from biozoo.runtime.format.onnx_scan import MAX_GRAPH_DEPTH, external_data_locations
+from biozoo.runtime.format.package import open_package
+from biozoo.runtime.format.safe_yaml import load_yaml_file, load_yaml_text
 
 pytestmark = pytest.mark.timeout(120)
 MiB, GiB = 2**20, 2**30
@@ -599,7 +599,7 @@ def _npy_header(shape, descr="<f4") -> bytes:
 ])
 def test_hostile_test_tensors_are_package_errors(fixed, tmp_path, data, match):
     """Refused when the package is loaded (its test tensors are read then) or when `test` reads them."""
-    from biozoo.runtime.testing import load_test_tensors
+    from biozoo.runtime.engine.test_tensors import load_test_tensors
 
     folder = _copy(fixed, tmp_path)
     _replace_test_input(folder, data)

@@ -15,12 +15,12 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from biozoo.runtime.description import parse_description  # noqa: E402
-from biozoo.runtime.description_checks import check_consistency  # noqa: E402
+from biozoo.runtime.engine.tiling import output_shapes, plan_tiles  # noqa: E402
 from biozoo.runtime.errors import BiozooError  # noqa: E402
-from biozoo.runtime.format_v04 import convert_v04, is_v04  # noqa: E402
+from biozoo.runtime.format.description import parse_description  # noqa: E402
+from biozoo.runtime.format.description_checks import check_consistency  # noqa: E402
+from biozoo.runtime.format.format_v04 import convert_v04, is_v04  # noqa: E402
 from biozoo.runtime.ops import build_chain, network_description  # noqa: E402
-from biozoo.runtime.tiling import output_shapes, plan_tiles  # noqa: E402
 
 CORPUS = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "thirdparty"
 BASE_KINDS = ("unet2d", "multi_io", "softmax3", "scaled", "unet3d")
