@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import InputError
 from ..format.description import Axis, Tensor
 from . import pixelsize
-from .objects import RESTORATION_TASKS, foreground, object_diameters, segmentation_like
+from .objects import foreground, object_diameters, recorded_objects, segmentation_like
 from .report import CheckReport
 
 LARGE_OBJECT_FRACTION = 0.25  # a few merged (touching) objects must not fire it
@@ -196,7 +196,8 @@ def _receptive_field(report: CheckReport, model: Any, outputs: Mapping[str, np.n
     desc, config = model.description, model.description.config
     training = (config.get("biozoo") or {}).get("training") or {} if isinstance(config, Mapping) else {}
     task = str((config.get("biozoo") or {}).get("task", "")) if isinstance(config, Mapping) else ""
-    if task in RESTORATION_TASKS:
+    images = any(a.type == "space" for t in desc.outputs for a in t.axes)
+    if images and recorded_objects(config) is False:  # trained without objects: its images are restored ones
         report.add(name, "skipped", f"'{task}' restores images: its output has no objects to measure")
         return
     rf, rf_source = training.get("receptive_field"), "config.biozoo.training.receptive_field"

@@ -12,8 +12,6 @@ import numpy as np
 
 from ..format.description import Tensor
 
-SEGMENTATION_TASKS = ("segmentation", "stardist", "detection")
-RESTORATION_TASKS = ("care", "n2v")
 _SEGMENTATION_OPS = ("sigmoid", "softmax", "binarize")
 
 
@@ -72,12 +70,26 @@ def _roots(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return parent
 
 
+def recorded_objects(config: Mapping[str, Any]) -> Optional[bool]:
+    """What a package's training record says about the objects in its outputs, or None without a record.
+
+    biozoo's exporter records the size of the training objects (``config.biozoo.training.object_size``) for the
+    packages whose outputs hold objects (labels, masks, class probabilities, boxes) and leaves the field empty for
+    those that restore images: True when the sizes are recorded, False when the field is there but empty.
+    """
+    biozoo = config.get("biozoo") if isinstance(config, Mapping) else None
+    training = biozoo.get("training") if isinstance(biozoo, Mapping) else None
+    if not isinstance(training, Mapping) or "object_size" not in training:
+        return None
+    return training["object_size"] is not None
+
+
 def segmentation_like(tensor: Tensor, config: Mapping[str, Any], dtype: np.dtype) -> bool:
     """Whether an output holds labels, masks or class probabilities (background = 0 makes sense there)."""
-    task = str((config.get("biozoo") or {}).get("task", "")) if isinstance(config, Mapping) else ""
-    if task in RESTORATION_TASKS:
+    objects = recorded_objects(config)
+    if objects is False:
         return False
-    if dtype.kind in "biu" or task in SEGMENTATION_TASKS:
+    if dtype.kind in "biu" or objects:
         return True
     return any(p.id in _SEGMENTATION_OPS for p in tensor.processing)
 
