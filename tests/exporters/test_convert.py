@@ -186,7 +186,6 @@ class Upscaler(torch.nn.Module):
 def test_format_04_package_is_written_as_format_05(tmp_path):
     """upsample_v0_4 ships a state dict (empty: nearest x4 upsampling) whose architecture file is not in the zip; the
     file is written here, with its sha256 in the 0.4 rdf."""
-    pytest.importorskip("biozoo.runtime.format_v04", reason="biozoo.runtime.format_v04 (0.4 -> 0.5) has not landed")
     upsample = THIRDPARTY / "upsample_v0_4.zip"
     if not upsample.is_file():
         pytest.skip(f"{upsample} is missing")

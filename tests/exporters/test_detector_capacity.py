@@ -175,7 +175,7 @@ def test_crowded_inputs_fill_the_capacity_with_the_best_boxes(tmp_path, assert_p
 def test_a_test_frame_without_detections_is_refused_with_the_reason(tmp_path):
     """bioimageio.spec refuses all-~0 test tensors, and a frame without detections gives only padding (zeros):
     the exporter says so before writing anything (an empty crop elsewhere is fine, see above)."""
-    from biozoo.runtime.errors import ExportError
+    from biozoo.runtime import ExportError
 
     with pytest.raises(ExportError, match="detects nothing on the first held-out test image.*lower score_threshold"):
         _export(tmp_path, _frame([], []), capacity=10)

@@ -76,7 +76,7 @@ def test_tiled_prediction_neither_loses_nor_duplicates_border_objects(package):
     np.testing.assert_array_equal(tiled, whole)
     assert whole.shape == (192, 224) and whole.max() >= 20
     # objects do straddle the cuts between the tiles' kept regions: the test means something
-    from biozoo.runtime.tiling import plan_tiles
+    from biozoo.runtime.engine.tiling import plan_tiles
 
     plan = plan_tiles(model.network, {"raw": (1, 1, 192, 224)}, {"y": 64, "x": 64})
     cuts = {p.axis_id: p.cuts[1:-1] for p in plan.tiled}
