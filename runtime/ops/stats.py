@@ -121,6 +121,11 @@ class StatsContext:
     masks: Optional[Mapping[str, np.ndarray]] = None  # tensor id -> bool "valid", broadcastable to the tensor
     _cache: dict[Measure, np.ndarray] = field(default_factory=dict)
 
+    def seed(self, values: Mapping[Measure, np.ndarray]) -> "StatsContext":
+        """Use already computed values (e.g. streamed whole-image statistics applied tile by tile)."""
+        self._cache.update({m: np.asarray(v, dtype=np.float32) for m, v in values.items()})
+        return self
+
     def get(self, m: Measure, target_axes: Sequence[str]) -> np.ndarray:
         """The measure's value, broadcastable against a tensor with `target_axes` (same axis ids and order)."""
         if m not in self._cache:  # float32, like the data: float64 stats would upcast every op on the image
@@ -192,3 +197,136 @@ def _masked_measure(m: Measure, data: np.ndarray, valid: np.ndarray, idx: tuple[
     if m.kind == "mean":
         return masked_reduce(data, valid, idx, np.mean)
     return masked_reduce(data, valid, idx, np.std)
+
+
+# ---- streamed statistics (images read lazily, e.g. memory-mapped) ------------------------------------------------
+STREAM_CHUNK = 1 << 22  # elements read at once by the streamed statistics (16 MiB of float32)
+_PAIRWISE_BLOCK = 8  # numpy's pairwise summation splits at multiples of 8 (its unrolled inner loop)
+
+
+def streamed_measures(measures: Iterable[Measure], tensors: Mapping[str, tuple[np.ndarray, Sequence[str]]],
+                      chunk: int = STREAM_CHUNK) -> dict[Measure, np.ndarray]:
+    """Each per-sample measure of lazily read tensors (e.g. np.memmap views in model layout) computed once, reading
+    at most about `chunk` elements at a time, with the same values as the in-memory path:
+
+    - mean and std reproduce numpy's float32 pairwise summation tree exactly (numpy splits a contiguous reduction
+      at n/2 rounded down to a multiple of 8; the halves are summed recursively): identical bits to
+      np.mean/np.std on the float32 image;
+    - quantiles are exact order statistics: a 65536-bin histogram between the exact minimum and maximum finds the
+      bin that holds each needed rank, the values of that bin are collected (a finer histogram of the bin when it
+      holds more than `chunk` values) and sorted; numpy's interpolation ('linear', 'inverted_cdf') is then applied
+      to them, so the value equals np.quantile's (the error bound of the histogram step is zero: it only locates).
+    Dataset measures are computed over this call's tensors, as StatsContext does without a DatasetStatistics
+    (pass those values instead when one is known); quantile methods other than these two raise."""
+    out: dict[Measure, np.ndarray] = {}
+    for m in dict.fromkeys(measures):
+        if m.tensor_id not in tensors:
+            continue
+        data, axes = tensors[m.tensor_id]
+        idx = _reduce_axes(m.axes, axes, m.tensor_id)
+        keep = [i for i in range(data.ndim) if i not in idx]
+        value = np.empty([1 if i in idx else data.shape[i] for i in range(data.ndim)], dtype=np.float64)
+        for k in np.ndindex(*[data.shape[i] for i in keep]):
+            sel = [slice(None)] * data.ndim
+            for i, j in zip(keep, k):
+                sel[i] = j
+            group = data[tuple(sel)]
+            dst = tuple(0 if i in idx else k[keep.index(i)] for i in range(data.ndim))
+            value[dst] = _group_measure(m, group, chunk)
+        out[m] = value
+    return out
+
+
+def _group_measure(m: Measure, group: np.ndarray, chunk: int) -> float:
+    n = group.size
+    if m.kind in ("mean", "std"):
+        mean = np.float32(float(_pairwise(group, 0, n, chunk, None)) / n)  # numpy divides by an intp count
+        if m.kind == "mean":
+            return float(mean)
+        return float(np.sqrt(np.float32(float(_pairwise(group, 0, n, chunk, mean)) / n)))
+    if m.kind == "quantile":
+        return _streamed_quantile(group, m.q, m.method if not m.is_dataset else "linear", chunk)
+    raise InputError(f"unknown statistic '{m.kind}'")
+
+
+def _rows(group: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Flat C-order elements [start, stop) of a lazily read array as float32 (reads only the rows they span)."""
+    if group.ndim == 0:
+        return np.asarray(group, dtype=np.float32).reshape(1)[start:stop]
+    row = int(np.prod(group.shape[1:], dtype=np.int64))
+    r0, r1 = start // row, -(-stop // row)
+    block = np.asarray(group[r0:r1], dtype=np.float32).reshape(-1)
+    return block[start - r0 * row: stop - r0 * row]
+
+
+def _pairwise(group: np.ndarray, start: int, n: int, chunk: int, center: Optional[np.float32]) -> np.float32:
+    """numpy's pairwise float32 sum of group's flat elements [start, start+n) (of (x - center)**2 when given)."""
+    if n > chunk:
+        half = n // 2
+        half -= half % _PAIRWISE_BLOCK
+        return np.float32(_pairwise(group, start, half, chunk, center)
+                          + _pairwise(group, start + half, n - half, chunk, center))
+    x = _rows(group, start, start + n)
+    if center is not None:
+        x = x - center
+        x = np.multiply(x, x, out=x)
+    return np.add.reduce(np.ascontiguousarray(x))
+
+
+def _chunks(group: np.ndarray, chunk: int):
+    n = group.size
+    for start in range(0, n, chunk):
+        yield _rows(group, start, min(n, start + chunk))
+
+
+def _streamed_quantile(group: np.ndarray, q: float, method: str, chunk: int) -> float:
+    n = group.size
+    if method == "linear":
+        virtual = (n - 1) * q
+        lo = int(np.floor(virtual))
+        ranks, gamma = (max(0, min(lo, n - 1)), max(0, min(lo + 1, n - 1))), virtual - lo
+    elif method == "inverted_cdf":
+        rank = max(0, min(n - 1, int(np.ceil(n * q)) - 1))
+        ranks, gamma = (rank, rank), 0.0
+    else:
+        raise InputError(f"quantile method '{method}' cannot be streamed; biozoo streams 'linear' and 'inverted_cdf'")
+    a, b = (_order_statistic(group, r, chunk) for r in ranks)
+    if method == "inverted_cdf":
+        return float(a)
+    diff = b - a  # numpy's _lerp: float32 difference, float64 weight, the far end's form above one half
+    return float(b - diff * (1 - gamma)) if gamma >= 0.5 else float(a + diff * gamma)
+
+
+def _order_statistic(group: np.ndarray, rank: int, chunk: int, bins: int = 1 << 16) -> np.float32:
+    """The value of 0-based `rank` in sorted order, exact, holding at most ~chunk values besides a histogram."""
+    lo = hi = None
+    for x in _chunks(group, chunk):
+        lo = x.min() if lo is None else min(lo, x.min())
+        hi = x.max() if hi is None else max(hi, x.max())
+    below = 0  # values known to lie below the current window [lo, hi]
+    while True:
+        if lo == hi:
+            return np.float32(lo)
+        scale = bins / (float(hi) - float(lo))
+
+        def bin_of(x):
+            return np.clip(((x.astype(np.float64) - float(lo)) * scale).astype(np.int64), 0, bins - 1)
+
+        counts = np.zeros(bins, dtype=np.int64)
+        for x in _chunks(group, chunk):
+            x = x[(x >= lo) & (x <= hi)]
+            counts += np.bincount(bin_of(x), minlength=bins)
+        cumulative = np.cumsum(counts)
+        b = int(np.searchsorted(cumulative, rank - below, side="right"))
+        before = below + (int(cumulative[b - 1]) if b else 0)
+        if counts[b] <= chunk:
+            picked = [x[bin_of(x) == b] for x in (y[(y >= lo) & (y <= hi)] for y in _chunks(group, chunk))]
+            return np.sort(np.concatenate(picked))[rank - before]
+        new_lo = new_hi = None  # a crowded bin: narrow the window to it and histogram again
+        for x in _chunks(group, chunk):
+            x = x[(x >= lo) & (x <= hi)]
+            x = x[bin_of(x) == b]
+            if x.size:
+                new_lo = x.min() if new_lo is None else min(new_lo, x.min())
+                new_hi = x.max() if new_hi is None else max(new_hi, x.max())
+        lo, hi, below = new_lo, new_hi, before

@@ -1,0 +1,196 @@
+"""Predict an image that is read lazily (e.g. np.load(mmap_mode="r")) into outputs written tile by tile (e.g.
+np.lib.format.open_memmap), so that memory does not grow with the image.
+
+Same arithmetic as the in-memory path (Engine.run_processed): the same tile plan, the same whole-image statistics
+(ops.stats.streamed_measures: identical values to numpy's on the whole float32 image), the same pad values (the
+padding is an index map built by np.pad itself on index vectors), preprocessing applied per tile (every
+bioimage.io pre-op is elementwise once its statistics are known), the session per tile, post-ops per tile (only
+elementwise ones: `streamable` refuses post-ops that need the whole output, such as stardist_postprocessing, box
+lists, or statistics of an output; those keep the whole-image path). Hence the outputs are bit-identical to the
+in-memory prediction with the same tiles.
+"""
+from __future__ import annotations
+
+from itertools import product
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..format.description import DataDependentSize
+from ..ops import run_chain
+from ..ops.stats import DatasetStatistics, StatsContext, streamed_measures
+from .tiling import _checked, _follower_index, _follower_ratio, output_shapes, plan_tiles
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+PAD_MODES = ("reflect", "symmetric", "edge", "constant")
+# out(tensor id, shape in model layout, dtype) -> a writable array in model layout (e.g. a view of a memmap)
+OutputFactory = Callable[[str, tuple, np.dtype], np.ndarray]
+
+
+def why_not_streamable(engine: "Engine") -> Optional[str]:
+    """None when the package can be predicted tile by tile into lazily written outputs, else the reason."""
+    desc = engine.description
+    if engine.network is not desc:
+        return "its post-processing changes the output's shape (e.g. stardist_postprocessing) and needs it whole"
+    if engine.box_lists is not None or any(isinstance(a.size, DataDependentSize) for t in desc.outputs
+                                           for a in t.axes):
+        return "its outputs are lists (e.g. boxes), not images"
+    inputs = {t.id for t in desc.inputs}
+    for ops in engine.postprocessing.values():
+        for op in ops:
+            if any(m.tensor_id not in inputs for m in op.measures):
+                return "its post-processing uses statistics of a whole output"
+    if engine.pad_mode not in PAD_MODES:
+        return f"its pad mode '{engine.pad_mode}' is not one of {PAD_MODES}"
+    return None
+
+
+def whole_image_statistics(engine: "Engine", arrays: Mapping[str, np.ndarray],
+                           dataset_stats: Optional[DatasetStatistics] = None) -> dict:
+    """Every statistic the processing needs, computed once per input by streaming over the lazily read arrays
+    (model layout); dataset measures come from `dataset_stats` when given."""
+    measures = list(engine.required_measures())
+    known = {}
+    if dataset_stats is not None:
+        for m in measures:
+            value = dataset_stats.value(m) if m.is_dataset else None
+            if value is not None:
+                known[m] = value
+    tensors = {tid: (x, engine.axis_ids(tid)) for tid, x in arrays.items()}
+    known.update(streamed_measures([m for m in measures if m not in known], tensors))
+    return known
+
+
+def _index_map(length: int, padded: int, mode: str, shape: Sequence[int], widths: Sequence[int]) -> np.ndarray:
+    """Source index of every padded position along one axis (-1: a constant pad value), as pad_to would pad:
+    np.pad is applied to the index vector, with pad_to's own choice of mode for the whole array's shape."""
+    index = np.arange(length)
+    if padded <= length:
+        return index
+    if mode == "constant":
+        return np.concatenate([index, np.full(padded - length, -1)])
+    effective = mode
+    if mode == "reflect" and any(w >= have for w, have in zip(widths, shape)):
+        effective = "symmetric" if all(have > 1 for have in shape) else "edge"
+    try:
+        return np.pad(index, (0, padded - length), mode=effective)
+    except ValueError:
+        return np.pad(index, (0, padded - length), mode="edge")
+
+
+def _read_block(x: np.ndarray, maps: Sequence[Optional[np.ndarray]]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """x at the given source indices per axis (None: whole axis) as float32, and a mask of constant-pad cells."""
+    bounds, local, pad = [], [], None
+    for n, m in zip(x.shape, maps):
+        if m is None:
+            bounds.append(slice(None))
+            local.append(slice(None))
+            continue
+        valid = m[m >= 0]
+        lo, hi = int(valid.min()), int(valid.max()) + 1
+        bounds.append(slice(lo, hi))
+        rel = np.where(m >= 0, m - lo, 0)
+        local.append(slice(0, hi - lo) if np.array_equal(rel, np.arange(len(m))) else rel)
+    block = np.asarray(x[tuple(bounds)], dtype=np.float32)
+    fancy = [i for i, s in enumerate(local) if not isinstance(s, slice)]
+    if fancy:
+        block = block[np.ix_(*[s if not isinstance(s, slice) else np.arange(block.shape[i])[s]
+                               for i, s in enumerate(local)])]
+    if any(m is not None and (m < 0).any() for m in maps):
+        pad = np.zeros(block.shape, dtype=bool)
+        for i, m in enumerate(maps):
+            if m is not None and (m < 0).any():
+                sel = [slice(None)] * block.ndim
+                sel[i] = m < 0
+                pad[tuple(sel)] = True
+    return block, pad
+
+
+def release(array: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped array from this process's resident set (written ones flushed first):
+    without it every page ever touched stays resident and RSS grows with the image."""
+    base = array
+    while base is not None and not hasattr(base, "_mmap"):
+        base = getattr(base, "base", None)
+    mm = getattr(base, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise"):
+        return
+    import mmap
+
+    try:
+        if getattr(base, "mode", "r") != "r" and getattr(base, "mode", "c") != "c":
+            mm.flush()
+        mm.madvise(mmap.MADV_DONTNEED)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def predict_streamed(engine: "Engine", arrays: Mapping[str, np.ndarray], out: OutputFactory, *,
+                     tile: Optional[Mapping[str, int]] = None, tile_budget: int, stats: Mapping,
+                     progress: Optional[Callable[[int, int], None]] = None) -> dict[str, np.ndarray]:
+    """Run the package over lazily read `arrays` (model layout, any dtype) tile by tile into the arrays `out`
+    creates (model layout); returns them. `stats`: whole_image_statistics of the same arrays."""
+    desc = engine.description
+    primary = desc.inputs[0]
+    shapes = {tid: tuple(x.shape) for tid, x in arrays.items()}
+    plan = plan_tiles(desc, shapes, tile, tile_budget)
+    maps = {}
+    for tid, x in arrays.items():
+        want = plan.input_shapes[tid]
+        widths = [max(0, w - h) for h, w in zip(x.shape, want)]
+        maps[tid] = [_index_map(h, w, engine.pad_mode, x.shape, widths) for h, w in zip(x.shape, want)]
+    wanted = output_shapes(desc, shapes)
+    per_axis = [[(s, lo, hi) for s, lo, hi in zip(p.starts, p.cuts[:-1], p.cuts[1:])] for p in plan.tiled] or [[]]
+    written: dict[str, np.ndarray] = {}
+    combos = list(product(*per_axis)) if plan.tiled else [()]
+    for done, combo in enumerate(combos):
+        feeds, raw = {}, {}
+        for t in desc.inputs:
+            if t.id not in arrays:
+                continue
+            tile_maps: list[Optional[np.ndarray]] = [m if len(m) != n or not np.array_equal(m, np.arange(n)) else None
+                                                     for m, n in zip(maps[t.id], arrays[t.id].shape)]
+            for p, (start, _, _) in zip(plan.tiled, combo):
+                i = _follower_index(t, primary, p.axis_id)
+                if i is not None:
+                    tile_maps[i] = maps[t.id][i][start:start + p.tile]
+            block, pad = _read_block(arrays[t.id], tile_maps)
+            raw[t.id] = block
+            ctx = StatsContext({t.id: (block, engine.axis_ids(t.id))}).seed(stats)
+            x = run_chain(engine.preprocessing[t.id], block, engine.axis_ids(t.id), ctx)
+            if pad is not None:  # constant padding pads the preprocessed image with zeros
+                x = np.where(pad, np.zeros((), x.dtype), x)
+            feeds[t.id] = x
+        results = _checked(desc, engine.session.run, feeds)
+        post = StatsContext({tid: (b, engine.axis_ids(tid)) for tid, b in raw.items()}).seed(stats)
+        for o in desc.outputs:
+            y = results[o.id]
+            full = wanted.get(o.id) or tuple(y.shape)
+            src = [slice(0, n) for n in full]  # axes not tiled: cropped to the unpadded extent
+            dst = [slice(None)] * y.ndim
+            for p, (start, lo, hi) in zip(plan.tiled, combo):
+                i = _follower_index(o, primary, p.axis_id)
+                if i is None:
+                    continue
+                f = _follower_ratio(desc, o.axes[i])
+                end = min(round(hi * f), wanted[o.id][i]) if wanted.get(o.id) else round(hi * f)
+                src[i] = slice(round((lo - start) * f), round((lo - start) * f) + max(0, end - round(lo * f)))
+                dst[i] = slice(round(lo * f), max(round(lo * f), end))
+            piece = y[tuple(src)]
+            if piece.size == 0:
+                continue
+            piece = run_chain(engine.postprocessing[o.id], piece, engine.axis_ids(o.id), post)
+            if o.id not in written:
+                written[o.id] = out(o.id, tuple(full), piece.dtype)
+            written[o.id][tuple(dst)] = piece
+            release(written[o.id])
+        for x in arrays.values():
+            release(x)
+        if progress:
+            progress(done + 1, len(combos))
+    return written
+
+
+__all__ = ["predict_streamed", "whole_image_statistics", "why_not_streamable", "release"]
