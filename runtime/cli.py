@@ -121,7 +121,7 @@ def cmd_predict(args) -> int:
         summary = predict_files(
             args.package, args.inputs, Path(args.output), axes=args.axes, tile=args.tile, device=args.device,
             suffix=args.format, quiet=args.quiet, pixel_size=args.pixel_size, rescale=args.rescale, mask=args.mask,
-            ignore_value=args.ignore_value, no_check=args.no_check, overwrite=args.overwrite,
+            ignore_value=args.ignore_value, no_check=args.no_check, overwrite=args.overwrite, memory=args.memory,
         )
     except MemoryError as e:  # the up-front estimate is a lower bound: say so in one line, nothing half-written
         raise InputError(f"out of memory during the prediction ({e or 'MemoryError'}); no output of the failing "
@@ -187,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "image are masked automatically (check masked-normalization)")
     p.add_argument("--overwrite", action="store_true", help="replace output files that exist (never an input, the "
                    "mask or the package: those are refused always)")
+    p.add_argument("--memory", metavar="BYTES", help="memory budget of the whole process, e.g. 2GB, 512MB "
+                   "(default: the memory available, or $BIOZOO_MEMORY_LIMIT). Tiles are sized from it, counting the "
+                   "network's measured activation memory (see biozoo info); .npy images larger than it are read "
+                   "lazily and written tile by tile. An explicit --tile wins")
     no_check(p)
     p.epilog = ("checks (all on by default): " + help_text() + ". Memory: the prediction's need is estimated from "
                 "the file headers before any pixel is read and refused when above the available memory "

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..checks import input_checks
 from ..checks.conditions import InputOptions, prepare
-from ..checks.input_checks import available_memory, batch_effects, dataset_normalized, format_bytes, intensity_summary
+from ..checks.input_checks import (available_memory, batch_effects, dataset_normalized, format_bytes,
+                                   intensity_summary, parse_bytes)
 from ..checks.pixelsize import parse_pixel_size, read_pixel_size
 from ..checks.report import CheckReport, parse_no_check, training_conditions
 from ..engine.outputs import DetectionOutputs
@@ -31,6 +32,7 @@ from ..model import Model, load
 from ..ops.stats import DatasetStatistics
 from . import box_files
 from .imageio import WRITE_SUFFIXES, image_info, read_image, write_image
+from .predict_streamed import predict_sample_streamed
 from .progress import ProgressBar
 
 
@@ -93,10 +95,12 @@ def predict_files(
     ignore_value: Optional[float] = None,
     no_check: Sequence[str] = (),
     overwrite: bool = False,
+    memory: Optional[str] = None,
 ) -> dict[str, Any]:
     """Predict every input file and write its outputs; returns a summary with `checks` (one list for all files,
     each result naming its input). Everything that can refuse (output paths, pixel size, memory) runs on every
-    file before anything is computed; `overwrite` allows replacing existing outputs, never an input."""
+    file before anything is computed; `overwrite` allows replacing existing outputs, never an input. `memory`
+    (e.g. "2GB"; default: the memory available) bounds the process: tiles are sized from it (see memory_plan)."""
     skip = parse_no_check(no_check)
     output = Path(output)
     model = load(package, device=device)
@@ -120,7 +124,12 @@ def predict_files(
     protected[model.package.rdf_path] = "the package's description"
     check_output_paths([t for plan in plans for t in plan.values()], protected, model.package.root, overwrite)
     factors = _refuse_early(model, samples, pixel_size, rescale, skip)
-    check_memory(model, samples, axes, factors, Path(mask) if mask else None)
+    budget = memory_budget(memory)
+    modes = [memory_plan(model, s, t, axes, f, bool(mask) or ignore_value is not None, budget, memory is not None,
+                         len(samples) > 1 and dataset_normalized(model.engine), tile_sizes)
+             for s, t, f in zip(samples, plans, factors)]
+    check_memory(model, [s for s, m in zip(samples, modes) if not m[0]], axes,
+                 [f for f, m in zip(factors, modes) if not m[0]], Path(mask) if mask else None, budget)
     mask_array = read_image(Path(mask))[0] if mask else None
 
     def options(sample: dict[str, Path]) -> InputOptions:
@@ -139,11 +148,20 @@ def predict_files(
     if len(samples) > 1 and dataset_normalized(model.engine):
         dataset_stats = _dataset_pass(model, samples, read, options, report)
     items = []
-    for sample, stem, targets in zip(samples, stems, plans):
+    for sample, stem, targets, (streamed, sample_budget) in zip(samples, stems, plans, modes):
+        if streamed:  # larger than the budget: read lazily, written tile by tile
+            sample_report = CheckReport(skip)
+            done = predict_sample_streamed(
+                model, sample, axes, targets, tile=tile_sizes, tile_budget=sample_budget, report=sample_report,
+                pixel_size=pixel_size, progress=ProgressBar(f"{next(iter(sample.values())).name}", enabled=not quiet))
+            sample_report.disabled()
+            report.extend(sample_report, str(sample[primary]))
+            items.append({"input": ", ".join(str(p) for p in sample.values()), **done, "streamed": True})
+            continue
         arrays, sample_axes = read(sample)
         opts = options(sample)
         prediction = model.predict_with_report(
-            arrays, sample_axes or None, tile=tile_sizes, dataset_stats=dataset_stats,
+            arrays, sample_axes or None, tile=tile_sizes, tile_budget=sample_budget, dataset_stats=dataset_stats,
             progress=ProgressBar(f"{next(iter(sample.values())).name}", enabled=not quiet),
             pixel_size=opts.pixel_size, file_pixel_size=opts.file_pixel_size, rescale=rescale, mask=mask_array,
             ignore_value=ignore_value, skip_checks=skip, batch_effects=dataset_stats is None,
@@ -317,9 +335,11 @@ def _itemsize(dtype: str) -> int:
 
 
 def check_memory(model: Model, samples: Sequence[dict[str, Path]], axes: Optional[str],
-                 factors: Sequence[Optional[Mapping[str, float]]], mask: Optional[Path]) -> None:
-    """Refuse, before any pixel is read, a prediction that needs more memory than is available."""
-    limit, source = available_memory()
+                 factors: Sequence[Optional[Mapping[str, float]]], mask: Optional[Path],
+                 budget: Optional[tuple[Optional[int], str]] = None) -> None:
+    """Refuse, before any pixel is read, a prediction held in memory that needs more than is available (or than
+    the --memory budget)."""
+    limit, source = budget or available_memory()
     if limit is None:
         return
     extra = 0
@@ -374,3 +394,54 @@ def _dataset_pass(model: Model, samples, read, options, report: CheckReport) -> 
         summaries.append((str(sample[primary]), intensity_summary(prepared.raw, prepared.valid)))
     batch_effects(report, summaries, True)
     return stats
+
+
+QUICK_BYTES_PER_PIXEL = 4096  # no activation measurement when even this (8x a 32-channel U-Net's) fits
+
+
+def memory_budget(memory: Optional[str]) -> tuple[Optional[int], str]:
+    """(bytes, where from): --memory when given, else what available_memory() reports ($BIOZOO_MEMORY_LIMIT)."""
+    if memory is None:
+        return available_memory()
+    return parse_bytes(memory, "--memory"), "--memory"
+
+
+def memory_plan(model: Model, sample: dict[str, Path], targets: Mapping[str, Path], axes: Optional[str],
+                factors: Optional[Mapping[str, float]], masked: bool, budget: tuple[Optional[int], str],
+                explicit: bool, dataset: bool, tile: Optional[Mapping[str, int]]) -> tuple[bool, int]:
+    """(streamed, tile budget in input elements) for one sample.
+
+    In memory, unchanged, when the whole-image arrays (estimate_memory) plus one tile of the default tile budget
+    fit the budget at a generous QUICK_BYTES_PER_PIXEL (no measurement then). Otherwise the network's activation
+    memory is measured (engine/memory.py, cached) and the tile is the largest the budget leaves after the
+    whole-image arrays (capped at the default tile budget unless --memory is given). When even that does not fit
+    and the sample can be streamed (.npy in and out, no --mask/--ignore-value/--rescale, a dense model, see
+    engine/streaming.py), it is streamed with the tile the whole budget allows; an explicit --tile wins."""
+    from ..engine.memory import tile_budget
+    from ..engine.streaming import why_not_streamable
+    from ..engine.tiling import DEFAULT_TILE_BUDGET
+    from .predict_streamed import STREAMED_INPUTS, STREAMED_OUTPUTS
+
+    limit, _ = budget
+    if limit is None:
+        return False, DEFAULT_TILE_BUDGET
+    need, _ = estimate_memory(model, sample, axes, factors)
+    primary = model.description.inputs[0]
+    shape, _, _ = image_info(sample[primary.id])
+    tile_elements = min(math.prod(shape), DEFAULT_TILE_BUDGET)
+    if not explicit and need + tile_elements * QUICK_BYTES_PER_PIXEL <= limit:
+        return False, DEFAULT_TILE_BUDGET
+    streamable = (not masked and not factors and not dataset and why_not_streamable(model.engine) is None
+                  and all(p.suffix.lower() in STREAMED_INPUTS for p in sample.values())
+                  and all(p.suffix.lower() in STREAMED_OUTPUTS for p in targets.values()))
+    try:
+        elements, _ = tile_budget(model.engine, limit, held=need)
+        if elements >= math.prod(shape) or not streamable or tile:
+            return False, elements if explicit else min(elements, DEFAULT_TILE_BUDGET)
+    except InputError:
+        if not streamable:
+            return False, DEFAULT_TILE_BUDGET  # check_memory refuses it with the whole-image numbers
+    return True, tile_budget(model.engine, limit, held=_STREAM_HELD)[0]
+
+
+_STREAM_HELD = 4 * 4 * (1 << 22)  # the streamed statistics' read blocks and their float copies

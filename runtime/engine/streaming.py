@@ -194,3 +194,41 @@ def predict_streamed(engine: "Engine", arrays: Mapping[str, np.ndarray], out: Ou
 
 
 __all__ = ["predict_streamed", "whole_image_statistics", "why_not_streamable", "release"]
+
+
+def lazy_model_layout(data: np.ndarray, axes: str, tensor) -> np.ndarray:
+    """`data` (caller axes) as a view in the tensor's axis order, never a copy (axes.to_model_layout makes the
+    result contiguous, which would read a memory-mapped image whole); validated as to_model_layout validates."""
+    from ..format import axes as axes_mod
+
+    axes = axes_mod.check_axes_string(axes, data.ndim, f"input '{tensor.id}'")
+    probe = np.empty([1 if n == 1 else 2 for n in data.shape], dtype=np.int8)
+    axes_mod.to_model_layout(probe, axes, tensor)  # the same checks and messages on a tiny stand-in
+    keep = [i for i, letter in enumerate(axes) if letter in tensor.letters]
+    view = data.squeeze(axis=tuple(i for i in range(data.ndim) if i not in keep)) if len(keep) < data.ndim else data
+    letters = "".join(axes[i] for i in keep)
+    for letter in tensor.letters:
+        if letter not in letters:
+            view = view[..., np.newaxis]
+            letters += letter
+    return view.transpose([letters.index(letter) for letter in tensor.letters])
+
+
+def caller_layout(shape: Sequence[int], tensor, caller: Optional[str]) -> tuple[tuple[int, ...], str]:
+    """The shape and axes axes.from_model_layout gives an output of model-layout `shape` (no data touched)."""
+    from ..format import axes as axes_mod
+
+    stand_in = np.lib.stride_tricks.as_strided(np.zeros(1, np.int8), shape=tuple(shape), strides=(0,) * len(shape))
+    view, order = axes_mod.from_model_layout(stand_in, tensor, caller)
+    return tuple(view.shape), order
+
+
+def model_view(target: np.ndarray, order: str, tensor) -> np.ndarray:
+    """A model-layout view of `target`, an array in the caller's layout `order` (see caller_layout): writes to the
+    view land in `target`."""
+    kept = [letter for letter in tensor.letters if letter in order]
+    view = target.transpose([order.index(letter) for letter in kept])
+    for i, letter in enumerate(tensor.letters):
+        if letter not in order:
+            view = np.expand_dims(view, i)
+    return view
