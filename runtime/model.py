@@ -14,9 +14,11 @@ from typing import Any, Iterable, Mapping, Optional, Union
 import numpy as np
 
 from .checks.conditions import InputOptions, Prediction, predict_checked
+from .checks.input_checks import parse_bytes
 from .checks.report import parse_no_check
 from .checks.testing import run_model_test
 from .engine.engine import ArrayInputs, AxesArg, Engine, Progress
+from .engine.memory import tile_budget as elements_for_budget, whole_image_bytes
 from .engine.session import OnnxSession
 from .engine.tiling import DEFAULT_TILE_BUDGET
 from .errors import PackageError
@@ -99,6 +101,7 @@ class Model:
         tile_budget: int = DEFAULT_TILE_BUDGET,
         dataset_stats: Optional[DatasetStatistics] = None,
         progress: Progress = None,
+        memory: Union[None, int, str] = None,
         **checks: Any,
     ) -> Union[np.ndarray, dict[str, np.ndarray]]:
         """Run the model on numpy arrays; outputs come back in the caller's axis conventions.
@@ -106,14 +109,16 @@ class Model:
         `inputs`: one array (single-input models) or a dict by input tensor id. `axes`: letters per array, e.g.
         "yx", "cyx", "zyx", "byx" (a str for all inputs or a dict by id); guessed from the model when omitted.
         `tile`: tile length per space axis id, e.g. {"y": 512, "x": 512}; default: whole image within `tile_budget`.
+        `memory`: a byte budget for the whole process (an int or e.g. "2GB"): the tile is then the largest that fits
+        next to the whole-image arrays, counting the network's measured activation memory (an explicit `tile`
+        wins); see biozoo.runtime.engine.memory.
         Input checks (see biozoo.runtime.checks): `pixel_size` (micrometers: one number, one per space axis, or a dict),
         `rescale`, `mask` (non-zero = pixels to use), `ignore_value`, `skip_checks` (names, like --no-check).
         A pixel-size mismatch raises InputError; warnings are raised as `biozoo.runtime.checks.InputWarning`.
         Use `predict_with_report` to get the check results as data.
         """
-        outputs = self.predict_with_axes(
-            inputs, axes, tile=tile, tile_budget=tile_budget, dataset_stats=dataset_stats, progress=progress, **checks
-        )
+        outputs = self.predict_with_axes(inputs, axes, tile=tile, tile_budget=tile_budget, dataset_stats=dataset_stats,
+                                         progress=progress, memory=memory, **checks)
         if len(outputs) == 1:
             return next(iter(outputs.values()))[0]
         return {k: v for k, (v, _) in outputs.items()}
@@ -127,12 +132,12 @@ class Model:
         tile_budget: int = DEFAULT_TILE_BUDGET,
         dataset_stats: Optional[DatasetStatistics] = None,
         progress: Progress = None,
+        memory: Union[None, int, str] = None,
         **checks: Any,
     ) -> dict[str, tuple[np.ndarray, str]]:
         """Like predict, but every output comes with its axes string (for writers and viewers)."""
-        prediction = self.predict_with_report(
-            inputs, axes, tile=tile, tile_budget=tile_budget, dataset_stats=dataset_stats, progress=progress, **checks
-        )
+        prediction = self.predict_with_report(inputs, axes, tile=tile, tile_budget=tile_budget,
+                                              dataset_stats=dataset_stats, progress=progress, memory=memory, **checks)
         prediction.report.warn()
         return prediction.outputs
 
@@ -152,12 +157,23 @@ class Model:
         skip_checks: Iterable[str] = (),
         file_pixel_size: Optional[Mapping[str, float]] = None,
         batch_effects: bool = True,
+        memory: Union[None, int, str] = None,
     ) -> Prediction:
         """Predict and return a Prediction: `.outputs` (array, axes) by output id and `.report` (a CheckReport)."""
+        if memory is not None and not tile:
+            tile_budget = self.memory_tile_budget(inputs, axes, memory)
         opts = InputOptions(pixel_size=pixel_size, file_pixel_size=dict(file_pixel_size) if file_pixel_size else None,
                             rescale=rescale, mask=mask, ignore_value=ignore_value, skip=parse_no_check(skip_checks))
         return predict_checked(self.engine, inputs, axes, opts, tile=tile, tile_budget=tile_budget,
                                dataset_stats=dataset_stats, progress=progress, batch_effects=batch_effects)
+
+    def memory_tile_budget(self, inputs: ArrayInputs, axes: AxesArg, memory: Union[int, str]) -> int:
+        """The tile budget (input elements) a byte budget leaves for these inputs held in memory."""
+        budget = memory if isinstance(memory, int) and not isinstance(memory, bool) else parse_bytes(str(memory),
+                                                                                                     "memory")
+        arrays, _ = self.engine.prepare_inputs(inputs, axes)
+        return elements_for_budget(self.engine, budget, held=whole_image_bytes(self.engine, {k: v.shape for k, v in
+                                                                                       arrays.items()}))[0]
 
     def dataset_statistics(self, samples: Iterable[Any], axes: AxesArg = None) -> DatasetStatistics:
         """Accumulate the dataset statistics the preprocessing needs over many samples (one pass).

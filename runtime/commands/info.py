@@ -52,7 +52,33 @@ def model_info(model: Model) -> dict[str, Any]:
         "weights": {"formats": list(d.weights_formats), "runs": "onnx", "opset": d.onnx.get("opset_version")},
         "provider": model.provider,
         "source": str(model.package.source),
+        "memory": memory_info(model),
     }
+
+
+def memory_info(model: Model) -> dict[str, Any]:
+    """How `biozoo predict` sizes tiles for this model: the network's activation memory per pixel (measured once
+    with onnxruntime and cached, see engine/memory.py) and the tile the default budget gives a large image."""
+    from ..checks.input_checks import available_memory
+    from ..engine.memory import activation_profile, tile_budget, tile_bytes_per_pixel, tile_shape
+    from ..engine.streaming import why_not_streamable
+
+    profile = activation_profile(model.engine)
+    budget, source = available_memory()
+    info: dict[str, Any] = {
+        "activation_bytes_per_pixel": profile["bytes_per_pixel"], "measured": profile["source"],
+        "probe_shape": list(profile["probe_shape"]), "cache": profile.get("cache"),
+        "tile_bytes_per_pixel": tile_bytes_per_pixel(model.engine, profile),
+        "default_budget": budget, "default_budget_source": source,
+        "streamed": why_not_streamable(model.engine) or "yes (.npy in and out)",
+    }
+    if budget is not None:
+        try:
+            info["default_tile"] = tile_shape(model.engine, tile_budget(model.engine, budget, profile=profile)[0])
+        except Exception as e:  # a budget too small for any tile, or an unusual description: say so, no crash
+            info["default_tile"] = None
+            info["default_tile_note"] = str(e)
+    return info
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -75,6 +101,16 @@ def format_info(info: dict[str, Any]) -> str:
     w = info["weights"]
     lines.append(f"weights: {', '.join(w['formats'])} (biozoo runs onnx, opset {w['opset']}) on {info['provider']}")
     lines.append(f"  {info['binding']}")
+    mem = info.get("memory")
+    if mem:
+        budget = f"{mem['default_budget'] / 2**30:.1f} GiB" if mem["default_budget"] else "unknown"
+        tile = "x".join(map(str, mem["default_tile"].values())) if mem.get("default_tile") else "none fits"
+        lines.append(f"memory: network activations {mem['activation_bytes_per_pixel']} B/px ({mem['measured']} on a "
+                     f"{'x'.join(map(str, mem['probe_shape']))} probe), {mem['tile_bytes_per_pixel']} B/px per tile "
+                     f"with its copies; default budget {budget} ({mem['default_budget_source']}) -> tile {tile} "
+                     "(biozoo predict --memory BYTES to change it; --tile wins)")
+        if mem["streamed"] != "yes (.npy in and out)":
+            lines.append(f"  images above the budget cannot be streamed: {mem['streamed']}")
     if info["authors"]:
         lines.append(f"authors: {', '.join(info['authors'])}")
     for c in info["cite"]:

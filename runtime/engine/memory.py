@@ -194,3 +194,26 @@ def _mib(n: int) -> str:
 
 if __name__ == "__main__":  # the measuring child (see _measure)
     print(json.dumps({"growth": _probe_main(json.loads(sys.argv[1]))}))
+
+
+def tile_shape(engine: "Engine", elements: int, length: int = 1 << 16) -> dict[str, int]:
+    """The tile (length per space axis id) plan_tiles picks for a large image (`length` a side) at `elements`."""
+    from .tiling import plan_tiles
+
+    shapes = probe_shapes(engine)
+    primary = engine.description.inputs[0]
+    big = {tid: tuple(length if a.type == "space" and not isinstance(a.size, int) else n
+                      for a, n in zip(engine.description.input(tid).axes, shape)) for tid, shape in shapes.items()}
+    plan = plan_tiles(engine.network, big, None, elements)
+    tiles = {p.axis_id: p.tile for p in plan.tiled}
+    return {a.id: tiles.get(a.id, n) for a, n in zip(primary.axes, big[primary.id]) if a.type == "space"}
+
+
+def whole_image_bytes(engine: "Engine", shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """Bytes the in-memory path holds besides the caller's arrays: per input its float32, preprocessed and padded
+    copies, the network's outputs and their post-processed copies (float32)."""
+    from .tiling import output_shapes
+
+    held = sum(3 * 4 * math.prod(s) for s in shapes.values())
+    outs = output_shapes(engine.network, shapes)
+    return held + sum(2 * 4 * math.prod(s) for s in outs.values() if s)
