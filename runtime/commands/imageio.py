@@ -1,24 +1,34 @@
-"""Read images (TIFF, NPY, PNG) with their axes when the file says them; write outputs atomically."""
+"""Read images (TIFF, NPY, PNG, Zarr, OME-Zarr) with their axes when the file says them; write outputs atomically.
+
+`read_image` / `write_image` hold whole arrays; `open_image` / `create_output` (lazyio.py) give array-likes that
+read and write slice by slice. A `.zarr` / `.ome.zarr` path (a folder) goes to omezarr.py.
+"""
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
 from ..errors import InputError
 from ..format.npy import load_npy
+from .lazyio import READ_SUFFIXES, LazyImage, create_output, open_image, read_pixel_size, read_png, tiff_axes
+from .omezarr import in_zarr, is_zarr
 
-READ_SUFFIXES = (".tif", ".tiff", ".npy", ".png")
-WRITE_SUFFIXES = (".tif", ".tiff", ".npy")
-_TIFF_AXES = {"Y": "y", "X": "x", "Z": "z", "C": "c", "S": "c", "T": "t"}
+WRITE_SUFFIXES = (".tif", ".tiff", ".npy", ".zarr")
+__all__ = ["LazyImage", "create_output", "image_info", "open_image", "read_image", "read_pixel_size", "write_image"]
 
 
-def read_image(path: Path) -> tuple[np.ndarray, Optional[str]]:
-    """The pixels and, when the file records them, the axes as biozoo letters (e.g. 'zyx'); None otherwise."""
+def read_image(path: Path, target_pixel_size: Optional[Mapping[str, float]] = None
+               ) -> tuple[np.ndarray, Optional[str]]:
+    """The pixels and, when the file records them, the axes as biozoo letters (e.g. 'zyx'); None otherwise. For
+    an OME-Zarr, the level nearest `target_pixel_size` (see `open_image`)."""
     suffix = path.suffix.lower()
+    if in_zarr(path):
+        with open_image(path, target_pixel_size) as image:
+            return np.asarray(image.data[...]), image.axes
     if suffix not in READ_SUFFIXES:
         raise InputError(f"cannot read '{path}': unsupported file type '{suffix}'; expected one of {READ_SUFFIXES}")
     if not path.is_file():
@@ -27,25 +37,27 @@ def read_image(path: Path) -> tuple[np.ndarray, Optional[str]]:
         if suffix == ".npy":
             return load_npy(path, f"input file '{path}'", error=InputError), None
         if suffix == ".png":
-            return _read_png(path)
+            return read_png(path)
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             data = series.asarray()
-            axes = "".join(_TIFF_AXES.get(a, "?") for a in series.axes)
-        axes = None if "?" in axes or len(set(axes)) != len(axes) else axes
-        return data, axes
+        return data, tiff_axes(series.axes)
     except InputError:
         raise
     except Exception as e:  # tifffile/numpy raise many types for damaged files
         raise InputError(f"cannot read '{path}': {e}; is the file complete and a valid {suffix[1:].upper()}?") from None
 
 
-def image_info(path: Path) -> tuple[tuple[int, ...], np.dtype, Optional[str]]:
+def image_info(path: Path, target_pixel_size: Optional[Mapping[str, float]] = None
+               ) -> tuple[tuple[int, ...], np.dtype, Optional[str]]:
     """Shape, dtype and (when recorded) axes of an image file from its header alone: no pixel is read, so that
     predict can refuse an image too large for memory before loading it."""
     suffix = path.suffix.lower()
+    if in_zarr(path):
+        with open_image(path, target_pixel_size) as image:
+            return tuple(int(n) for n in image.data.shape), np.dtype(image.data.dtype), image.axes
     if suffix not in READ_SUFFIXES:
         raise InputError(f"cannot read '{path}': unsupported file type '{suffix}'; expected one of {READ_SUFFIXES}")
     try:
@@ -70,29 +82,32 @@ def image_info(path: Path) -> tuple[tuple[int, ...], np.dtype, Optional[str]]:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             shape, dtype = tuple(int(n) for n in series.shape), np.dtype(series.dtype)
-            axes = "".join(_TIFF_AXES.get(a, "?") for a in series.axes)
-        return shape, dtype, None if "?" in axes or len(set(axes)) != len(axes) else axes
+            axes = tiff_axes(series.axes)
+        return shape, dtype, axes
     except ImportError:
         raise InputError("reading PNG needs Pillow: pip install 'biozoo[png]' (or convert the image to TIFF)") from None
     except Exception as e:  # damaged headers: numpy/tifffile/PIL raise many types
         raise InputError(f"cannot read '{path}': {e}; is the file complete and a valid {suffix[1:].upper()}?") from None
 
 
-def _read_png(path: Path) -> tuple[np.ndarray, str]:
-    try:
-        from PIL import Image
-    except ImportError:
-        raise InputError("reading PNG needs Pillow: pip install 'biozoo[png]' (or convert the image to TIFF)") from None
-    with Image.open(path) as im:
-        data = np.asarray(im)
-    return data, "yx" if data.ndim == 2 else "yxc"
-
-
-def write_image(path: Path, data: np.ndarray, axes: str) -> None:
-    """Write TIFF (with axes metadata) or NPY; via a temporary file, so a failure leaves no partial output."""
+def write_image(path: Path, data: np.ndarray, axes: str, pixel_size: Optional[Mapping[str, float]] = None,
+                labels: Optional[bool] = None, image: Optional[LazyImage] = None) -> None:
+    """Write TIFF (with axes metadata), NPY or OME-Zarr; via a temporary file or folder, so a failure leaves no
+    partial output. OME-Zarr only: `pixel_size` (µm by space axis) becomes the scale metadata, and integer data
+    (`labels` None) or `labels=True` is written as an NGFF labels group, with `image` (the input) at the root."""
     suffix = path.suffix.lower()
+    if is_zarr(path):
+        target = create_output(path, data.shape, data.dtype, axes, pixel_size=pixel_size, image=image,
+                               labels=np.issubdtype(data.dtype, np.integer) if labels is None else labels)
+        try:
+            target[...] = data
+        except BaseException:
+            target.abort()
+            raise
+        target.close()
+        return
     if suffix not in WRITE_SUFFIXES:
-        raise InputError(f"cannot write '{path}': unsupported output type '{suffix}'; use .tif or .npy")
+        raise InputError(f"cannot write '{path}': unsupported output type '{suffix}'; use .tif, .npy or .ome.zarr")
     if data.dtype == np.bool_:
         data = data.astype(np.uint8)
     try:
