@@ -11,9 +11,11 @@ first (one extra read per file, masks and --rescale applied), as the spec define
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -23,7 +25,7 @@ from ..checks import input_checks
 from ..checks.conditions import InputOptions, prepare
 from ..checks.input_checks import (available_memory, batch_effects, dataset_normalized, format_bytes,
                                    intensity_summary, parse_bytes)
-from ..checks.pixelsize import parse_pixel_size, read_pixel_size
+from ..checks.pixelsize import parse_pixel_size, training_pixel_size
 from ..checks.report import CheckReport, parse_no_check, training_conditions
 from ..engine.outputs import DetectionOutputs
 from ..engine.tiling import output_shapes
@@ -31,7 +33,8 @@ from ..errors import InputError
 from ..model import Model, load
 from ..ops.stats import DatasetStatistics
 from . import box_files
-from .imageio import WRITE_SUFFIXES, image_info, read_image, write_image
+from .imageio import WRITE_SUFFIXES, image_info, open_image, read_image, read_pixel_size, write_image
+from .omezarr import in_zarr, is_zarr
 from .predict_streamed import predict_sample_streamed
 from .progress import ProgressBar
 
@@ -66,18 +69,50 @@ def _samples(model: Model, inputs: Sequence[str]) -> list[dict[str, Path]]:
     return [sample]
 
 
+def _split_name(path: Path) -> tuple[str, str]:
+    """('out', '.ome.zarr') for out.ome.zarr, ('out', '.tif') for out.tif: the name and its (compound) type."""
+    name = path.name
+    for compound in (".ome.zarr", ".ome.tif", ".ome.tiff"):
+        if name.lower().endswith(compound) and len(name) > len(compound):
+            return name[: -len(compound)], name[-len(compound):]
+    return path.stem, path.suffix
+
+
 def _output_paths(description, out: Path, many: bool, suffix: str, stem: str) -> dict[str, Path]:
+    """Output files by output id: -o itself (one output), -o's name + _ID (several), or folder/STEM[_ID].SUFFIX;
+    .zarr / .ome.zarr outputs are OME-Zarr folders (out.ome.zarr -> out_ID.ome.zarr)."""
     out_ids = [t.id for t in description.outputs]
+    stem = stem.removesuffix(".ome")  # in.ome.zarr -> in.tif, not in.ome.tif
     if not many and out.suffix.lower() in WRITE_SUFFIXES:
         if len(out_ids) == 1:
             return {out_ids[0]: out}
-        return {tid: out.with_name(f"{out.stem}_{tid}{out.suffix}") for tid in out_ids}
+        name, kind = _split_name(out)
+        return {tid: out.with_name(f"{name}_{tid}{kind}") for tid in out_ids}
     if out.suffix and out.suffix.lower() not in WRITE_SUFFIXES:
-        raise InputError(f"output '{out}' has an unsupported type '{out.suffix}'; use .tif, .npy, or a folder")
+        raise InputError(f"output '{out}' has an unsupported type '{out.suffix}'; use .tif, .npy, .ome.zarr, or a "
+                         "folder")
     if many and out.suffix:
         raise InputError(f"several inputs need a folder for -o, got the file name '{out}'")
+    if suffix.lstrip(".").lower() not in ("tif", "tiff", "npy", "zarr", "ome.zarr"):
+        raise InputError(f"output format '{suffix}' is not supported; expected tif, npy or ome.zarr")
+    suffix = suffix.lstrip(".")
     names = {tid: f"{stem}.{suffix}" if len(out_ids) == 1 else f"{stem}_{tid}.{suffix}" for tid in out_ids}
     return {tid: out / name for tid, name in names.items()}
+
+
+def _level_target(model: Model) -> Optional[dict[str, float]]:
+    """The pixel size an OME-Zarr input's resolution level is chosen by: the training one, when recorded."""
+    space = [a for a in model.description.inputs[0].axes if a.type == "space"]
+    return training_pixel_size(training_conditions(model.description.config), space)[0]
+
+
+def _output_pixel_size(description, tid: str, pixel: Optional[Mapping[str, float]]) -> Optional[dict[str, float]]:
+    """µm per space axis of output `tid`: the input's, times the output axis' scale over the input axis' one."""
+    if not pixel:
+        return None
+    scales = {a.id: a.scale for a in description.inputs[0].axes if a.type == "space"}
+    return {a.id: pixel[a.id] * a.scale / scales[a.id] for a in description.output(tid).axes
+            if a.type == "space" and a.id in pixel and scales.get(a.id)} or None
 
 
 def predict_files(
@@ -107,8 +142,15 @@ def predict_files(
     samples = _samples(model, inputs)
     for sample in samples:  # fail fast, before any work, on files that are not there
         for path in sample.values():
-            if not path.is_file():
+            if in_zarr(path) and not path.is_dir():
+                raise InputError(f"input '{path}' does not exist; a Zarr / OME-Zarr image is a folder")
+            if not in_zarr(path) and not path.is_file():
                 raise InputError(f"input file '{path}' does not exist")
+    level_target = _level_target(model)  # an OME-Zarr input is read at the level nearest the training pixel size
+    for path in (p for sample in samples for p in sample.values() if in_zarr(p)):
+        with open_image(path, level_target) as image:
+            if image.note:
+                logging.getLogger("biozoo").info("%s: reading %s", path, image.note)
     if mask and not Path(mask).is_file():
         raise InputError(f"--mask file '{mask}' does not exist")
     space = "".join(a.letter for a in model.description.inputs[0].axes if a.type == "space")
@@ -133,13 +175,14 @@ def predict_files(
     mask_array = read_image(Path(mask))[0] if mask else None
 
     def options(sample: dict[str, Path]) -> InputOptions:
-        return InputOptions(pixel_size=pixel_size, file_pixel_size=read_pixel_size(sample[primary]), rescale=rescale,
+        return InputOptions(pixel_size=pixel_size, file_pixel_size=read_pixel_size(sample[primary], level_target),
+                            rescale=rescale,
                             mask=mask_array, ignore_value=ignore_value, skip=skip)
 
     def read(sample: dict[str, Path]):
         arrays, file_axes = {}, {}
         for tid, path in sample.items():
-            arrays[tid], found = read_image(path)
+            arrays[tid], found = read_image(path, level_target)
             file_axes[tid] = axes or found
         return arrays, {k: v for k, v in file_axes.items() if v}
 
@@ -173,7 +216,12 @@ def predict_files(
             # with --rescale, predict has already mapped the boxes back onto the input's grid
             written, found = box_files.write_prediction(output, stem, results, boxes, height, width, str(sample[primary]))
         for tid, (data, out_axes) in results.items() if boxes is None else ():
-            write_image(targets[tid], data, out_axes)
+            given = parse_pixel_size(opts.pixel_size, [a.id for a in model.description.inputs[0].axes
+                                                       if a.type == "space"])
+            labels = is_zarr(targets[tid]) and np.issubdtype(data.dtype, np.integer)
+            with (open_image(sample[primary], level_target) if labels else nullcontext()) as image:
+                write_image(targets[tid], data, out_axes, labels=labels, image=image,
+                            pixel_size=_output_pixel_size(model.description, tid, given or opts.file_pixel_size))
             written[tid] = str(targets[tid])
         report.extend(prediction.report, str(sample[primary]))
         items.append({
@@ -216,6 +264,20 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
+def _nested(target: Path, path: Path) -> bool:
+    """Either lies inside the other: an output inside an input Zarr folder (or replacing the folder around an
+    input) would change the input."""
+    try:
+        a, b = target.resolve(), path.resolve()
+    except OSError:
+        return False
+    return (is_zarr(path) and a.is_relative_to(b)) or (is_zarr(target) and b.is_relative_to(a))
+
+
+def _zarr_folder(path: Path) -> bool:
+    return any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray"))
+
+
 def check_output_paths(targets: Sequence[Path], protected: Mapping[Path, str], package_root: Optional[Path],
                        overwrite: bool) -> None:
     """Refuse (InputError, nothing written yet) outputs that would replace an input, the mask, the package or a
@@ -228,11 +290,13 @@ def check_output_paths(targets: Sequence[Path], protected: Mapping[Path, str], p
             raise InputError(f"two outputs of this command would both be written to '{target}'; rename the inputs")
         seen[key] = target
         for path, role in protected.items():
-            if _same(target, path):
-                raise InputError(f"output '{target}' is {role} ('{path}'): predict never writes over its inputs, "
+            if _same(target, path) or _nested(target, path):
+                raise InputError(f"output '{target}' is {role} ('{path}')" + (" or lies inside it or around it"
+                                 if not _same(target, path) else "") + ": predict never writes over its inputs, "
                                  "not even with --overwrite; choose another -o (e.g. a new folder)")
-        if target.is_dir():
-            raise InputError(f"output '{target}' is an existing folder; choose another -o")
+        if target.is_dir() and not (is_zarr(target) and _zarr_folder(target)):
+            raise InputError(f"output '{target}' is an existing folder" + (" that is not a Zarr image (nothing "
+                             "would be replaced)" if is_zarr(target) else "") + "; choose another -o")
         if target.exists() and package_root is not None and target.resolve().is_relative_to(package_root.resolve()):
             raise InputError(f"output '{target}' is a file of the package ({package_root}); predict never writes "
                              "over it: choose another -o")
@@ -372,8 +436,9 @@ def _refuse_early(model: Model, samples, pixel_size, rescale: bool, skip) -> lis
         given = parse_pixel_size(pixel_size, [a.id for a in space])
         source = "--pixel-size" if given is not None else "TIFF metadata"
         try:
-            factors.append(input_checks.pixel_size(CheckReport(skip), training, space, given or read_pixel_size(path),
-                                                   source, rescale))
+            file_size = read_pixel_size(path, training_pixel_size(training, space)[0])  # OME-Zarr: level as read
+            factors.append(input_checks.pixel_size(CheckReport(skip), training, space, given or file_size, source,
+                                                   rescale))
         except InputError as e:
             raise InputError(f"{path}: {e}") from None
     return factors
