@@ -506,7 +506,11 @@ def memory_plan(model: Model, sample: dict[str, Path], targets: Mapping[str, Pat
     except InputError:
         if not streamable:
             return False, DEFAULT_TILE_BUDGET  # check_memory refuses it with the whole-image numbers
-    return True, tile_budget(model.engine, limit, held=_STREAM_HELD)[0]
+    return True, tile_budget(model.engine, limit, held=streamed_held(math.prod(shape)))[0]
 
 
-_STREAM_HELD = 4 * 4 * (1 << 22)  # the streamed statistics' read blocks and their float copies
+def streamed_held(elements: int) -> int:
+    """Bytes a streamed prediction holds besides its tiles: the statistics' read blocks and their float copies."""
+    from ..ops.stats import STREAM_CHUNK
+
+    return 16 * min(elements, STREAM_CHUNK)

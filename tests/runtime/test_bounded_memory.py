@@ -1,0 +1,176 @@
+"""Bounded memory: tiles from a byte budget (--memory / Model.predict(memory=)), the measured activation memory
+and its cache, .npy images streamed through memory maps, whole-image statistics computed by streaming.
+
+The budgets here are computed from the model's own per-pixel figures with the process's resident size pinned to 0
+(monkeypatched), so that the tests do not depend on how much memory pytest happens to hold; small images only.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from biozoo.runtime.engine import memory
+from biozoo.runtime.ops.stats import Measure, streamed_measures
+
+
+def _image(n: int = 200, m: int = 230, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).random((n, m)) * 200 + 10).astype(np.float32)
+
+
+@pytest.fixture()
+def no_baseline(monkeypatch):
+    """The process's resident memory counted as 0: budgets mean bytes for tiles and whole-image arrays only."""
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 0)
+
+
+def _per_pixel(model) -> int:
+    return memory.tile_bytes_per_pixel(model.engine, memory.activation_profile(model.engine))
+
+
+def test_a_budget_forces_tiling_and_the_output_equals_the_untiled_prediction(models, no_baseline):
+    model = models("unet2d")
+    x = _image()
+    whole = model.predict(x, axes="yx")
+    held = memory.whole_image_bytes(model.engine, {"raw": (1, 1, *x.shape)})
+    budget = held + 96 * 96 * _per_pixel(model)
+    calls = []
+    tiled = model.predict(x, axes="yx", memory=budget, progress=lambda done, total: calls.append(total))
+    assert calls and calls[-1] > 1, "the budget should have split the image into several tiles"
+    np.testing.assert_array_equal(tiled, whole)
+    assert model.predict(x, axes="yx", memory=f"{budget}B", tile={"y": 256, "x": 256}).shape == x.shape  # --tile wins
+
+
+def test_the_activation_measurement_is_cached_and_reused(models, rdf, monkeypatch, tmp_path):
+    monkeypatch.setenv("BIOZOO_CACHE_DIR", str(tmp_path / "cache"))
+    first = memory.activation_profile(models("unet2d").engine)
+    assert first["source"] in ("measured", "estimated")
+    if first["source"] == "estimated":
+        pytest.skip("no /proc on this system: the activation memory is estimated, not measured")
+    assert first["bytes_per_pixel"] > 0 and os.path.isfile(first["cache"])
+
+    def boom(*_):
+        raise AssertionError("measured again although cached")
+
+    monkeypatch.setattr(memory, "_measure", boom)
+    from biozoo.runtime import load
+
+    again = memory.activation_profile(load(rdf("unet2d"), device="cpu").engine)  # a second load of the package
+    assert again["source"] == "cached" and again["bytes_per_pixel"] == first["bytes_per_pixel"]
+
+
+def _streamed_budget(model, x) -> int:
+    """A budget below the in-memory need of x but with room for ~96x96 tiles when streamed."""
+    from biozoo.runtime.commands.predict_files import streamed_held
+
+    return 96 * 96 * _per_pixel(model) + streamed_held(x.size)
+
+
+def test_npy_streams_through_memmaps_and_equals_the_in_memory_prediction(models, rdf, no_baseline, tmp_path,
+                                                                          monkeypatch):
+    from biozoo.runtime.commands import predict_files as pf
+
+    model = models("unet2d")
+    x = _image(300, 280)
+    np.save(tmp_path / "in.npy", x)
+    out = tmp_path / "out" / "pred.npy"
+    seen = []
+
+    class Watch:  # the progress bar, called after every tile: the output must not exist before the end
+        def __init__(self, *a, **k):
+            pass
+
+        def __call__(self, done, total):
+            seen.append((done, total, out.exists(), sorted(p.name for p in out.parent.iterdir())))
+
+    monkeypatch.setattr(pf, "ProgressBar", Watch)
+    loads = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: loads.append(k.get("mmap_mode")) or real_load(*a, **k))
+    budget = _streamed_budget(model, x)
+    summary = pf.predict_files(str(rdf("unet2d")), [str(tmp_path / "in.npy")], out, device="cpu", quiet=True,
+                               memory=str(budget))
+    item = summary["items"][0]
+    assert item.get("streamed") is True and "r" in loads
+    assert len(seen) > 1 and not any(exists for _, _, exists, _ in seen)
+    assert all(any(name.startswith(".pred.npy.") for name in names) for *_, names in seen)  # a temporary memmap
+    assert sorted(p.name for p in out.parent.iterdir()) == ["pred.npy"]
+    np.testing.assert_array_equal(np.load(out), model.predict(x, axes="yx"))
+    names = {c["name"]: c["status"] for c in summary["checks"]}
+    assert names["masked-normalization"] == "skipped"
+
+
+def test_a_failure_midway_leaves_no_output(models, rdf, no_baseline, tmp_path, monkeypatch):
+    from biozoo.runtime.commands import predict_files as pf
+    from biozoo.runtime.engine.session import OnnxSession
+    from biozoo.runtime.errors import InputError
+
+    x = _image(300, 280, seed=1)
+    np.save(tmp_path / "in.npy", x)
+    out = tmp_path / "out"
+    out.mkdir()
+    real_run, count = OnnxSession.run, []
+
+    def failing(self, feeds):
+        count.append(1)
+        if len(count) == 3:
+            raise InputError("simulated failure on the third tile")
+        return real_run(self, feeds)
+
+    monkeypatch.setattr(OnnxSession, "run", failing)
+    with pytest.raises(InputError, match="third tile"):
+        pf.predict_files(str(rdf("unet2d")), [str(tmp_path / "in.npy")], out / "pred.npy", device="cpu", quiet=True,
+                         memory=str(_streamed_budget(models("unet2d"), x)))
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-1GB", "2 parsecs"])
+def test_memory_parsing_errors_exit_2_with_a_clear_message(rdf, tmp_path, value):
+    np.save(tmp_path / "in.npy", _image(64, 64))
+    env = {**os.environ, "BIOZOO_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "biozoo.runtime.cli", "predict", str(rdf("unet2d")),
+                           str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "--device", "cpu",
+                           f"--memory={value}"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"--memory is '{value}'" in proc.stderr and "expected" in proc.stderr and "2GB" in proc.stderr
+    assert not (tmp_path / "o.npy").exists()
+
+
+def test_a_budget_too_small_for_any_tile_exits_2(rdf, tmp_path):
+    np.save(tmp_path / "in.npy", _image(64, 64))
+    env = {**os.environ, "BIOZOO_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "biozoo.runtime.cli", "predict", str(rdf("unet2d")),
+                           str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "--device", "cpu",
+                           "--memory", "1MB"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--memory" in proc.stderr and "MiB" in proc.stderr
+
+
+@pytest.mark.parametrize("method", ["linear", "inverted_cdf"])
+def test_streamed_percentiles_equal_numpy_exactly(method):
+    """The documented bound is zero: the histogram only locates the rank, the value is the exact order statistic
+    (chunk=1000 forces several chunks and the refinement of crowded bins)."""
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(100, 20, 30000), np.full(5000, 7.0), rng.integers(0, 4, 5000)]).astype(np.float32)
+    x = rng.permutation(x).reshape(1, 2, 200, 100)
+    axes = ("batch", "channel", "y", "x")
+    qs = (0.0, 0.003, 0.01, 0.25, 0.5, 0.9, 0.998, 1.0)
+    ms = [Measure("raw", "quantile", ("y", "x"), q, method) for q in qs]
+    got = streamed_measures(ms, {"raw": (x, axes)}, chunk=1000)
+    for m in ms:
+        want = np.quantile(x, m.q, axis=(2, 3), keepdims=True, method=method)
+        np.testing.assert_array_equal(got[m].astype(np.float32), want.astype(np.float32))
+
+
+def test_streamed_mean_and_std_have_numpys_bits():
+    x = (np.random.default_rng(4).random((1, 3, 333, 301)) * 1e4).astype(np.float32)
+    axes = ("batch", "channel", "y", "x")
+    for red, ax in ((("channel", "y", "x"), (1, 2, 3)), (("y", "x"), (2, 3))):
+        got = streamed_measures([Measure("raw", "mean", red), Measure("raw", "std", red)], {"raw": (x, axes)},
+                                chunk=4096)
+        assert np.array_equal(got[Measure("raw", "mean", red)].astype(np.float32), np.mean(x, axis=ax, keepdims=True))
+        assert np.array_equal(got[Measure("raw", "std", red)].astype(np.float32), np.std(x, axis=ax, keepdims=True))
