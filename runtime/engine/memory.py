@@ -2,13 +2,14 @@
 
 A tile's cost is dominated by the network's own activations, not by its input: a 16-channel U-Net holds tens of
 float32 feature maps per pixel. We measure it, once per model and probe shape, by running the ONNX graph with
-onnxruntime on a probe tile in a fresh child process (so that no arena of an earlier run hides the growth): on
+onnxruntime on a probe tile in a fresh child process (so that nothing allocated earlier hides the growth): on
 Linux the child resets its peak resident size (writes "5" to /proc/self/clear_refs) after building the session,
-runs once, and reports VmHWM - VmRSS from /proc/self/status: the peak growth of one run, activations and
-onnxruntime's arena included. Divided by the probe's pixels it is bytes per pixel, an upper bound at larger tiles
-(the fixed part of the growth is spread over more pixels). The result is cached as JSON under
-$BIOZOO_CACHE_DIR/activation-memory/, keyed by the weights' sha256, the probe shape and the onnxruntime version.
-Where /proc is missing the figure is an estimate (ESTIMATED_BYTES_PER_PIXEL per input channel) and says so.
+runs once, and reports VmHWM - VmRSS from /proc/self/status: the peak growth of one run, every onnxruntime
+allocation included (no CPU arena, as OnnxSession runs). Divided by the probe's pixels it is bytes per pixel, an
+upper bound at larger tiles (the fixed part of the growth is spread over more pixels). The result is cached as JSON
+under $BIOZOO_CACHE_DIR/activation-memory/, keyed by the weights' sha256, the probe shape and the onnxruntime
+version. Where /proc is missing the figure is an estimate (ESTIMATED_BYTES_PER_PIXEL per input channel) and says so.
+On CUDA the activations live in device memory; the budget bounds host memory only.
 """
 from __future__ import annotations
 
@@ -145,6 +146,7 @@ def _probe_main(job: dict) -> int:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.enable_cpu_mem_arena = False  # as OnnxSession runs it
     session = ort.InferenceSession(job["weights"], sess_options=options, providers=["CPUExecutionProvider"])
     feeds = {name: np.zeros(shape, dtype=np.dtype(dtype)) for name, (shape, dtype) in job["feeds"].items()}
     with open("/proc/self/clear_refs", "w") as f:
