@@ -144,17 +144,18 @@ def plan_tiles(
             tile_len[a.id] = a.size
         else:
             tile_len[a.id] = a.size.valid_at_least(n if not tile or a.id not in tile else tile[a.id])
-    if not tile:  # shrink the longest parameterized axis until the tile fits the budget
+    if not tile:  # split the axis with the longest tile into one more tile until a tile fits the budget
+        pieces = {a.id: 1 for a in tileable.values()}
         while per_tile_other * math.prod(tile_len.values()) > budget:
             param = [a for a in tileable.values() if isinstance(a.size, ParameterizedSize)]
             longest = max(param, key=lambda a: tile_len[a.id], default=None)
             if longest is None:
                 break
-            smaller = longest.size.valid_at_most(tile_len[longest.id] // 2)
-            floor = longest.size.valid_at_least(2 * halo_in_input_pixels(model, primary, longest) + longest.size.step)
-            smaller = max(smaller, floor)
+            smaller = _split_length(longest, lengths[longest.id], pieces[longest.id] + 1,
+                                    halo_in_input_pixels(model, primary, longest))
             if smaller >= tile_len[longest.id]:
                 break
+            pieces[longest.id] += 1
             tile_len[longest.id] = smaller
     for a in tileable.values():
         axis_plans.append(_plan_axis(a, lengths[a.id], tile_len[a.id], halo_in_input_pixels(model, primary, a)))
@@ -176,6 +177,18 @@ def plan_tiles(
             known[(t.id, a.id)] = n
         padded[t.id] = tuple(dims)
     return Plan(input_shapes=padded, tiled=tuple(axis_plans))
+
+
+def _split_length(axis: Axis, length: int, pieces: int, halo: int) -> int:
+    """The valid tile length that covers `length` with `pieces` tiles overlapping by their halos (tiles start on
+    the axis step, so each may lose up to one step of its core), never below the smallest useful tile: n tiles
+    of about (length + 2 halo (n-1)) / n compute little more than the image, where halving the tile would
+    compute up to 2x more for a length just above a power of two."""
+    step = max(axis.size.step, 1)
+    padded = axis.size.valid_at_least(length)
+    want = math.ceil((padded + (2 * halo + step) * (pieces - 1)) / pieces)
+    floor = axis.size.valid_at_least(2 * halo + step)
+    return max(axis.size.valid_at_least(want), floor)
 
 
 def _plan_axis(axis: Axis, length: int, tile: int, halo: int) -> AxisPlan:
