@@ -15,6 +15,7 @@ import numpy as np
 from ..engine.outputs import drop_padding, unpadded_tensor
 from ..format import axes as axes_mod
 from . import input_checks, masking, pixelsize
+from .estimates import SAMPLE_SIZE, PixelSample
 from .objects import segmentation_like
 from .report import CheckReport, training_conditions
 from .resample import order_for, resample
@@ -54,7 +55,8 @@ def _rescale(arrays: dict[str, np.ndarray], engine: "Engine", factors: Mapping[s
 
 
 def _valid_mask(engine: "Engine", x: np.ndarray, caller: str, opts: InputOptions, report: CheckReport,
-                factors: Optional[Mapping[str, float]], original: np.ndarray) -> Optional[np.ndarray]:
+                factors: Optional[Mapping[str, float]], original: np.ndarray,
+                sample: Optional[PixelSample] = None) -> Optional[np.ndarray]:
     """The primary input's valid mask at the model's resolution, or None (all valid); adds the report entry."""
     name, t = "masked-normalization", engine.description.inputs[0]
     if opts.mask is not None or opts.ignore_value is not None:
@@ -74,7 +76,7 @@ def _valid_mask(engine: "Engine", x: np.ndarray, caller: str, opts: InputOptions
         return valid if excluded > 0 else None
     if not report.enabled(name):
         return None
-    valid, numbers = masking.detect_constant_regions(x, t)
+    valid, numbers = masking.detect_constant_regions(x, t, sample)
     if valid is None:
         report.add(name, "ok", "no large constant (blacked-out or saturated) regions; all pixels used")
         return None
@@ -99,6 +101,7 @@ class Prepared:
     factors: Optional[dict[str, float]]  # pixel-size resampling, input/training size per axis id
     original_shapes: dict[str, tuple[int, ...]]
     raw: np.ndarray  # primary input at the model's resolution, before filling (for intensity summaries)
+    sample: Optional[PixelSample] = None  # pixel positions of raw (and of the normalized input) the checks read
 
     @property
     def masks(self) -> Optional[dict[str, np.ndarray]]:
@@ -109,21 +112,28 @@ def prepare(engine: "Engine", inputs: Any, axes: Any, opts: InputOptions, report
     """Check the pixel size (raising on a mismatch without --rescale), resample, decide and apply the mask."""
     desc = engine.description
     primary = desc.inputs[0]
-    arrays, caller = engine.prepare_inputs(inputs, axes)
-    space = input_checks.tensor_space_axes(primary)
-    given = pixelsize.parse_pixel_size(opts.pixel_size, [a.id for a in space])
-    source = "--pixel-size" if given is not None else "TIFF metadata"
-    factors = input_checks.pixel_size(report, training_conditions(desc.config), space,
-                                      given or opts.file_pixel_size, source, opts.rescale)
+    with report.timed("preprocessing"):
+        arrays, caller = engine.prepare_inputs(inputs, axes)
+    with report.timed("checks"):
+        space = input_checks.tensor_space_axes(primary)
+        given = pixelsize.parse_pixel_size(opts.pixel_size, [a.id for a in space])
+        source = "--pixel-size" if given is not None else "TIFF metadata"
+        factors = input_checks.pixel_size(report, training_conditions(desc.config), space,
+                                          given or opts.file_pixel_size, source, opts.rescale)
     original_shapes = {tid: x.shape for tid, x in arrays.items()}
     original = arrays[primary.id]
     if factors:
-        arrays = _rescale(arrays, engine, factors)
+        with report.timed("resampling"):
+            arrays = _rescale(arrays, engine, factors)
     x = arrays[primary.id]
-    valid = _valid_mask(engine, x, caller.get(primary.id, primary.letters), opts, report, factors, original)
-    if valid is not None:
-        arrays[primary.id] = masking.fill_masked(x, valid, primary)
-    return Prepared(primary.id, arrays, caller, valid, factors, original_shapes, x)
+    with report.timed("checks"):
+        sample = _input_sample(engine, x, None)  # one draw for every check of this input (redrawn under a mask)
+        valid = _valid_mask(engine, x, caller.get(primary.id, primary.letters), opts, report, factors, original,
+                            sample)
+        if valid is not None:
+            arrays[primary.id] = masking.fill_masked(x, valid, primary)
+            sample = _input_sample(engine, x, valid)
+    return Prepared(primary.id, arrays, caller, valid, factors, original_shapes, x, sample)
 
 
 def predict_checked(engine: "Engine", inputs: Any, axes: Any, opts: InputOptions, *, tile=None, tile_budget: int,
@@ -133,18 +143,25 @@ def predict_checked(engine: "Engine", inputs: Any, axes: Any, opts: InputOptions
     report = CheckReport(opts.skip)
     p = prepare(engine, inputs, axes, opts, report)
     if batch_effects:
-        _batch_effects_in_call(engine, report, p.raw, p.valid)
-    processed = engine.preprocess(p.arrays, dataset_stats, p.masks)
-    input_checks.distribution_shift(report, training_conditions(desc.config), processed[primary.id], p.valid)
-    outputs = engine.run_processed(processed, p.arrays, tile=tile, tile_budget=tile_budget,
-                                  dataset_stats=dataset_stats, progress=progress, masks=p.masks)
-    boxes = engine.box_lists
-    outputs = drop_padding(desc, outputs, boxes)  # fixed-capacity box lists: only real rows from here
-    if p.valid is not None:
-        outputs = _mask_outputs(engine, outputs, p.valid)
-    input_checks.receptive_field(report, engine, outputs)
+        with report.timed("checks"):
+            _batch_effects_in_call(engine, report, p.raw, p.valid, p.sample)
+    with report.timed("preprocessing"):
+        processed = engine.preprocess(p.arrays, dataset_stats, p.masks)
+    with report.timed("checks"):
+        input_checks.distribution_shift(report, training_conditions(desc.config), processed[primary.id], p.valid,
+                                        p.sample)
+    with report.timed("network and postprocessing"):
+        outputs = engine.run_processed(processed, p.arrays, tile=tile, tile_budget=tile_budget,
+                                      dataset_stats=dataset_stats, progress=progress, masks=p.masks)
+        boxes = engine.box_lists
+        outputs = drop_padding(desc, outputs, boxes)  # fixed-capacity box lists: only real rows from here
+    with report.timed("checks"):
+        if p.valid is not None:
+            outputs = _mask_outputs(engine, outputs, p.valid)
+        input_checks.receptive_field(report, engine, outputs)
     if p.factors:
-        outputs = _resample_back(engine, outputs, p.original_shapes, p.arrays[primary.id].shape)
+        with report.timed("resampling"):
+            outputs = _resample_back(engine, outputs, p.original_shapes, p.arrays[primary.id].shape)
     report.disabled()
     caller = p.caller.get(primary.id)
     result = {tid: axes_mod.from_model_layout(y, unpadded_tensor(desc, tid, boxes), caller)
@@ -152,16 +169,34 @@ def predict_checked(engine: "Engine", inputs: Any, axes: Any, opts: InputOptions
     return Prediction(result, report)
 
 
-def _batch_effects_in_call(engine: "Engine", report: CheckReport, x: np.ndarray, valid: Optional[np.ndarray]) -> None:
-    t = engine.description.inputs[0]
-    batch = next((i for i, a in enumerate(t.axes) if a.type == "batch"), None)
+def _batch_axis(engine: "Engine") -> Optional[int]:
+    return next((i for i, a in enumerate(engine.description.inputs[0].axes) if a.type == "batch"), None)
+
+
+def _input_sample(engine: "Engine", x: np.ndarray, valid: Optional[np.ndarray]) -> PixelSample:
+    """The pixel positions the checks of this input read (the raw input for the constant-region screen and batch
+    effects, the same positions of the normalized input for distribution shift): SAMPLE_SIZE per batch sample;
+    drawing costs a fraction of a millisecond, reading them a few."""
+    batch = _batch_axis(engine)
     n = x.shape[batch] if batch is not None else 1
+    return PixelSample(x.shape, valid, SAMPLE_SIZE * n)
+
+
+def _batch_effects_in_call(engine: "Engine", report: CheckReport, x: np.ndarray, valid: Optional[np.ndarray],
+                           sample: Optional[PixelSample] = None) -> None:
+    batch = _batch_axis(engine)
+    n = x.shape[batch] if batch is not None else 1
+    normalized = input_checks.dataset_normalized(engine)
+    if not report.enabled("batch-effects") or not normalized or n < 2:
+        input_checks.batch_effects(report, [("sample 0", (0.0, 0.0, 0.0))] * n, normalized)  # decided unread
+        return
+    if sample is None or sample.shape != x.shape:
+        sample = PixelSample(x.shape, valid, SAMPLE_SIZE * n)
     summaries = []
     for b in range(n):
-        sel = tuple([slice(None)] * batch + [slice(b, b + 1)]) if batch is not None else ()
-        v = valid[sel] if valid is not None and batch is not None and valid.shape[batch] > 1 else valid
-        summaries.append((f"sample {b}", input_checks.intensity_summary(x[sel], v)))
-    input_checks.batch_effects(report, summaries, input_checks.dataset_normalized(engine))
+        p1, p50, p99 = sample.percentiles(x, [1, 50, 99], where=(batch, b) if batch is not None else None)
+        summaries.append((f"sample {b}", (float(p1), float(p50), float(p99))))
+    input_checks.batch_effects(report, summaries, normalized)
 
 
 def _mask_outputs(engine: "Engine", outputs: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, np.ndarray]:
@@ -222,15 +257,16 @@ def check_test_tensors(engine: "Engine", inputs: Mapping[str, np.ndarray], outpu
     x = inputs[primary.id]
     if report.enabled("pixel-size"):
         report.add("pixel-size", "skipped", "test tensors are at the training resolution by definition")
+    sample = _input_sample(engine, x, None)
     if report.enabled("masked-normalization"):
-        valid, numbers = masking.detect_constant_regions(x, primary)
+        valid, numbers = masking.detect_constant_regions(x, primary, sample)
         if valid is None:
             report.add("masked-normalization", "ok", "no large constant regions in the test input")
         else:
             report.add("masked-normalization", "warning", f"the test input has large constant regions "
                        f"({1 - float(valid.mean()):.1%} of its pixels): `biozoo predict` would exclude them from the "
                        "normalization statistics; `biozoo test` reproduces the outputs without masking", **numbers)
-    _batch_effects_in_call(engine, report, x, None)
+    _batch_effects_in_call(engine, report, x, None, sample)
     processed = engine.preprocess(inputs)
-    input_checks.distribution_shift(report, training, processed[primary.id], None)
+    input_checks.distribution_shift(report, training, processed[primary.id], None, sample)
     input_checks.receptive_field(report, engine, outputs)

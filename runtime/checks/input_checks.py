@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import InputError
 from ..format.description import Axis, Tensor
 from . import pixelsize
+from .estimates import PixelSample
 from .objects import foreground, object_diameters, recorded_objects, segmentation_like
 from .report import CheckReport
 
@@ -28,15 +29,9 @@ MIN_OBJECTS_FOR_SIZE = 5
 SHIFT_LIMIT = 0.5
 SPREAD_RATIO_LIMIT = 2.0
 MEDIAN_SHIFT_LIMIT = 0.5
-MAX_SAMPLE = 1 << 21  # values used for percentiles (a strided subsample of larger images)
 MEMORY_ENV = "BIOZOO_MEMORY_LIMIT"  # bytes biozoo may use, e.g. "2GB"; default: the memory available now
 LABEL_BYTES_PER_VALUE = 48  # connected-component labelling (objects.label): int64 run ids, bool masks, int32 labels
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}
-
-
-def _subsample(values: np.ndarray) -> np.ndarray:
-    step = max(1, values.size // MAX_SAMPLE)
-    return values[::step]
 
 
 # ---- pixel size -------------------------------------------------------------------------------------------------
@@ -260,7 +255,10 @@ def _receptive_field(report: CheckReport, model: Any, outputs: Mapping[str, np.n
 
 # ---- distribution shift -----------------------------------------------------------------------------------------
 def distribution_shift(report: CheckReport, training: Mapping[str, Any], processed: np.ndarray,
-                       valid: Optional[np.ndarray]) -> None:
+                       valid: Optional[np.ndarray], sample: Optional[PixelSample] = None) -> None:
+    """`sample`: the positions drawn for this input (shared with the other checks); drawn here when None. The
+    percentiles are estimates from at most estimates.SAMPLE_SIZE values (rank error < 0.5 percentile points, see
+    checks/estimates.py), far inside the limit of half the training range."""
     name = "distribution-shift"
     if not report.enabled(name):
         return
@@ -270,8 +268,9 @@ def distribution_shift(report: CheckReport, training: Mapping[str, Any], process
         return
     qs = sorted(float(q) for q in ref)
     expected = np.array([float(ref[k]) for k in sorted(ref, key=float)])
-    values = processed[np.broadcast_to(valid, processed.shape)] if valid is not None else processed.ravel()
-    got = np.percentile(_subsample(values.astype(np.float64, copy=False)), qs)
+    if sample is None or sample.shape != processed.shape:
+        sample = PixelSample(processed.shape, valid)
+    got = sample.percentiles(processed, qs)
     spread = max(float(expected[-1] - expected[0]), 1e-6)
     deviation = np.abs(got - expected) / spread
     numbers = {"percentiles": [f"{q:g}" for q in qs], "input_values": [round(float(v), 4) for v in got],
@@ -288,9 +287,9 @@ def distribution_shift(report: CheckReport, training: Mapping[str, Any], process
 
 # ---- batch effects ----------------------------------------------------------------------------------------------
 def intensity_summary(x: np.ndarray, valid: Optional[np.ndarray]) -> tuple[float, float, float]:
-    """(p1, p50, p99) of one sample's raw valid pixels."""
-    values = x[np.broadcast_to(valid, x.shape)] if valid is not None else x.ravel()
-    p1, p50, p99 = np.percentile(_subsample(values.astype(np.float64, copy=False)), [1, 50, 99])
+    """(p1, p50, p99) of one sample's raw valid pixels: estimates from a fixed-seed sample of at most
+    estimates.SAMPLE_SIZE values (exact for smaller inputs; error bound in checks/estimates.py)."""
+    p1, p50, p99 = PixelSample(x.shape, valid).percentiles(x, [1, 50, 99])
     return float(p1), float(p50), float(p99)
 
 

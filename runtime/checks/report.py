@@ -8,7 +8,9 @@ warnings are logged by the CLI, listed in `--json` reports and raised as `InputW
 from __future__ import annotations
 
 import difflib
+import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Optional
 
@@ -63,6 +65,17 @@ class CheckReport:
     def __init__(self, skip: Iterable[str] = ()):
         self.skip = parse_no_check(skip)
         self.results: list[CheckResult] = []
+        # wall seconds by phase of the call that filled this report ("checks", "preprocessing", "network and
+        # postprocessing", "resampling"): what `biozoo bench` reports as the split; never part of the results
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
     def enabled(self, name: str) -> bool:
         return name not in self.skip
