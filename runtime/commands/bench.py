@@ -1,6 +1,9 @@
 """`biozoo bench`: biozoo's predict vs a raw InferenceSession.run on the same preprocessed array, one run.
 
-Both are timed warm (after one untimed call), in alternation, median of `runs`; the ratio is what the command prints. With
+Both are timed warm (after one untimed call), in alternation, median of `runs`; the ratio is what the command prints.
+biozoo's time is split, from the same calls, into the network (inside onnxruntime), preprocessing (axes, statistics,
+normalization), postprocessing and tiling (the rest of the engine's run), the input checks (every default check on)
+and the remainder (call overhead, moving axes back); each part is the median over the runs. With
 `vs_core`, bioimageio.core's predict runs on the same package and input too (when it is installed), both as a user
 calls it (`bioimageio.core.predict`, which builds its pipeline per call) and with a reused pipeline.
 """
@@ -12,6 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..checks.report import CheckReport
 from ..engine.tiling import pad_to, plan_tiles
 from ..format.description import ParameterizedSize
 from ..model import Model
@@ -32,6 +36,60 @@ def _interleaved(fns: list[Callable[[], Any]], runs: int) -> list[float]:
             fn()
             bucket.append(time.perf_counter() - start)
     return [statistics.median(t) for t in times]
+
+
+class _SplitTimer:
+    """Times the parts of each predict call: the network by wrapping the session's `run` for the bench (restored
+    after every call), the rest from the phases the check report records (CheckReport.seconds)."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.calls: list[dict[str, float]] = []
+        self.last_report: CheckReport | None = None
+
+    def wrap(self, predict: Callable[[], Any]) -> Callable[[], Any]:
+        def timed() -> Any:
+            session = self.model.session
+            network = [0.0]
+            run = session.run
+
+            def counted(feeds):
+                start = time.perf_counter()
+                try:
+                    return run(feeds)
+                finally:
+                    network[0] += time.perf_counter() - start
+
+            session.run = counted  # an instance attribute, shadowing the method for this call only
+            start = time.perf_counter()
+            try:
+                prediction = predict()
+            finally:
+                total = time.perf_counter() - start
+                del session.run
+            seconds = prediction.report.seconds
+            engine_run = seconds.get("network and postprocessing", 0.0)
+            parts = {"network": network[0], "preprocessing": seconds.get("preprocessing", 0.0),
+                     "postprocessing_and_tiling": max(0.0, engine_run - network[0]),
+                     "checks": seconds.get("checks", 0.0), "resampling": seconds.get("resampling", 0.0)}
+            parts["other"] = max(0.0, total - sum(parts.values()))
+            parts["total"] = total
+            self.calls.append(parts)
+            self.last_report = prediction.report
+            return prediction
+
+        return timed
+
+    def timed_calls(self) -> list[dict[str, float]]:
+        return self.calls[1:] if len(self.calls) > 1 else self.calls  # the first is the untimed warm-up
+
+    def medians(self) -> dict[str, float]:
+        calls = self.timed_calls()
+        return {k: statistics.median(c[k] for c in calls) for k in calls[0]} if calls else {}
+
+    def checks_fraction(self) -> float:
+        calls = self.timed_calls()
+        return statistics.median(c["checks"] / c["total"] for c in calls) if calls else 0.0
 
 
 def bench_input(model: Model, size: int, seed: int = 0) -> np.ndarray:
@@ -64,10 +122,15 @@ def run_bench(model: Model, size: int, runs: int = 5, vs_core: bool = False) -> 
     padded = pad_to(pre, plan.input_shapes[t.id], model.pad_mode)
     feed = {model.session.graph_input(t.id): np.ascontiguousarray(padded, dtype=np.float32)}
     session = model.session.session
-    biozoo_s, raw_s = _interleaved([lambda: model.predict(x, axes=axes), lambda: session.run(None, feed)], runs)
+    split = _SplitTimer(model)
+    predict = split.wrap(lambda: model.predict_with_report(x, axes=axes))
+    biozoo_s, raw_s = _interleaved([predict, lambda: session.run(None, feed)], runs)
+    parts = split.medians()
     result: dict[str, Any] = {
         "model": desc.name, "provider": model.provider, "input_shape": list(x.shape), "tiles": plan.n_tiles,
         "runs": runs, "biozoo_s": biozoo_s, "raw_onnxruntime_s": raw_s, "ratio_biozoo_over_raw": biozoo_s / raw_s,
+        "split_s": parts, "checks_fraction": split.checks_fraction(),
+        "checks": [r["name"] + ": " + r["status"] for r in split.last_report.as_list()] if split.last_report else [],
     }
     if vs_core:
         result.update(_bench_core(model, x, runs, biozoo_s))
@@ -102,6 +165,16 @@ def format_bench(r: dict[str, Any]) -> str:
         f"  raw onnxruntime run   {r['raw_onnxruntime_s'] * 1e3:9.1f} ms",
         f"  ratio biozoo / raw    {r['ratio_biozoo_over_raw']:9.3f}",
     ]
+    split = r.get("split_s") or {}
+    if split:
+        total = split.get("total") or 1.0
+        lines.append("  biozoo predict split (median per part):")
+        for part in ("network", "preprocessing", "postprocessing_and_tiling", "checks", "resampling", "other"):
+            if part in split and (part != "resampling" or split[part]):
+                lines.append(f"    {part.replace('_', ' '):24s}{split[part] * 1e3:9.1f} ms  "
+                             f"{split[part] / total:6.1%}")
+        lines.append(f"    checks / predict (median of runs) {r['checks_fraction']:.1%}; "
+                     + ", ".join(r.get("checks", [])))
     if "bioimageio_core_predict_s" in r:
         lines += [
             f"  bioimageio.core predict           {r['bioimageio_core_predict_s'] * 1e3:9.1f} ms "
