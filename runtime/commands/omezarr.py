@@ -211,7 +211,7 @@ class OmeZarrOutput:
         block = np.transpose(block[None] if len(self._perm) > len(self._order) else block, np.argsort(self._perm))
         return block.reshape([n for i, n in enumerate(sizes) if i not in ints])
 
-    def close(self, overwrite: bool = True) -> None:
+    def close(self) -> None:
         """Write the pyramid and metadata, then move the folder into place (replacing an existing output)."""
         try:
             self._write_pyramids()
