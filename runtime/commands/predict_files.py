@@ -196,7 +196,10 @@ def predict_files(
             sample_report = CheckReport(skip)
             done = predict_sample_streamed(
                 model, sample, axes, targets, tile=tile_sizes, tile_budget=sample_budget, report=sample_report,
-                pixel_size=pixel_size, progress=ProgressBar(f"{next(iter(sample.values())).name}", enabled=not quiet))
+                pixel_size=pixel_size, progress=ProgressBar(f"{next(iter(sample.values())).name}", enabled=not quiet),
+                level_target=level_target, output_pixel_size=lambda tid, sample=sample: _output_pixel_size(
+                    model.description, tid, parse_pixel_size(pixel_size, list(space))
+                    or read_pixel_size(sample[primary], level_target)))
             sample_report.disabled()
             report.extend(sample_report, str(sample[primary]))
             items.append({"input": ", ".join(str(p) for p in sample.values()), **done, "streamed": True})

@@ -1,6 +1,8 @@
-"""`biozoo predict` for an image larger than the memory budget: .npy in (np.load(mmap_mode="r")), .npy out
-(np.lib.format.open_memmap into a temporary file in the output's folder, renamed into place at the end, so a
-failure leaves no half-written output), tile by tile (engine/streaming.py), statistics of the whole image.
+"""`biozoo predict` for an image larger than the memory budget, read lazily and written tile by tile: inputs
+through imageio.open_image (.npy: np.load(mmap_mode="r"); TIFF: a memory map or tifffile's zarr store; Zarr /
+OME-Zarr: the zarr array), .npy outputs through np.lib.format.open_memmap into a temporary file in the output's
+folder, other outputs through imageio.create_output (TIFF memory-mapped, OME-Zarr); every output appears at the
+end by a rename, so a failure leaves none. Tiles come from engine/streaming.py, statistics from the whole image.
 
 The input checks that need the whole image in memory run on what can be had without it: the pixel size (metadata),
 distribution shift and batch effects on a strided subsample of at most SUBSAMPLE pixels (normalized with the
@@ -12,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -27,42 +30,30 @@ from ..errors import InputError
 from ..model import Model
 from ..ops import run_chain
 from ..ops.stats import STREAM_CHUNK, StatsContext
+from .imageio import create_output, open_image
+from .omezarr import is_zarr
 
 SUBSAMPLE = 1 << 21
 CROP = 1024
-STREAMED_INPUTS = (".npy",)
-STREAMED_OUTPUTS = (".npy",)
+STREAMED_INPUTS = (".npy", ".tif", ".tiff", ".zarr")  # what open_image reads lazily (PNG: read whole, small)
+STREAMED_OUTPUTS = (".npy", ".tif", ".tiff", ".zarr")
 
 
-def open_npy(path: Path, tid: str) -> np.ndarray:
-    """A read-only memory map of a numeric .npy file (its header checked: dtype numeric, size as declared)."""
-    try:
-        data = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise InputError(f"cannot read '{path}': {e}; is it a complete .npy file saved with numpy.save?") from None
-    if not isinstance(data, np.ndarray) or data.dtype.kind not in "biuf" or data.dtype.fields is not None:
-        raise InputError(f"input '{tid}' ('{path}') has dtype {getattr(data, 'dtype', '?')}; expected a numeric "
-                         "image (int or float)")
-    if data.size == 0:
-        raise InputError(f"input '{tid}' ('{path}') is empty (shape {data.shape}); expected an image with pixels")
-    return data
-
-
-def _check_finite(x: np.ndarray, tid: str) -> None:
-    if x.dtype.kind != "f":
+def _check_finite(x: Any, tid: str) -> None:
+    if np.dtype(x.dtype).kind != "f":
         return
     rows = max(1, STREAM_CHUNK // max(1, math.prod(x.shape[1:])))
     bad = 0
     for r in range(0, x.shape[0], rows):
         block = np.asarray(x[r:r + rows])
         bad += int(np.count_nonzero(~np.isfinite(block)))
-        if x.dtype.itemsize > 4 and np.abs(block).max() > np.finfo(np.float32).max:
+        if np.dtype(x.dtype).itemsize > 4 and np.abs(block).max() > np.finfo(np.float32).max:
             raise InputError(f"input '{tid}' ({x.dtype}) has values outside the float32 range; the model computes "
                              "in float32, where they would become Inf: rescale the image or clip it")
     release(x)
     if bad:
-        raise InputError(f"input '{tid}' contains {bad} NaN/Inf value(s) out of {x.size}; the model needs finite "
-                         "values: replace them (e.g. np.nan_to_num) or mask them out")
+        raise InputError(f"input '{tid}' contains {bad} NaN/Inf value(s) out of {math.prod(x.shape)}; the model needs "
+                         "finite values: replace them (e.g. np.nan_to_num) or mask them out")
 
 
 def _subsample(x: np.ndarray, space: list[int]) -> np.ndarray:
@@ -80,74 +71,105 @@ def _crop(y: np.ndarray, space: list[int]) -> np.ndarray:
 def predict_sample_streamed(model: Model, sample: Mapping[str, Path], axes: Optional[str],
                             targets: Mapping[str, Path], *, tile: Optional[Mapping[str, int]], tile_budget: int,
                             report: CheckReport, pixel_size: Any = None,
-                            progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
-    """Predict one sample of .npy files into .npy targets without holding the image; returns shapes and axes
-    by output id (the files are in place when it returns, and none is when it raises)."""
+                            progress: Optional[Callable[[int, int], None]] = None,
+                            level_target: Optional[Mapping[str, float]] = None,
+                            output_pixel_size: Callable[[str], Any] = lambda tid: None) -> dict[str, Any]:
+    """Predict one sample of image files into `targets` without holding the image; returns the written paths,
+    shapes and axes by output id (the files are in place when it returns, and none is when it raises).
+    `level_target`: the pixel size an OME-Zarr level is chosen by; `output_pixel_size(tid)`: µm per space axis
+    written as OME-Zarr scale metadata."""
     engine = model.engine
     desc = engine.description
     primary = desc.inputs[0]
-    arrays, caller = {}, {}
-    for tid, path in sample.items():
-        data = open_npy(path, tid)
-        t = desc.input(tid)
-        caller[tid] = axes.lower() if axes else _guess_axes(data, t)
-        arrays[tid] = lazy_model_layout(data, caller[tid], t)
-        _check_fixed_sizes(arrays[tid], t)
-        _check_finite(data, tid)
-    stats = whole_image_statistics(engine, arrays)
-    _input_checks(engine, arrays[primary.id], stats, report, pixel_size)
-    temps: dict[str, Path] = {}
-    maps: dict[str, np.memmap] = {}
-    layouts: dict[str, str] = {}
+    with ExitStack() as stack:
+        arrays, caller, file_size = {}, {}, None
+        for tid, path in sample.items():
+            image = stack.enter_context(open_image(path, level_target))
+            data, t = image.data, desc.input(tid)
+            if np.dtype(data.dtype).kind not in "biuf":
+                raise InputError(f"input '{tid}' ('{path}') has dtype {data.dtype}; expected a numeric image (int or "
+                                 "float)")
+            if math.prod(data.shape) == 0:
+                raise InputError(f"input '{tid}' ('{path}') is empty (shape {tuple(data.shape)}); expected an image "
+                                 "with pixels")
+            caller[tid] = axes.lower() if axes else image.axes or _guess_axes(np.empty((1,) * len(data.shape)), t)
+            arrays[tid] = lazy_model_layout(data, caller[tid], t)
+            _check_fixed_sizes(arrays[tid], t)
+            _check_finite(data, tid)
+            file_size = image.pixel_size if tid == primary.id else file_size
+        stats = whole_image_statistics(engine, arrays)
+        _input_checks(engine, arrays[primary.id], stats, report, pixel_size, file_size)
+        return _write_streamed(model, arrays, caller.get(primary.id), targets, stats, report, tile=tile,
+                               tile_budget=tile_budget, progress=progress, output_pixel_size=output_pixel_size,
+                               input_image=lambda: stack.enter_context(open_image(sample[primary.id], level_target)))
 
-    def out(tid: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
+
+def _write_streamed(model: Model, arrays, caller: Optional[str], targets: Mapping[str, Path], stats, report, *,
+                    tile, tile_budget, progress, output_pixel_size, input_image) -> dict[str, Any]:
+    engine = model.engine
+    desc = engine.description
+    temps: dict[str, Path] = {}
+    finish: dict[str, Any] = {}  # output id -> memmap (.npy) or create_output's object
+    layouts: dict[str, str] = {}
+    shapes: dict[str, list[int]] = {}
+
+    def out(tid: str, shape: tuple, dtype: np.dtype):
         target = targets[tid]
-        final, order = caller_layout(shape, desc.output(tid), caller.get(primary.id))
+        final, order = caller_layout(shape, desc.output(tid), caller)
+        layouts[tid], shapes[tid] = order, list(final)
+        dtype = np.dtype(np.uint8 if dtype == np.bool_ else dtype)
+        if target.suffix.lower() != ".npy":
+            labels = is_zarr(target) and np.issubdtype(dtype, np.integer)
+            finish[tid] = create_output(target, final, dtype, order, output_pixel_size(tid), labels=labels,
+                                        image=input_image() if labels else None)
+            return model_view(finish[tid], order, desc.output(tid), shape)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".npy", dir=target.parent)
             os.close(fd)
             temps[tid] = Path(tmp)
-            maps[tid] = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8 if dtype == np.bool_ else dtype,
-                                                  shape=final)
+            finish[tid] = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=final)
         except OSError as e:
             raise InputError(f"cannot write '{target}': {e.strerror or e}; choose a writable output location with "
                              "free space for the whole output") from None
-        layouts[tid] = order
-        return model_view(maps[tid], order, desc.output(tid))
+        return model_view(finish[tid], order, desc.output(tid), shape)
 
     try:
         written = predict_streamed(engine, arrays, out, tile=tile, tile_budget=tile_budget, stats=stats,
                                    progress=progress)
         space_out = {tid: [i for i, a in enumerate(desc.output(tid).axes) if a.type == "space"] for tid in written}
         input_checks.receptive_field(report, engine, {tid: _crop(y, space_out[tid]) for tid, y in written.items()})
-        for tid, m in maps.items():
-            m.flush()
-            release(m)
-        shapes = {tid: list(m.shape) for tid, m in maps.items()}
-        maps.clear()
         written.clear()
-        for tid, tmp in temps.items():
-            os.replace(tmp, targets[tid])
-        temps.clear()
+        for tid in list(finish):
+            done = finish.pop(tid)
+            if isinstance(done, np.ndarray):
+                done.flush()
+                release(done)
+                del done
+                os.replace(temps.pop(tid), targets[tid])
+            else:
+                done.close()
     except OSError as e:
-        raise InputError(f"cannot write the outputs of '{sample[primary.id]}': {e.strerror or e}; nothing was "
-                         "written (check the free space and permissions of the output folder)") from None
+        raise InputError(f"cannot write the outputs to '{next(iter(targets.values())).parent}': {e.strerror or e}; "
+                         "nothing was written (check the free space and permissions of the output folder)") from None
     finally:
-        maps.clear()
+        for done in finish.values():
+            if not isinstance(done, np.ndarray):
+                done.abort()
+        finish.clear()
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
     return {"written": {tid: str(targets[tid]) for tid in shapes}, "shapes": shapes, "axes": dict(layouts)}
 
 
-def _input_checks(engine, x: np.ndarray, stats: Mapping, report: CheckReport, pixel_size: Any) -> None:
+def _input_checks(engine, x, stats: Mapping, report: CheckReport, pixel_size: Any, file_size: Any) -> None:
     desc = engine.description
     t = desc.inputs[0]
     training = training_conditions(desc.config)
     space = input_checks.tensor_space_axes(t)
     given = parse_pixel_size(pixel_size, [a.id for a in space])
-    input_checks.pixel_size(report, training, space, given, "--pixel-size" if given else "the .npy file (none)",
-                            False)
+    input_checks.pixel_size(report, training, space, given or file_size,
+                            "--pixel-size" if given else "the file's metadata", False)
     if report.enabled("masked-normalization"):
         report.add("masked-normalization", "skipped", "the image is predicted tile by tile (it exceeds the memory "
                                                       "budget): constant regions are not looked for, every pixel "

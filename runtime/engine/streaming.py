@@ -1,5 +1,6 @@
-"""Predict an image that is read lazily (e.g. np.load(mmap_mode="r")) into outputs written tile by tile (e.g.
-np.lib.format.open_memmap), so that memory does not grow with the image.
+"""Predict an image that is read lazily (np.load(mmap_mode="r"), a zarr array, tifffile's zarr store: wrapped in a
+LazyView) into outputs written tile by tile (e.g. np.lib.format.open_memmap), so that memory does not grow with
+the image.
 
 Same arithmetic as the in-memory path (Engine.run_processed): the same tile plan, the same whole-image statistics
 (ops.stats.streamed_measures: identical values to numpy's on the whole float32 image), the same pad values (the
@@ -12,7 +13,7 @@ in-memory prediction with the same tiles.
 from __future__ import annotations
 
 from itertools import product
-from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -27,6 +28,88 @@ if TYPE_CHECKING:
 PAD_MODES = ("reflect", "symmetric", "edge", "constant")
 # out(tensor id, shape in model layout, dtype) -> a writable array in model layout (e.g. a view of a memmap)
 OutputFactory = Callable[[str, tuple, np.dtype], np.ndarray]
+
+
+class LazyView:
+    """A view of an array-like read only when converted (np.asarray): an np.memmap, a zarr array, tifffile's
+    zarr store. Basic indexing (ints, slices with positive steps, None, Ellipsis), transpose and squeeze compose
+    without reading; np.asarray(view) reads the selected block with one basic index into the base."""
+
+    def __init__(self, base: Any, select: Optional[tuple] = None, axes: Optional[tuple] = None):
+        self.base = base
+        self.select = select if select is not None else tuple(range(n) for n in base.shape)
+        self.axes = axes if axes is not None else tuple(range(len(base.shape)))  # base axis per view axis, or None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(1 if b is None else len(self.select[b]) for b in self.axes)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.axes)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.base.dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> "LazyView":
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = next(i for i, k in enumerate(key) if k is Ellipsis)
+            named = sum(1 for k in key if k is not None and k is not Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - named) + key[i + 1:]
+        select, axes, i = list(self.select), [], 0
+        for k in key:
+            if k is None:
+                axes.append(None)
+                continue
+            b = self.axes[i]
+            i += 1
+            if isinstance(k, slice):
+                if k.step is not None and k.step <= 0:
+                    raise IndexError("a lazily read view takes slices with positive steps only")
+                if b is None:
+                    if len(range(1)[k]) != 1:
+                        raise IndexError("empty selection of a new axis")
+                    axes.append(None)
+                else:
+                    select[b] = select[b][k]
+                    axes.append(b)
+            else:
+                if b is not None:
+                    select[b] = select[b][int(k)]
+                elif int(k) not in (0, -1):
+                    raise IndexError(f"index {k} out of range for an axis of size 1")
+        axes.extend(self.axes[i:])
+        return LazyView(self.base, tuple(select), tuple(axes))
+
+    def transpose(self, order) -> "LazyView":
+        return LazyView(self.base, self.select, tuple(self.axes[o] for o in order))
+
+    def squeeze(self, axis) -> "LazyView":
+        axis = (axis,) if isinstance(axis, int) else tuple(axis)
+        return self[tuple(0 if i in axis else slice(None) for i in range(self.ndim))]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        key = tuple(slice(r.start, r.stop if r.stop >= 0 else None, r.step) if isinstance(r, range) else r
+                    for r in self.select)
+        if any(isinstance(r, range) and len(r) == 0 for r in self.select):
+            block = np.empty([len(r) for r in self.select if isinstance(r, range)], dtype=self.dtype)
+        else:
+            block = np.asarray(self.base[key])
+        kept = [b for b, r in enumerate(self.select) if isinstance(r, range)]
+        block = block.transpose([kept.index(b) for b in self.axes if b is not None])
+        for i, b in enumerate(self.axes):
+            if b is None:
+                block = np.expand_dims(block, i)
+        return block if dtype is None else block.astype(dtype, copy=False)
 
 
 def why_not_streamable(engine: "Engine") -> Optional[str]:
@@ -196,20 +279,23 @@ def predict_streamed(engine: "Engine", arrays: Mapping[str, np.ndarray], out: Ou
 __all__ = ["predict_streamed", "whole_image_statistics", "why_not_streamable", "release"]
 
 
-def lazy_model_layout(data: np.ndarray, axes: str, tensor) -> np.ndarray:
-    """`data` (caller axes) as a view in the tensor's axis order, never a copy (axes.to_model_layout makes the
-    result contiguous, which would read a memory-mapped image whole); validated as to_model_layout validates."""
+def lazy_model_layout(data: Any, axes: str, tensor) -> LazyView:
+    """`data` (an array-like in caller axes) as a LazyView in the tensor's axis order, never read here
+    (axes.to_model_layout makes its result contiguous, which would read a memory-mapped image whole); validated
+    as to_model_layout validates."""
     from ..format import axes as axes_mod
 
-    axes = axes_mod.check_axes_string(axes, data.ndim, f"input '{tensor.id}'")
+    axes = axes_mod.check_axes_string(axes, len(data.shape), f"input '{tensor.id}'")
     probe = np.empty([1 if n == 1 else 2 for n in data.shape], dtype=np.int8)
     axes_mod.to_model_layout(probe, axes, tensor)  # the same checks and messages on a tiny stand-in
     keep = [i for i, letter in enumerate(axes) if letter in tensor.letters]
-    view = data.squeeze(axis=tuple(i for i in range(data.ndim) if i not in keep)) if len(keep) < data.ndim else data
+    view = LazyView(data)
+    if len(keep) < view.ndim:
+        view = view.squeeze(tuple(i for i in range(view.ndim) if i not in keep))
     letters = "".join(axes[i] for i in keep)
     for letter in tensor.letters:
         if letter not in letters:
-            view = view[..., np.newaxis]
+            view = view[..., None]
             letters += letter
     return view.transpose([letters.index(letter) for letter in tensor.letters])
 
@@ -223,12 +309,39 @@ def caller_layout(shape: Sequence[int], tensor, caller: Optional[str]) -> tuple[
     return tuple(view.shape), order
 
 
-def model_view(target: np.ndarray, order: str, tensor) -> np.ndarray:
-    """A model-layout view of `target`, an array in the caller's layout `order` (see caller_layout): writes to the
-    view land in `target`."""
+def model_view(target: Any, order: str, tensor, shape: Sequence[int]) -> Any:
+    """Something to write output tiles to in model layout (`view[key] = tile`, `view[key]` reads back) for
+    `target`, an array-like of the caller's layout `order` (see caller_layout) and model-layout `shape`: a numpy
+    view when `target` is an ndarray (e.g. a memmap), else a CallerSink."""
+    if not isinstance(target, np.ndarray):
+        return CallerSink(target, order, tensor, shape)
     kept = [letter for letter in tensor.letters if letter in order]
     view = target.transpose([order.index(letter) for letter in kept])
     for i, letter in enumerate(tensor.letters):
         if letter not in order:
             view = np.expand_dims(view, i)
     return view
+
+
+class CallerSink:
+    """Model-layout writes into an array-like in the caller's layout (e.g. an OME-Zarr or TIFF output)."""
+
+    def __init__(self, target: Any, order: str, tensor, shape: Sequence[int]):
+        self.target, self.order, self.letters, self.shape = target, order, tensor.letters, tuple(shape)
+        self.kept = [letter for letter in self.letters if letter in order]
+        self.dropped = tuple(i for i, letter in enumerate(self.letters) if letter not in order)
+
+    def _key(self, key: Any) -> tuple:
+        key = (tuple(key) if isinstance(key, tuple) else (key,)) + (slice(None),) * len(self.letters)
+        return tuple(key[self.letters.index(letter)] for letter in self.order)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        value = np.asarray(value)
+        value = value.squeeze(axis=self.dropped) if self.dropped else value
+        self.target[self._key(key)] = value.transpose([self.kept.index(letter) for letter in self.order])
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        block = np.asarray(self.target[self._key(key)]).transpose([self.order.index(k) for k in self.kept])
+        for i in self.dropped:
+            block = np.expand_dims(block, i)
+        return block

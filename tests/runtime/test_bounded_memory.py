@@ -174,3 +174,30 @@ def test_streamed_mean_and_std_have_numpys_bits():
                                 chunk=4096)
         assert np.array_equal(got[Measure("raw", "mean", red)].astype(np.float32), np.mean(x, axis=ax, keepdims=True))
         assert np.array_equal(got[Measure("raw", "std", red)].astype(np.float32), np.std(x, axis=ax, keepdims=True))
+
+
+@pytest.mark.parametrize("src,dst", [("tif", "tif"), ("npy", "ome.zarr"), ("ome.zarr", "npy")])
+def test_tiff_and_ome_zarr_stream_too(models, rdf, no_baseline, tmp_path, src, dst):
+    """Inputs through imageio.open_image (TIFF memory map, OME-Zarr array), outputs through create_output."""
+    from biozoo.runtime.commands import predict_files as pf
+    from biozoo.runtime.commands.imageio import create_output, open_image
+
+    if "zarr" in (src + dst):
+        pytest.importorskip("ome_zarr")
+    model = models("unet2d")
+    x = _image(260, 250, seed=2)
+    path = tmp_path / f"in.{src}"
+    if src == "npy":
+        np.save(path, x)
+    else:
+        writer = create_output(path, x.shape, x.dtype, "yx")
+        writer[:, :] = x
+        writer.close()
+    out = tmp_path / "out" / f"pred.{dst}"
+    summary = pf.predict_files(str(rdf("unet2d")), [str(path)], out, device="cpu", quiet=True,
+                               memory=str(_streamed_budget(model, x)))
+    assert summary["items"][0].get("streamed") is True
+    with open_image(out) as image:
+        got = np.asarray(image.data[...])
+    np.testing.assert_array_equal(got.reshape(x.shape), model.predict(x, axes="yx"))
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
