@@ -24,8 +24,8 @@ from ..checks import input_checks
 from ..checks.pixelsize import parse_pixel_size
 from ..checks.report import CheckReport, training_conditions
 from ..engine.engine import _check_fixed_sizes, _guess_axes
-from ..engine.streaming import caller_layout, lazy_model_layout, model_view, predict_streamed, release, \
-    whole_image_statistics
+from ..engine.streaming import (LazyView, caller_layout, lazy_model_layout, model_view, predict_streamed, release,
+                                whole_image_statistics)
 from ..errors import InputError
 from ..model import Model
 from ..ops import run_chain
@@ -39,16 +39,17 @@ STREAMED_INPUTS = (".npy", ".tif", ".tiff", ".zarr")  # what open_image reads la
 STREAMED_OUTPUTS = (".npy", ".tif", ".tiff", ".zarr")
 
 
-def _check_finite(x: Any, tid: str) -> None:
-    if np.dtype(x.dtype).kind != "f":
+def _check_finite(data: Any, tid: str) -> None:
+    if np.dtype(data.dtype).kind != "f":
         return
+    x = LazyView(data)  # reads block by block, a memory map's pages dropped after each
     rows = max(1, STREAM_CHUNK // max(1, math.prod(x.shape[1:])))
     bad = 0
     for r in range(0, x.shape[0], rows):
         block = np.asarray(x[r:r + rows])
         bad += int(np.count_nonzero(~np.isfinite(block)))
         if np.dtype(x.dtype).itemsize > 4 and np.abs(block).max() > np.finfo(np.float32).max:
-            raise InputError(f"input '{tid}' ({x.dtype}) has values outside the float32 range; the model computes "
+            raise InputError(f"input '{tid}' ({data.dtype}) has values outside the float32 range; the model computes "
                              "in float32, where they would become Inf: rescale the image or clip it")
     release(x)
     if bad:

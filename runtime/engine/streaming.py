@@ -102,6 +102,9 @@ class LazyView:
                     for r in self.select)
         if any(isinstance(r, range) and len(r) == 0 for r in self.select):
             block = np.empty([len(r) for r in self.select if isinstance(r, range)], dtype=self.dtype)
+        elif isinstance(self.base, np.memmap):  # copied out, then the mapped pages dropped: RSS stays flat
+            block = np.array(self.base[key])
+            release(self.base)
         else:
             block = np.asarray(self.base[key])
         kept = [b for b, r in enumerate(self.select) if isinstance(r, range)]
