@@ -14,6 +14,7 @@ every statistic of that tensor to the valid elements; without a mask the code pa
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Sequence
 
@@ -250,13 +251,26 @@ def _group_measure(m: Measure, group: np.ndarray, chunk: int) -> float:
 
 
 def _rows(group: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Flat C-order elements [start, stop) of a lazily read array as float32 (reads only the rows they span)."""
-    if group.ndim == 0:
+    """Flat C-order elements [start, stop) of a lazily read array as float32, reading about stop - start elements
+    (plus at most two partial rows): rows are taken along the first axis whose inner block fits in stop - start,
+    so that leading axes of size 1 (batch, channel) never make a row the whole image."""
+    shape = tuple(group.shape)
+    if not shape:
         return np.asarray(group, dtype=np.float32).reshape(1)[start:stop]
-    row = int(np.prod(group.shape[1:], dtype=np.int64))
-    r0, r1 = start // row, -(-stop // row)
-    block = np.asarray(group[r0:r1], dtype=np.float32).reshape(-1)
-    return block[start - r0 * row: stop - r0 * row]
+    depth = 0
+    while depth < len(shape) - 1 and math.prod(shape[depth + 1:]) > max(1, stop - start):
+        depth += 1
+    inner = math.prod(shape[depth + 1:])
+    r0, r1 = start // inner, -(-stop // inner)  # rows over the flattened leading axes shape[:depth + 1]
+    parts, r = [], r0
+    while r < r1:
+        prefix = np.unravel_index(r, shape[:depth + 1])
+        last = min(r1, r - int(prefix[-1]) + shape[depth])  # the rows sharing this prefix of the leading axes
+        index = tuple(int(i) for i in prefix[:-1]) + (slice(int(prefix[-1]), int(prefix[-1]) + last - r),)
+        parts.append(np.asarray(group[index], dtype=np.float32).reshape(-1))
+        r = last
+    block = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return block[start - r0 * inner: stop - r0 * inner]
 
 
 def _pairwise(group: np.ndarray, start: int, n: int, chunk: int, center: Optional[np.float32]) -> np.float32:

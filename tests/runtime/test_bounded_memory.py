@@ -201,3 +201,28 @@ def test_tiff_and_ome_zarr_stream_too(models, rdf, no_baseline, tmp_path, src, d
         got = np.asarray(image.data[...])
     np.testing.assert_array_equal(got.reshape(x.shape), model.predict(x, axes="yx"))
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_streamed_statistics_read_bounded_blocks():
+    """Leading axes of size 1 (batch, channel) must not make one read the whole image."""
+    from biozoo.runtime.engine.streaming import LazyView
+
+    class Counting:  # an array-like that records the largest block read from it
+        def __init__(self, a):
+            self.a, self.shape, self.dtype, self.largest = a, a.shape, a.dtype, 0
+
+        def __getitem__(self, key):
+            block = self.a[key]
+            self.largest = max(self.largest, block.size)
+            return block
+
+    x = (np.random.default_rng(5).random((1, 1, 400, 300)) * 50).astype(np.float32)
+    source = Counting(x)
+    red = ("channel", "y", "x")
+    ms = [Measure("raw", "mean", red), Measure("raw", "std", red), Measure("raw", "quantile", red, 0.99)]
+    got = streamed_measures(ms, {"raw": (LazyView(source), ("batch", "channel", "y", "x"))}, chunk=5000)
+    assert source.largest <= 5000 + 2 * 300
+    assert np.array_equal(got[ms[0]].astype(np.float32), np.mean(x, axis=(1, 2, 3), keepdims=True))
+    assert np.array_equal(got[ms[1]].astype(np.float32), np.std(x, axis=(1, 2, 3), keepdims=True))
+    assert np.array_equal(got[ms[2]].astype(np.float32),
+                          np.quantile(x, 0.99, axis=(1, 2, 3), keepdims=True).astype(np.float32))
