@@ -193,8 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "lazily and written tile by tile. An explicit --tile wins")
     no_check(p)
     p.epilog = ("checks (all on by default): " + help_text() + ". Memory: the prediction's need is estimated from "
-                "the file headers before any pixel is read and refused when above the available memory "
-                "(set BIOZOO_MEMORY_LIMIT, e.g. 8GB, to change the limit)")
+                "the file headers before any pixel is read; tiles are sized from the budget (--memory, default the "
+                "memory available or BIOZOO_MEMORY_LIMIT) counting the network's measured activation memory; an "
+                "image whose whole-image arrays do not fit is streamed (read lazily, written tile by tile: .npy, "
+                "TIFF, Zarr/OME-Zarr, without --mask/--ignore-value/--rescale), else refused up front")
     p = command("bench", cmd_bench, "biozoo predict vs raw onnxruntime (and bioimageio.core) in one run")
     p.add_argument("--size", type=int, default=2048, help="length of every space axis of the random input")
     p.add_argument("--runs", type=int, default=5, help="timed runs per contender (median reported)")
