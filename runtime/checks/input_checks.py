@@ -257,7 +257,7 @@ def _receptive_field(report: CheckReport, model: Any, outputs: Mapping[str, np.n
 def distribution_shift(report: CheckReport, training: Mapping[str, Any], processed: np.ndarray,
                        valid: Optional[np.ndarray], sample: Optional[PixelSample] = None) -> None:
     """`sample`: the positions drawn for this input (shared with the other checks); drawn here when None. The
-    percentiles are estimates from at most estimates.SAMPLE_SIZE values (rank error < 0.5 percentile points, see
+    percentiles are estimates from at most estimates.SAMPLE_SIZE values (rank error < 1.1 percentile points, see
     checks/estimates.py), far inside the limit of half the training range."""
     name = "distribution-shift"
     if not report.enabled(name):

@@ -57,7 +57,7 @@ def opening(region: np.ndarray, axes: Sequence[int], r: int = AUTO_BOX_RADIUS) -
 def _surely_no_region(x: np.ndarray, sample: Optional[PixelSample], where: Optional[tuple[int, int]]) -> bool:
     """True when a pixel sample shows too few zeros and too few maximal values for a region of AUTO_MIN_FRACTION.
 
-    A share of 20% seen as under 15% in a jittered sample of ~2^18 values has probability < 2 exp(-2 n 0.05^2)
+    A share of 20% seen as under 15% in a jittered sample of ~2^16 values has probability < 2 exp(-2 n 0.05^2)
     (Hoeffding), i.e. never; and a maximum held by 20% of the pixels is in the sample. So the full-image passes
     below run only on images that may have such a region (the verdicts are those of the full passes)."""
     if sample is None or sample.exact or sample.shape != x.shape:

@@ -166,7 +166,7 @@ def foreground(y: np.ndarray, tensor: Tensor) -> tuple[Optional[np.ndarray], str
         return data > 0.5, f"{how} > 0.5"
     if data.dtype.kind in "iu" and data.max(initial=0) > 1:
         return data, f"{how}: instance labels"
-    return data != 0, f"{how} != 0"
+    return (data if data.dtype == bool else data != 0), f"{how} != 0"
 
 
 def object_diameters(fg_or_labels: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ def _rank(values: np.ndarray, estimate: float) -> tuple[float, float]:
 @pytest.mark.parametrize("dist", ["normal", "exponential", "bimodal", "integers", "constant_background"])
 def test_sampled_percentiles_are_within_the_rank_error_bound(dist):
     rng = np.random.default_rng(3)
-    n = 1 << 21  # 8x the sample: an estimate, not the exact value
+    n = 1 << 21  # 32x the sample: an estimate, not the exact value
     x = {"normal": lambda: rng.normal(100, 15, n),
          "exponential": lambda: rng.exponential(3.0, n),
          "bimodal": lambda: np.where(rng.random(n) < 0.9, rng.normal(0, 1, n), rng.normal(50, 2, n)),
@@ -33,7 +33,7 @@ def test_sampled_percentiles_are_within_the_rank_error_bound(dist):
          "constant_background": lambda: np.where(rng.random(n) < 0.7, 0.0, rng.gamma(2.0, 100.0, n))}[dist]()
     x = x.astype(np.float32).reshape(1, 1, 1024, 2048)
     eps = rank_error_bound(SAMPLE_SIZE)
-    assert eps < 0.006  # the documented "< 0.5 percentile points" at the default confidence
+    assert eps < 0.011  # the documented "< 1.1 percentile points" at the default confidence
     got = estimate_percentiles(x, QS)
     flat = x.ravel()
     for q, g in zip(QS, got):
@@ -110,7 +110,7 @@ def test_foreground_of_class_scores_equals_argmax(models):
 
 
 def test_checks_on_a_large_input_decide_as_the_exact_percentiles(tmp_path):
-    """A 1024^2 input (4x the sample): the sampled distribution-shift numbers stay within a hair of the exact ones
+    """A 1024^2 input (16x the sample): the sampled distribution-shift numbers stay within a hair of the exact ones
     and the verdicts are those of the exact computation."""
     model = load(packages.build_package("blobseg", tmp_path), device="cpu")
     image = packages.blob_image(np.random.default_rng(7), 1024, 400, 5.0)[0, 0]
