@@ -171,7 +171,7 @@ def format_bench(r: dict[str, Any]) -> str:
         lines.append("  biozoo predict split (median per part):")
         for part in ("network", "preprocessing", "postprocessing_and_tiling", "checks", "resampling", "other"):
             if part in split and (part != "resampling" or split[part]):
-                lines.append(f"    {part.replace('_', ' '):24s}{split[part] * 1e3:9.1f} ms  "
+                lines.append(f"    {part.replace('_', ' '):26s}{split[part] * 1e3:9.1f} ms  "
                              f"{split[part] / total:6.1%}")
         lines.append(f"    checks / predict (median of runs) {r['checks_fraction']:.1%}; "
                      + ", ".join(r.get("checks", [])))
