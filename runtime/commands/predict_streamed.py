@@ -57,10 +57,18 @@ def _check_finite(data: Any, tid: str) -> None:
                          "finite values: replace them (e.g. np.nan_to_num) or mask them out")
 
 
-def _subsample(x: np.ndarray, space: list[int]) -> np.ndarray:
-    step = max(1, math.ceil((x.size / SUBSAMPLE) ** (1 / max(1, len(space)))))
+def _subsample(x: Any, space: list[int]) -> np.ndarray:
+    """Every step-th pixel along the space axes, read one sampled row (first space axis) at a time: a strided read
+    of a memory map in one go maps nearly the whole file (the kernel maps whole folios around each touched
+    element); each row read is copied out and its pages dropped (LazyView), so the peak stays at a few rows."""
+    step = max(1, math.ceil((math.prod(x.shape) / SUBSAMPLE) ** (1 / max(1, len(space)))))
+    first = space[0] if space else 0
     index = [slice(None, None, step) if i in space else slice(None) for i in range(x.ndim)]
-    return np.asarray(x[tuple(index)], dtype=np.float32)
+    rows = []
+    for r in range(0, x.shape[first], step):
+        index[first] = slice(r, r + 1)
+        rows.append(np.asarray(x[tuple(index)], dtype=np.float32))
+    return np.concatenate(rows, axis=first)
 
 
 def _crop(y: np.ndarray, space: list[int]) -> np.ndarray:
