@@ -483,8 +483,10 @@ def memory_plan(model: Model, sample: dict[str, Path], targets: Mapping[str, Pat
     fit the budget at a generous QUICK_BYTES_PER_PIXEL (no measurement then). Otherwise the network's activation
     memory is measured (engine/memory.py, cached) and the tile is the largest the budget leaves after the
     whole-image arrays (capped at the default tile budget unless --memory is given). When even that does not fit
-    and the sample can be streamed (.npy in and out, no --mask/--ignore-value/--rescale, a dense model, see
-    engine/streaming.py), it is streamed with the tile the whole budget allows; an explicit --tile wins."""
+    and the sample can be streamed (.npy/TIFF/Zarr in and out, no --mask/--ignore-value/--rescale, one file or
+    per-sample statistics, a dense model: see engine/streaming.py), it is streamed with the tile the whole budget
+    allows; when not even that fits, the budget's error (--memory) or check_memory (the memory available)
+    refuses it. An explicit --tile wins."""
     from ..engine.memory import tile_budget
     from ..engine.streaming import why_not_streamable
     from ..engine.tiling import DEFAULT_TILE_BUDGET
@@ -507,9 +509,16 @@ def memory_plan(model: Model, sample: dict[str, Path], targets: Mapping[str, Pat
         if elements >= math.prod(shape) or not streamable or tile:
             return False, elements if explicit else min(elements, DEFAULT_TILE_BUDGET)
     except InputError:
+        if not streamable and explicit:
+            raise
         if not streamable:
             return False, DEFAULT_TILE_BUDGET  # check_memory refuses it with the whole-image numbers
-    return True, tile_budget(model.engine, limit, held=streamed_held(math.prod(shape)))[0]
+    try:
+        return True, tile_budget(model.engine, limit, held=streamed_held(math.prod(shape)))[0]
+    except InputError:  # not even streamed: --memory says why, else check_memory refuses with whole-image numbers
+        if explicit:
+            raise
+        return False, DEFAULT_TILE_BUDGET
 
 
 def streamed_held(elements: int) -> int:
