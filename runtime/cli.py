@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
     p.add_argument("--axes", help="axes of the input files, e.g. yx, cyx, zyx (default: from the file or the model)")
     p.add_argument("--tile", help="tile size per space axis, e.g. 512,512 (default: whole image within a budget)")
-    p.add_argument("--format", choices=("tif", "npy"), default="tif", help="output format for folder outputs")
+    p.add_argument("--format", choices=("tif", "npy", "ome.zarr"), default="tif", help="output format for folder outputs")
     p.add_argument("--pixel-size", metavar="Y,X", help="input pixel size in micrometers, one value or one per space "
                    "axis (e.g. 0.65,0.65; units like 325nm allowed); overrides the TIFF/OME/ImageJ metadata")
     p.add_argument("--rescale", action="store_true", help="when the input pixel size differs from the training one by "

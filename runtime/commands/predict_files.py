@@ -12,9 +12,6 @@ first (one extra read per file, masks and --rescale applied), as the spec define
 from __future__ import annotations
 
 import logging
-import math
-import os
-import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -23,17 +20,16 @@ import numpy as np
 
 from ..checks import input_checks
 from ..checks.conditions import InputOptions, prepare
-from ..checks.input_checks import (available_memory, batch_effects, dataset_normalized, format_bytes,
-                                   intensity_summary, parse_bytes)
+from ..checks.input_checks import batch_effects, dataset_normalized, intensity_summary
 from ..checks.pixelsize import parse_pixel_size, training_pixel_size
 from ..checks.report import CheckReport, parse_no_check, training_conditions
-from ..engine.outputs import DetectionOutputs
-from ..engine.tiling import output_shapes
 from ..errors import InputError
 from ..model import Model, load
 from ..ops.stats import DatasetStatistics
 from . import box_files
-from .imageio import WRITE_SUFFIXES, image_info, open_image, read_image, read_pixel_size, write_image
+from .imageio import open_image, read_image, read_pixel_size, write_image
+from .memory_plan import check_memory, memory_budget, memory_plan
+from .output_paths import check_output_paths, planned_outputs
 from .omezarr import in_zarr, is_zarr
 from .predict_streamed import predict_sample_streamed
 from .progress import ProgressBar
@@ -67,37 +63,6 @@ def _samples(model: Model, inputs: Sequence[str]) -> list[dict[str, Path]]:
             )
         sample[tid] = Path(path)
     return [sample]
-
-
-def _split_name(path: Path) -> tuple[str, str]:
-    """('out', '.ome.zarr') for out.ome.zarr, ('out', '.tif') for out.tif: the name and its (compound) type."""
-    name = path.name
-    for compound in (".ome.zarr", ".ome.tif", ".ome.tiff"):
-        if name.lower().endswith(compound) and len(name) > len(compound):
-            return name[: -len(compound)], name[-len(compound):]
-    return path.stem, path.suffix
-
-
-def _output_paths(description, out: Path, many: bool, suffix: str, stem: str) -> dict[str, Path]:
-    """Output files by output id: -o itself (one output), -o's name + _ID (several), or folder/STEM[_ID].SUFFIX;
-    .zarr / .ome.zarr outputs are OME-Zarr folders (out.ome.zarr -> out_ID.ome.zarr)."""
-    out_ids = [t.id for t in description.outputs]
-    stem = stem.removesuffix(".ome")  # in.ome.zarr -> in.tif, not in.ome.tif
-    if not many and out.suffix.lower() in WRITE_SUFFIXES:
-        if len(out_ids) == 1:
-            return {out_ids[0]: out}
-        name, kind = _split_name(out)
-        return {tid: out.with_name(f"{name}_{tid}{kind}") for tid in out_ids}
-    if out.suffix and out.suffix.lower() not in WRITE_SUFFIXES:
-        raise InputError(f"output '{out}' has an unsupported type '{out.suffix}'; use .tif, .npy, .ome.zarr, or a "
-                         "folder")
-    if many and out.suffix:
-        raise InputError(f"several inputs need a folder for -o, got the file name '{out}'")
-    if suffix.lstrip(".").lower() not in ("tif", "tiff", "npy", "zarr", "ome.zarr"):
-        raise InputError(f"output format '{suffix}' is not supported; expected tif, npy or ome.zarr")
-    suffix = suffix.lstrip(".")
-    names = {tid: f"{stem}.{suffix}" if len(out_ids) == 1 else f"{stem}_{tid}.{suffix}" for tid in out_ids}
-    return {tid: out / name for tid, name in names.items()}
 
 
 def _level_target(model: Model) -> Optional[dict[str, float]]:
@@ -246,187 +211,6 @@ def _stems(samples: Sequence[dict[str, Path]]) -> list[str]:
     return stems
 
 
-def planned_outputs(description, output: Path, many: bool, suffix: str, stem: str,
-                    boxes: Optional[DetectionOutputs]) -> dict[str, Path]:
-    """Every file one sample's prediction writes, by output id (or by box-file kind for detection packages: the
-    names `box_files.write_prediction` gives them, folder/STEM.txt, .csv, .json)."""
-    if boxes is not None:
-        if output.suffix:
-            raise InputError(f"output '{output}': a detection package writes box files (YOLO .txt, .csv, .json) per "
-                             "input; give -o a folder")
-        return {kind: output / f"{stem}.{ext}" for kind, ext in (("yolo", "txt"), ("csv", "csv"), ("json", "json"))}
-    return _output_paths(description, output, many, suffix, stem)
-
-
-def _same(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False
-
-
-def _nested(target: Path, path: Path) -> bool:
-    """Either lies inside the other: an output inside an input Zarr folder (or replacing the folder around an
-    input) would change the input."""
-    try:
-        a, b = target.resolve(), path.resolve()
-    except OSError:
-        return False
-    return (is_zarr(path) and a.is_relative_to(b)) or (is_zarr(target) and b.is_relative_to(a))
-
-
-def _zarr_folder(path: Path) -> bool:
-    return any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray"))
-
-
-def check_output_paths(targets: Sequence[Path], protected: Mapping[Path, str], package_root: Optional[Path],
-                       overwrite: bool) -> None:
-    """Refuse (InputError, nothing written yet) outputs that would replace an input, the mask, the package or a
-    file of it (also with --overwrite), that exist (without --overwrite), that collide, or whose folder cannot
-    be written (read-only, under a file, not creatable)."""
-    seen: dict[Path, Path] = {}
-    for target in targets:
-        key = target.absolute()
-        if key in seen:
-            raise InputError(f"two outputs of this command would both be written to '{target}'; rename the inputs")
-        seen[key] = target
-        for path, role in protected.items():
-            if _same(target, path) or _nested(target, path):
-                raise InputError(f"output '{target}' is {role} ('{path}')" + (" or lies inside it or around it"
-                                 if not _same(target, path) else "") + ": predict never writes over its inputs, "
-                                 "not even with --overwrite; choose another -o (e.g. a new folder)")
-        if target.is_dir() and not (is_zarr(target) and _zarr_folder(target)):
-            raise InputError(f"output '{target}' is an existing folder" + (" that is not a Zarr image (nothing "
-                             "would be replaced)" if is_zarr(target) else "") + "; choose another -o")
-        if target.exists() and package_root is not None and target.resolve().is_relative_to(package_root.resolve()):
-            raise InputError(f"output '{target}' is a file of the package ({package_root}); predict never writes "
-                             "over it: choose another -o")
-    existing = [t for t in targets if t.exists()]
-    if existing and not overwrite:
-        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise InputError(f"output '{existing[0]}' already exists{more}; pass --overwrite to replace it, or choose "
-                         "another -o")
-    probed: dict[Path, Optional[str]] = {}
-    for target in targets:
-        folder = target.parent.absolute()
-        ancestor = next((p for p in (folder, *folder.parents) if p.exists()), None)
-        if ancestor is None or ancestor in probed:
-            problem = probed.get(ancestor) if ancestor is not None else None
-        else:
-            problem = probed[ancestor] = _unwritable(ancestor)
-        if problem:
-            raise InputError(f"output '{target}' cannot be written: {problem}; choose a writable -o")
-
-
-def _unwritable(folder: Path) -> Optional[str]:
-    """Why nothing can be created in `folder` (probed with a temporary file, removed at once), or None."""
-    if not folder.is_dir():
-        return f"'{folder}' is a file, not a folder"
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".biozoo-probe-", dir=folder)
-    except OSError as e:
-        return f"'{folder}' is not writable ({e.strerror or type(e).__name__})"
-    os.close(fd)
-    os.unlink(tmp)
-    return None
-
-
-def _layout(shape: tuple[int, ...], letters: Optional[str], tensor) -> Optional[list[int]]:
-    """The file's shape in the tensor's axis order (1 where the file lacks an axis), without touching pixels;
-    None when the axes cannot be told (then only the element count is used)."""
-    model = tensor.letters
-    if letters is None or len(letters) != len(shape):
-        for candidate in (model, model.replace("b", ""), model.replace("b", "").replace("c", "")):
-            if len(candidate) == len(shape):
-                letters = candidate
-                break
-        else:
-            return None
-    return [shape[letters.index(letter)] if letter in letters else 1 for letter in model]
-
-
-def estimate_memory(model: Model, sample: dict[str, Path], axes: Optional[str],
-                    factors: Optional[Mapping[str, float]]) -> tuple[int, list[str]]:
-    """Bytes one sample's prediction holds at its peak (a lower bound: the raw file, its float32 copy, the
-    resampled, preprocessed and padded copies, the network's and the final outputs) and the parts, for messages."""
-    desc = model.description
-    total, parts = 0, []
-    layouts, scaled = {}, {}
-    for tid, path in sample.items():
-        shape, dtype, found = image_info(path)
-        tensor = desc.input(tid)
-        n = math.prod(shape)
-        layout = _layout(shape, axes or found, tensor)
-        factor = 1.0
-        if factors and layout is not None:
-            layouts[tid] = layout
-            scaled[tid] = [max(1, round(n_ * factors[a.id])) if a.type == "space" and a.id in factors else n_
-                           for a, n_ in zip(tensor.axes, layout)]
-            factor = math.prod(scaled[tid]) / max(1, math.prod(layout))
-        elif factors:
-            factor = math.prod(factors.values())
-        elif layout is not None:
-            layouts[tid] = scaled[tid] = layout
-        m = int(n * factor)
-        copies = 3 + (1 if factors else 0)  # float32, (resampled,) preprocessed, padded
-        total += n * dtype.itemsize + (n + m * (copies - 1)) * 4
-        parts.append(f"'{path.name}' {'x'.join(map(str, shape))} {dtype}" + (f", resampled {factor:.3g}x" if factors
-                                                                             else ""))
-    if len(scaled) == len(sample):
-        try:
-            held = [(desc, scaled)]  # the outputs at the model's resolution, ...
-            if model.network is not desc:
-                held.append((model.network, scaled))  # ... the network's before shape-changing post-processing ...
-            if factors:
-                held.append((desc, layouts))  # ... and resampled back onto the input's grid
-            out_bytes = 0
-            for description, shapes_in in held:
-                shapes = output_shapes(description, shapes_in)
-                for t in description.outputs:
-                    if shapes.get(t.id):
-                        out_bytes += math.prod(shapes[t.id]) * _itemsize(t.dtype)
-            total += out_bytes
-            parts.append(f"outputs {format_bytes(out_bytes)}")
-        except Exception:  # an unusual description: the inputs alone still bound the need from below
-            pass
-    return total, parts
-
-
-def _itemsize(dtype: str) -> int:
-    try:
-        return max(np.dtype(dtype).itemsize, 4)  # outputs are computed in float32 before any cast
-    except TypeError:
-        return 4
-
-
-def check_memory(model: Model, samples: Sequence[dict[str, Path]], axes: Optional[str],
-                 factors: Sequence[Optional[Mapping[str, float]]], mask: Optional[Path],
-                 budget: Optional[tuple[Optional[int], str]] = None) -> None:
-    """Refuse, before any pixel is read, a prediction held in memory that needs more than is available (or than
-    the --memory budget)."""
-    limit, source = budget or available_memory()
-    if limit is None:
-        return
-    extra = 0
-    if mask is not None:
-        shape, dtype, _ = image_info(mask)
-        extra = math.prod(shape) * (dtype.itemsize + 1)
-    for sample, f in zip(samples, factors):
-        need, parts = estimate_memory(model, sample, axes, f)
-        need += extra
-        if need > limit:
-            hint = ("predict a crop or a downsampled copy of the image, or use a machine with more memory")
-            if f and math.prod(f.values()) > 4:
-                hint = (f"--rescale resamples the image by {' x '.join(f'{v:.3g}' for v in f.values())} (its pixel "
-                        "size vs the training one): check the file's pixel size (--pixel-size overrides wrong "
-                        "metadata), or " + hint)
-            raise InputError(f"{next(iter(sample.values()))}: the prediction needs at least {format_bytes(need)} of "
-                             f"memory ({', '.join(parts)}), but {format_bytes(limit)} are available ({source}); "
-                             f"nothing was computed. {hint[0].upper()}{hint[1:]}")
-
-
 def _refuse_early(model: Model, samples, pixel_size, rescale: bool, skip) -> list[Optional[dict[str, float]]]:
     """The pixel-size check of every file (metadata only), so that a refusal leaves no output file at all; returns
     each sample's --rescale factors (input/training pixel size per axis id), or None."""
@@ -464,65 +248,3 @@ def _dataset_pass(model: Model, samples, read, options, report: CheckReport) -> 
     return stats
 
 
-QUICK_BYTES_PER_PIXEL = 4096  # no activation measurement when even this (8x a 32-channel U-Net's) fits
-
-
-def memory_budget(memory: Optional[str]) -> tuple[Optional[int], str]:
-    """(bytes, where from): --memory when given, else what available_memory() reports ($BIOZOO_MEMORY_LIMIT)."""
-    if memory is None:
-        return available_memory()
-    return parse_bytes(memory, "--memory"), "--memory"
-
-
-def memory_plan(model: Model, sample: dict[str, Path], targets: Mapping[str, Path], axes: Optional[str],
-                factors: Optional[Mapping[str, float]], masked: bool, budget: tuple[Optional[int], str],
-                explicit: bool, dataset: bool, tile: Optional[Mapping[str, int]]) -> tuple[bool, int]:
-    """(streamed, tile budget in input elements) for one sample.
-
-    In memory, unchanged, when the whole-image arrays (estimate_memory) plus one tile of the default tile budget
-    fit the budget at a generous QUICK_BYTES_PER_PIXEL (no measurement then). Otherwise the network's activation
-    memory is measured (engine/memory.py, cached) and the tile is the largest the budget leaves after the
-    whole-image arrays (capped at the default tile budget unless --memory is given). When even that does not fit
-    and the sample can be streamed (.npy/TIFF/Zarr in and out, no --mask/--ignore-value/--rescale, one file or
-    per-sample statistics, a dense model: see engine/streaming.py), it is streamed with the tile the whole budget
-    allows; when not even that fits, the budget's error (--memory) or check_memory (the memory available)
-    refuses it. An explicit --tile wins."""
-    from ..engine.memory import tile_budget
-    from ..engine.streaming import why_not_streamable
-    from ..engine.tiling import DEFAULT_TILE_BUDGET
-    from .predict_streamed import STREAMED_INPUTS, STREAMED_OUTPUTS
-
-    limit, _ = budget
-    if limit is None:
-        return False, DEFAULT_TILE_BUDGET
-    need, _ = estimate_memory(model, sample, axes, factors)
-    primary = model.description.inputs[0]
-    shape, _, _ = image_info(sample[primary.id])
-    tile_elements = min(math.prod(shape), DEFAULT_TILE_BUDGET)
-    if not explicit and need + tile_elements * QUICK_BYTES_PER_PIXEL <= limit:
-        return False, DEFAULT_TILE_BUDGET
-    streamable = (not masked and not factors and not dataset and why_not_streamable(model.engine) is None
-                  and all(p.suffix.lower() in STREAMED_INPUTS for p in sample.values())
-                  and all(p.suffix.lower() in STREAMED_OUTPUTS for p in targets.values()))
-    try:
-        elements, _ = tile_budget(model.engine, limit, held=need)
-        if elements >= math.prod(shape) or not streamable or tile:
-            return False, elements if explicit else min(elements, DEFAULT_TILE_BUDGET)
-    except InputError:
-        if not streamable and explicit:
-            raise
-        if not streamable:
-            return False, DEFAULT_TILE_BUDGET  # check_memory refuses it with the whole-image numbers
-    try:
-        return True, tile_budget(model.engine, limit, held=streamed_held(math.prod(shape)))[0]
-    except InputError:  # not even streamed: --memory says why, else check_memory refuses with whole-image numbers
-        if explicit:
-            raise
-        return False, DEFAULT_TILE_BUDGET
-
-
-def streamed_held(elements: int) -> int:
-    """Bytes a streamed prediction holds besides its tiles: the statistics' read blocks and their float copies."""
-    from ..ops.stats import STREAM_CHUNK
-
-    return 16 * min(elements, STREAM_CHUNK)

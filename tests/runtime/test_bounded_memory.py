@@ -64,7 +64,7 @@ def test_the_activation_measurement_is_cached_and_reused(models, rdf, monkeypatc
 
 def _streamed_budget(model, x) -> int:
     """A budget below the in-memory need of x but with room for ~96x96 tiles when streamed."""
-    from biozoo.runtime.commands.predict_files import streamed_held
+    from biozoo.runtime.commands.memory_plan import streamed_held
 
     return 96 * 96 * _per_pixel(model) + streamed_held(x.size)
 

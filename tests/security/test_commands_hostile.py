@@ -254,7 +254,7 @@ def test_a_failed_write_leaves_no_file_behind(rdf, tmp_path, capsys, monkeypatch
 def test_detection_box_files_are_planned_and_checked_before_inference(tmp_path):
     """The YOLO .txt / .csv / .json names of a detection package are known up front: an annotation of the same
     name next to the image is refused (without --overwrite), a file name for -o is refused."""
-    from biozoo.runtime.commands.predict_files import check_output_paths, planned_outputs
+    from biozoo.runtime.commands.output_paths import check_output_paths, planned_outputs
     from biozoo.runtime.engine.outputs import detection_outputs
     from biozoo.runtime.errors import InputError
     from biozoo.runtime.format.description import parse_description
