@@ -65,5 +65,6 @@ def network_description(description: ModelDescription, chains: Mapping[str, Sequ
 
 def run_chain(ops: Sequence[Op], x: np.ndarray, axes: Axes, stats: StatsContext) -> np.ndarray:
     for op in ops:
+        stats.prefetch(op.measures)
         x = op(x, axes, stats)
     return x

@@ -127,6 +127,28 @@ class StatsContext:
         self._cache.update({m: np.asarray(v, dtype=np.float32) for m, v in values.items()})
         return self
 
+    def prefetch(self, measures: Iterable[Measure]) -> None:
+        """Compute an op's quantiles of one tensor over the same axes in one np.quantile call: numpy partitions the
+        data once for all q (scale_range's two percentiles cost one pass, not two); values equal separate calls."""
+        groups: dict[tuple, list[Measure]] = {}
+        for m in measures:
+            if m.kind != "quantile" or m in self._cache or m.tensor_id not in self.tensors:
+                continue
+            if self.masks is not None and self.masks.get(m.tensor_id) is not None:
+                continue
+            if m.is_dataset and self.dataset is not None and self.dataset.value(m) is not None:
+                continue
+            method = m.method if not m.is_dataset else "linear"
+            groups.setdefault((m.tensor_id, m.axes, method), []).append(m)
+        for (tid, reduce, method), group in groups.items():
+            if len(group) < 2:
+                continue
+            data, axes = self.tensors[tid]
+            idx = _reduce_axes(reduce, axes, tid)
+            values = np.quantile(data, [m.q for m in group], axis=idx, keepdims=True, method=method)
+            for m, v in zip(group, values):
+                self._cache[m] = np.asarray(v.astype(np.float64), dtype=np.float32)
+
     def get(self, m: Measure, target_axes: Sequence[str]) -> np.ndarray:
         """The measure's value, broadcastable against a tensor with `target_axes` (same axis ids and order)."""
         if m not in self._cache:  # float32, like the data: float64 stats would upcast every op on the image

@@ -81,3 +81,24 @@ def test_bad_kwargs_are_package_errors(models):
         _apply(models, "sigmoid", {"strength": 2}, np.zeros((1, 2, 2, 2), np.float32))
     with pytest.raises(PackageError, match="softmax axis 'z'"):
         _apply(models, "softmax", {"axis": "z"}, np.zeros((1, 2, 2, 2), np.float32))
+
+
+@pytest.mark.parametrize("method", ["linear", "inverted_cdf"])
+def test_an_ops_quantiles_are_computed_in_one_pass_with_the_same_values(method, monkeypatch):
+    from biozoo.runtime.ops.stats import Measure, StatsContext
+
+    rng = np.random.default_rng(3)
+    x = rng.gamma(2.0, 30.0, (1, 2, 96, 80)).astype(np.float32)
+    axes = ("batch", "channel", "y", "x")
+    measures = [Measure("raw", "quantile", ("y", "x"), q, method) for q in (0.01, 0.5, 0.998)]
+    separate = StatsContext({"raw": (x, axes)})
+    expected = [separate.get(m, axes) for m in measures]
+    calls = []
+    real = np.quantile
+    monkeypatch.setattr(np, "quantile", lambda *a, **k: calls.append(k.get("method")) or real(*a, **k))
+    shared = StatsContext({"raw": (x, axes)})
+    shared.prefetch(measures)
+    got = [shared.get(m, axes) for m in measures]
+    assert calls == [method]  # one partition of the data for all three
+    for e, g in zip(expected, got):
+        assert g.dtype == e.dtype and g.shape == e.shape and np.array_equal(g, e)
