@@ -194,10 +194,6 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB"
 
 
-if __name__ == "__main__":  # the measuring child (see _measure)
-    print(json.dumps({"growth": _probe_main(json.loads(sys.argv[1]))}))
-
-
 def tile_shape(engine: "Engine", elements: int, length: int = 1 << 16) -> dict[str, int]:
     """The tile (length per space axis id) plan_tiles picks for a large image (`length` a side) at `elements`."""
     from .tiling import plan_tiles
@@ -219,3 +215,7 @@ def whole_image_bytes(engine: "Engine", shapes: Mapping[str, tuple[int, ...]]) -
     held = sum(3 * 4 * math.prod(s) for s in shapes.values())
     outs = output_shapes(engine.network, shapes)
     return held + sum(2 * 4 * math.prod(s) for s in outs.values() if s)
+
+
+if __name__ == "__main__":  # the measuring child (see _measure)
+    print(json.dumps({"growth": _probe_main(json.loads(sys.argv[1]))}))
