@@ -116,7 +116,7 @@ def _compare(a: Path, b: Path) -> int:
                 continue
             bad += 1
             diff = sorted(k for k in set(x or {}) | set(y or {}) if (x or {}).get(k) != (y or {}).get(k))
-            if "members" in diff:
+            if "members" in diff and x and y and "members" in x and "members" in y:  # both exported: which files
                 diff = [m for m in sorted(set(x["members"]) | set(y["members"]))
                         if x["members"].get(m) != y["members"].get(m)]
             print(f"{section:9} {task:13} DIFFERENT: {', '.join(diff)}")
