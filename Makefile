@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-slow test-compat test-instances demo bench clean
+.PHONY: install test test-slow test-compat test-instances test-distributed demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ test-slow: $(STAMP)
 # Real-data acceptance of the instance models (StarDist accuracy@0.5, detector mAP50), with their margins (~8 min).
 test-instances: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/zoo/test_stardist_real.py tests/exporters/test_detector_export.py
+
+# Dask faults: a worker killed mid-run, a crashed run resumed (real processes killed; ~1 min).
+test-distributed: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests/runtime/test_distributed.py
 
 # Packages must load under the oldest onnxruntime biozoo supports (1.16, in its own venv) and the latest.
 test-compat: $(STAMP)

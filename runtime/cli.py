@@ -122,13 +122,18 @@ def cmd_predict(args) -> int:
             args.package, args.inputs, Path(args.output), axes=args.axes, tile=args.tile, device=args.device,
             suffix=args.format, quiet=args.quiet, pixel_size=args.pixel_size, rescale=args.rescale, mask=args.mask,
             ignore_value=args.ignore_value, no_check=args.no_check, overwrite=args.overwrite, memory=args.memory,
+            workers=args.workers, scheduler=args.scheduler, resume=args.resume, threads=args.threads,
         )
     except MemoryError as e:  # the up-front estimate is a lower bound: say so in one line, nothing half-written
         raise InputError(f"out of memory during the prediction ({e or 'MemoryError'}); no output of the failing "
                          f"input was written. Predict a smaller or downsampled image, or lower ${MEMORY_ENV} so "
                          "that biozoo refuses such inputs up front") from None
     _log_checks(summary["checks"])
-    text = "\n".join(f"{item['input']} -> {', '.join(item['written'].values())}" for item in summary["items"])
+    from .commands.predict_distributed import format_summary
+
+    text = "\n".join(f"{item['input']} -> {', '.join(item['written'].values())}"
+                     + (f"\n{format_summary(item['distributed'])}" if "distributed" in item else "")
+                     for item in summary["items"])
     _emit(args, summary, text)
     return 0
 
@@ -190,7 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", metavar="BYTES", help="memory budget of the whole process, e.g. 2GB, 512MB "
                    "(default: the memory available, or $BIOZOO_MEMORY_LIMIT). Tiles are sized from it, counting the "
                    "network's measured activation memory (see biozoo info); .npy images larger than it are read "
-                   "lazily and written tile by tile. An explicit --tile wins")
+                   "lazily and written tile by tile. An explicit --tile wins. With --scheduler: per worker")
+    p.add_argument("--workers", type=int, metavar="N", help="predict block by block on a local Dask cluster of N "
+                   "worker processes (pip install 'biozoo[distributed]'); .npy/TIFF/Zarr/OME-Zarr in and out")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="predict block by block on an existing dask.distributed "
+                   "cluster, e.g. tcp://10.0.0.5:8786 (its workers need biozoo and see the same files)")
+    p.add_argument("--threads", type=int, metavar="T", help="onnxruntime threads per Dask worker (default: the cores "
+                   "divided by --workers; with --scheduler, onnxruntime's default)")
+    p.add_argument("--resume", action="store_true", help="with --workers/--scheduler: continue a run that did not "
+                   "finish (crash, kill), skipping the blocks it wrote; refused when anything about the run changed")
     no_check(p)
     p.epilog = ("checks (all on by default): " + help_text() + ". Memory: the prediction's need is estimated from "
                 "the file headers before any pixel is read; tiles are sized from the budget (--memory, default the "

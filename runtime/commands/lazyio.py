@@ -156,49 +156,92 @@ def read_pixel_size(path: Path, target_pixel_size: Optional[Mapping[str, float]]
 
 
 def create_output(path: Path, shape: tuple[int, ...], dtype: Any, axes: str,
-                  pixel_size: Optional[Mapping[str, float]] = None, labels: bool = False, image: Any = None):
+                  pixel_size: Optional[Mapping[str, float]] = None, labels: bool = False, image: Any = None, *,
+                  chunks: Optional[Mapping[str, int]] = None, at: Optional[Path] = None, reopen: bool = False):
     """A writable array-like of `shape` in `axes` order (`target[slices] = block`), finished by `.close()` (the
     output appears atomically: written under a temporary sibling name, renamed at the end) or `.abort()`
     (everything removed). .npy and .tif: a memory-mapped temporary file; .zarr / .ome.zarr: NGFF 0.5 with
     `pixel_size` (µm by space axis) as scale metadata, `labels` as an NGFF labels group (`image`, a LazyImage of
-    the input, then goes to the root so that viewers show both)."""
+    the input, then goes to the root so that viewers show both).
+
+    For writers in other processes (distributed prediction): the object pickles without its data and reopens its
+    temporary for writing where it is unpickled; `chunks` (axis letter -> length) sets the Zarr chunks writes are
+    aligned to; `at` (a folder beside `path`) holds the temporary under a fixed name, which `reopen` takes up again
+    when it is there with the same shape and dtype (a resumed run)."""
     path = Path(path)
     if is_zarr(path):
-        return OmeZarrOutput(path, shape, dtype, axes, pixel_size, labels, image)
+        return OmeZarrOutput(path, shape, dtype, axes, pixel_size, labels, image, chunks=chunks, at=at, reopen=reopen)
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".tif", ".tiff"):
         raise InputError(f"cannot write '{path}': unsupported output type '{suffix}'; use .tif, .npy or .ome.zarr")
-    return MappedOutput(path, shape, dtype, axes)
+    return MappedOutput(path, shape, dtype, axes, at=at, reopen=reopen)
 
 
 class MappedOutput:
     """A memory-mapped .npy or TIFF under a temporary sibling name, renamed onto `path` by `close()`."""
 
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any, axes: str):
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any, axes: str, *, at: Optional[Path] = None,
+                 reopen: bool = False):
         self.path, self.axes = path, axes
-        dtype = np.dtype(np.uint8 if np.dtype(dtype) == np.bool_ else dtype)
+        self.shape, self.dtype = tuple(int(n) for n in shape), np.dtype(np.uint8 if np.dtype(dtype) == np.bool_
+                                                                        else dtype)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-            os.close(fd)
-            self._tmp = Path(tmp)
+            if at is not None:
+                self._tmp = Path(at) / f"{path.name}.partial{path.suffix}"
+                if reopen and self._tmp.is_file() and self._reopen():
+                    return
+            else:
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+                os.close(fd)
+                self._tmp = Path(tmp)
             if path.suffix.lower() == ".npy":
-                self._array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=tuple(shape))
+                self._array = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=self.dtype, shape=self.shape)
             else:
                 import tifffile
 
-                self._array = tifffile.memmap(tmp, shape=tuple(shape), dtype=dtype,
+                self._array = tifffile.memmap(self._tmp, shape=self.shape, dtype=self.dtype,
                                               metadata={"axes": axes.upper().replace("B", "Q")})
         except OSError as e:
             self.abort()
             raise InputError(f"cannot write '{path}': {e.strerror or e}; choose a writable output location") from None
-        self.shape, self.dtype = self._array.shape, self._array.dtype
+
+    def _reopen(self) -> bool:
+        """Map the temporary again for writing; False when it does not hold an array of this shape and dtype."""
+        try:
+            if self.path.suffix.lower() == ".npy":
+                array = np.load(self._tmp, mmap_mode="r+", allow_pickle=False)
+            else:
+                import tifffile
+
+                array = tifffile.memmap(self._tmp, mode="r+")
+        except (OSError, ValueError):
+            return False
+        if tuple(array.shape) != self.shape or array.dtype != self.dtype:
+            return False
+        self._array = array
+        return True
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_array"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if not self._reopen():
+            raise InputError(f"cannot write '{self.path}': its temporary '{self._tmp}' is gone or changed; run again")
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._array[key] = value
 
     def __getitem__(self, key: Any) -> np.ndarray:
         return np.asarray(self._array[key])
+
+    def flush(self) -> None:
+        """Written pages to the file, then out of this process's resident set."""
+        from ..engine.streaming import release
+
+        self._array.flush()
+        release(self._array)
 
     def close(self) -> None:
         try:

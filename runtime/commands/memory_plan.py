@@ -172,3 +172,18 @@ def streamed_held(elements: int) -> int:
     from ..ops.stats import STREAM_CHUNK
 
     return 16 * min(elements, STREAM_CHUNK)
+
+
+def distributed_tile_budget(model: Model, budget: tuple[Optional[int], str], explicit: bool,
+                            workers: Optional[int]) -> int:
+    """The tile budget of one Dask worker: the budget shared by the local workers and the driver (with
+    --scheduler, --memory is per worker), capped at the default tile budget unless --memory is given."""
+    from ..engine.memory import tile_budget
+    from ..engine.tiling import DEFAULT_TILE_BUDGET
+
+    limit, _ = budget
+    if limit is None:
+        return DEFAULT_TILE_BUDGET
+    share = limit // (workers + 1) if workers else limit
+    elements, _ = tile_budget(model.engine, share)
+    return elements if explicit else min(elements, DEFAULT_TILE_BUDGET)

@@ -148,7 +148,8 @@ class OmeZarrOutput:
     writes the OME-Zarr atomically, `abort()` removes everything. A batch axis must have size 1 (NGFF has none)."""
 
     def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any, axes: str,
-                 pixel_size: Optional[Mapping[str, float]] = None, labels: bool = False, image: Any = None):
+                 pixel_size: Optional[Mapping[str, float]] = None, labels: bool = False, image: Any = None, *,
+                 chunks: Optional[Mapping[str, int]] = None, at: Optional[Path] = None, reopen: bool = False):
         zarr, LocalStore = _libraries()
         axes = axes.lower()
         self.path, self.shape, self.axes = Path(path), tuple(int(n) for n in shape), axes
@@ -166,16 +167,50 @@ class OmeZarrOutput:
         self._order = [axes.index(a) for a in self.ngff]
         self._perm = ([axes.index("b")] if "b" in axes else []) + self._order  # a size-1 batch first, then dropped
         self._ngff_shape = tuple(self.shape[i] for i in self._order)
+        fixed = {a: int(n) for a, n in (chunks or {}).items() if a in self.ngff}
+        default = [1 if a in "tc" else 64 if a == "z" else 512 for a in self.ngff]
+        self._out_chunks = tuple(max(1, min(n, c)) for c, n in zip(default, self._ngff_shape))  # what viewers read
+        self._chunks = tuple(max(1, min(n, fixed.get(a) or c)) for a, c, n in zip(self.ngff, default,
+                                                                                  self._ngff_shape))
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent))
+            if at is None:
+                self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".partial",
+                                                  dir=self.path.parent))
+            else:
+                self._tmp = Path(at) / f"{self.path.name}.partial"
+                if reopen and self._reopen():
+                    return
+                shutil.rmtree(self._tmp, ignore_errors=True)
+                self._tmp.mkdir(parents=True)
         except OSError as e:
             raise InputError(f"cannot write '{path}': {e.strerror or e}; choose a writable output location") from None
-        chunks = tuple(1 if a in "tc" else min(n, 64 if a == "z" else 512) for a, n in zip(self.ngff,
-                                                                                          self._ngff_shape))
-        self._chunks = tuple(max(1, c) for c in chunks)
         self._scratch = zarr.create_array(store=LocalStore(self._tmp / "scratch"), shape=self._ngff_shape,
                                           chunks=self._chunks, dtype=self.dtype, fill_value=0, zarr_format=3)
+
+    def _reopen(self) -> bool:
+        """Open the scratch array again for writing; False when it is not there with this shape, chunks, dtype."""
+        zarr, LocalStore = _libraries()
+        try:
+            scratch = zarr.open_array(store=LocalStore(self._tmp / "scratch"), mode="r+")
+        except Exception:  # zarr raises several types for a missing or damaged array
+            return False
+        if (tuple(scratch.shape), tuple(scratch.chunks), scratch.dtype) != (self._ngff_shape, self._chunks,
+                                                                             self.dtype):
+            return False
+        self._scratch = scratch
+        return True
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_scratch", "image")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, image=None)
+        if not self._reopen():
+            raise InputError(f"cannot write '{self.path}': its temporary '{self._tmp}' is gone or changed; run again")
+
+    def flush(self) -> None:
+        """Nothing to do: every write is in its chunk files when __setitem__ returns."""
 
     def _key(self, key: Any) -> tuple[tuple, list[int], list[int]]:
         """The scratch index of `key` (caller order), and which caller axes `key` indexes with an int."""
@@ -240,7 +275,7 @@ class OmeZarrOutput:
         data = da.from_zarr(self._scratch)
         scale = {a: self.pixel_size.get(a, 1.0) if a in "zyx" else 1.0 for a in self.ngff}
         units = {a: "micrometer" for a in self.ngff if a in "zyx" and a in self.pixel_size}
-        common = dict(fmt=FormatV05(), storage_options={"chunks": self._chunks}, axes_units=units or None)
+        common = dict(fmt=FormatV05(), storage_options={"chunks": self._out_chunks}, axes_units=units or None)
         factors = _scale_factors(self.ngff, self._ngff_shape)
         if not self.labels:
             write_image(data, group, scale_factors=factors, axes=list(self.ngff), scale=scale, name=_label_name(self.path),

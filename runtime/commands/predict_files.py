@@ -28,7 +28,7 @@ from ..model import Model, load
 from ..ops.stats import DatasetStatistics
 from . import box_files
 from .imageio import open_image, read_image, read_pixel_size, write_image
-from .memory_plan import check_memory, memory_budget, memory_plan
+from .memory_plan import check_memory, distributed_tile_budget, memory_budget, memory_plan
 from .output_paths import check_output_paths, planned_outputs
 from .omezarr import in_zarr, is_zarr
 from .predict_streamed import predict_sample_streamed
@@ -96,11 +96,19 @@ def predict_files(
     no_check: Sequence[str] = (),
     overwrite: bool = False,
     memory: Optional[str] = None,
+    workers: Optional[int] = None,
+    scheduler: Optional[str] = None,
+    resume: bool = False,
+    threads: Optional[int] = None,
 ) -> dict[str, Any]:
     """Predict every input file and write its outputs; returns a summary with `checks` (one list for all files,
     each result naming its input). Everything that can refuse (output paths, pixel size, memory) runs on every
     file before anything is computed; `overwrite` allows replacing existing outputs, never an input. `memory`
-    (e.g. "2GB"; default: the memory available) bounds the process: tiles are sized from it (see memory_plan)."""
+    (e.g. "2GB"; default: the memory available) bounds the process: tiles are sized from it (see memory_plan).
+    `workers` (a LocalCluster of that many processes) or `scheduler` (a dask.distributed address) predict block by
+    block on Dask (commands/predict_distributed.py); `resume` continues such a run that did not finish; `threads`:
+    onnxruntime threads per worker."""
+    distributed = _check_distributed(workers, scheduler, resume, threads, rescale, mask, ignore_value)
     skip = parse_no_check(no_check)
     output = Path(output)
     model = load(package, device=device)
@@ -132,7 +140,12 @@ def predict_files(
     check_output_paths([t for plan in plans for t in plan.values()], protected, model.package.root, overwrite)
     factors = _refuse_early(model, samples, pixel_size, rescale, skip)
     budget = memory_budget(memory)
-    modes = [memory_plan(model, s, t, axes, f, bool(mask) or ignore_value is not None, budget, memory is not None,
+    if distributed and len(samples) > 1 and dataset_normalized(model.engine):
+        raise InputError("this model normalizes with statistics of the whole dataset, which --workers/--scheduler do "
+                         "not compute across several files; predict one file per command, or drop "
+                         "--workers/--scheduler")
+    modes = [(True, distributed_tile_budget(model, budget, memory is not None, workers)) if distributed else
+             memory_plan(model, s, t, axes, f, bool(mask) or ignore_value is not None, budget, memory is not None,
                          len(samples) > 1 and dataset_normalized(model.engine), tile_sizes)
              for s, t, f in zip(samples, plans, factors)]
     check_memory(model, [s for s, m in zip(samples, modes) if not m[0]], axes,
@@ -157,14 +170,21 @@ def predict_files(
         dataset_stats = _dataset_pass(model, samples, read, options, report)
     items = []
     for sample, stem, targets, (streamed, sample_budget) in zip(samples, stems, plans, modes):
-        if streamed:  # larger than the budget: read lazily, written tile by tile
+        if streamed:  # larger than the budget (or on Dask): read lazily, written tile by tile
             sample_report = CheckReport(skip)
-            done = predict_sample_streamed(
-                model, sample, axes, targets, tile=tile_sizes, tile_budget=sample_budget, report=sample_report,
-                pixel_size=pixel_size, progress=ProgressBar(f"{next(iter(sample.values())).name}", enabled=not quiet),
-                level_target=level_target, output_pixel_size=lambda tid, sample=sample: _output_pixel_size(
-                    model.description, tid, parse_pixel_size(pixel_size, list(space))
-                    or read_pixel_size(sample[primary], level_target)))
+            common = dict(tile=tile_sizes, tile_budget=sample_budget, report=sample_report, pixel_size=pixel_size,
+                          progress=ProgressBar(f"{next(iter(sample.values())).name}", enabled=not quiet),
+                          level_target=level_target, output_pixel_size=lambda tid, sample=sample: _output_pixel_size(
+                              model.description, tid, parse_pixel_size(pixel_size, list(space))
+                              or read_pixel_size(sample[primary], level_target)))
+            if distributed:
+                from .predict_distributed import predict_sample_distributed
+
+                done = predict_sample_distributed(model, sample, axes, targets, workers=workers, scheduler=scheduler,
+                                                  resume=resume, device=device, threads=threads,
+                                                  **common)
+            else:
+                done = predict_sample_streamed(model, sample, axes, targets, **common)
             sample_report.disabled()
             report.extend(sample_report, str(sample[primary]))
             items.append({"input": ", ".join(str(p) for p in sample.values()), **done, "streamed": True})
@@ -200,6 +220,31 @@ def predict_files(
             **({"detections": found} if boxes is not None else {}),
         })
     return {"model": model.name, "provider": model.provider, "items": items, "checks": report.as_list()}
+
+
+def _check_distributed(workers: Optional[int], scheduler: Optional[str], resume: bool, threads: Optional[int],
+                       rescale: bool, mask: Optional[str], ignore_value: Optional[float]) -> bool:
+    """Whether the prediction runs on Dask; refuses options that do not go with it."""
+    if workers is None and not scheduler:
+        if threads is not None:
+            raise InputError("--threads sets the onnxruntime threads of each Dask worker; give --workers N or "
+                             "--scheduler ADDRESS with it")
+        if resume:
+            raise InputError("--resume continues a run on Dask workers; give --workers N or --scheduler ADDRESS as "
+                             "the interrupted run did")
+        return False
+    if workers is not None and scheduler:
+        raise InputError("--workers starts a local cluster and --scheduler uses an existing one; give one of them")
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers {workers}: expected at least 1 worker process")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads {threads}: expected at least 1 onnxruntime thread per worker")
+    given = [name for name, on in (("--rescale", rescale), ("--mask", mask), ("--ignore-value", ignore_value is not None))
+             if on]
+    if given:
+        raise InputError(f"{', '.join(given)} cannot be combined with --workers/--scheduler yet (blocks are read "
+                         "straight from the file); drop them, or predict without --workers/--scheduler")
+    return True
 
 
 def _stems(samples: Sequence[dict[str, Path]]) -> list[str]:

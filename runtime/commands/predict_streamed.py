@@ -71,7 +71,7 @@ def _subsample(x: Any, space: list[int]) -> np.ndarray:
     return np.concatenate(rows, axis=first)
 
 
-def _crop(y: np.ndarray, space: list[int]) -> np.ndarray:
+def central_crop(y: np.ndarray, space: list[int]) -> np.ndarray:
     index = [slice(max(0, (n - CROP) // 2), max(0, (n - CROP) // 2) + CROP) if i in space else slice(None)
              for i, n in enumerate(y.shape)]
     return np.asarray(y[tuple(index)])
@@ -87,30 +87,39 @@ def predict_sample_streamed(model: Model, sample: Mapping[str, Path], axes: Opti
     shapes and axes by output id (the files are in place when it returns, and none is when it raises).
     `level_target`: the pixel size an OME-Zarr level is chosen by; `output_pixel_size(tid)`: µm per space axis
     written as OME-Zarr scale metadata."""
-    engine = model.engine
-    desc = engine.description
-    primary = desc.inputs[0]
     with ExitStack() as stack:
-        arrays, caller, file_size = {}, {}, None
-        for tid, path in sample.items():
-            image = stack.enter_context(open_image(path, level_target))
-            data, t = image.data, desc.input(tid)
-            if np.dtype(data.dtype).kind not in "biuf":
-                raise InputError(f"input '{tid}' ('{path}') has dtype {data.dtype}; expected a numeric image (int or "
-                                 "float)")
-            if math.prod(data.shape) == 0:
-                raise InputError(f"input '{tid}' ('{path}') is empty (shape {tuple(data.shape)}); expected an image "
-                                 "with pixels")
-            caller[tid] = axes.lower() if axes else image.axes or _guess_axes(np.empty((1,) * len(data.shape)), t)
-            arrays[tid] = lazy_model_layout(data, caller[tid], t)
-            _check_fixed_sizes(arrays[tid], t)
-            _check_finite(data, tid)
-            file_size = image.pixel_size if tid == primary.id else file_size
-        stats = whole_image_statistics(engine, arrays)
-        _input_checks(engine, arrays[primary.id], stats, report, pixel_size, file_size)
-        return _write_streamed(model, arrays, caller.get(primary.id), targets, stats, report, tile=tile,
-                               tile_budget=tile_budget, progress=progress, output_pixel_size=output_pixel_size,
-                               input_image=lambda: stack.enter_context(open_image(sample[primary.id], level_target)))
+        arrays, caller, file_size = open_sample(model, sample, axes, level_target, stack)
+        stats = whole_image_statistics(model.engine, arrays)
+        input_checks_streamed(model.engine, arrays[model.description.inputs[0].id], stats, report, pixel_size, file_size)
+        return _write_streamed(model, arrays, caller.get(model.description.inputs[0].id), targets, stats, report,
+                               tile=tile, tile_budget=tile_budget, progress=progress,
+                               output_pixel_size=output_pixel_size,
+                               input_image=lambda: stack.enter_context(open_image(
+                                   sample[model.description.inputs[0].id], level_target)))
+
+
+def open_sample(model: Model, sample: Mapping[str, Path], axes: Optional[str],
+                level_target: Optional[Mapping[str, float]], stack: ExitStack
+                ) -> tuple[dict[str, LazyView], dict[str, str], Any]:
+    """The sample's images opened lazily (closed with `stack`) as model-layout views, validated (dtype, empty,
+    fixed sizes, finite values); returns (views, caller axes, the primary file's pixel size) by input id."""
+    desc = model.description
+    arrays, caller, file_size = {}, {}, None
+    for tid, path in sample.items():
+        image = stack.enter_context(open_image(path, level_target))
+        data, t = image.data, desc.input(tid)
+        if np.dtype(data.dtype).kind not in "biuf":
+            raise InputError(f"input '{tid}' ('{path}') has dtype {data.dtype}; expected a numeric image (int or "
+                             "float)")
+        if math.prod(data.shape) == 0:
+            raise InputError(f"input '{tid}' ('{path}') is empty (shape {tuple(data.shape)}); expected an image "
+                             "with pixels")
+        caller[tid] = axes.lower() if axes else image.axes or _guess_axes(np.empty((1,) * len(data.shape)), t)
+        arrays[tid] = lazy_model_layout(data, caller[tid], t)
+        _check_fixed_sizes(arrays[tid], t)
+        _check_finite(data, tid)
+        file_size = image.pixel_size if tid == desc.inputs[0].id else file_size
+    return arrays, caller, file_size
 
 
 def _write_streamed(model: Model, arrays, caller: Optional[str], targets: Mapping[str, Path], stats, report, *,
@@ -147,7 +156,7 @@ def _write_streamed(model: Model, arrays, caller: Optional[str], targets: Mappin
         written = predict_streamed(engine, arrays, out, tile=tile, tile_budget=tile_budget, stats=stats,
                                    progress=progress)
         space_out = {tid: [i for i, a in enumerate(desc.output(tid).axes) if a.type == "space"] for tid in written}
-        input_checks.receptive_field(report, engine, {tid: _crop(y, space_out[tid]) for tid, y in written.items()})
+        input_checks.receptive_field(report, engine, {tid: central_crop(y, space_out[tid]) for tid, y in written.items()})
         written.clear()
         for tid in list(finish):
             done = finish.pop(tid)
@@ -171,7 +180,7 @@ def _write_streamed(model: Model, arrays, caller: Optional[str], targets: Mappin
     return {"written": {tid: str(targets[tid]) for tid in shapes}, "shapes": shapes, "axes": dict(layouts)}
 
 
-def _input_checks(engine, x, stats: Mapping, report: CheckReport, pixel_size: Any, file_size: Any) -> None:
+def input_checks_streamed(engine, x, stats: Mapping, report: CheckReport, pixel_size: Any, file_size: Any) -> None:
     desc = engine.description
     t = desc.inputs[0]
     training = training_conditions(desc.config)

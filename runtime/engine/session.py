@@ -83,10 +83,12 @@ class OnnxSession:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._types = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
         self._ranks = {i.name: len(i.shape) for i in self.session.get_inputs()}
+        self._out_types = {o.name: _ORT_TYPES.get(o.type, np.float32) for o in self.session.get_outputs()}
         # until bind() is called, tensor ids are taken to be the graph names
         self._input_of = {n: n for n in self.input_names}
         self._output_of = {n: n for n in self.output_names}
         self.input_types, self.input_ranks = dict(self._types), dict(self._ranks)
+        self.output_types = dict(self._out_types)
         self.binding_note: Optional[str] = None
         self._ort = ort
 
@@ -102,6 +104,7 @@ class OnnxSession:
         notes = [n for n in (note_in, note_out) if n]
         self.input_types = {tid: self._types[name] for tid, name in self._input_of.items()}
         self.input_ranks = {tid: self._ranks[name] for tid, name in self._input_of.items()}
+        self.output_types = {tid: self._out_types[name] for tid, name in self._output_of.items()}
         self.binding_note = "; ".join(notes) or None
         return self.binding_note
 

@@ -12,15 +12,14 @@ in-memory prediction with the same tiles.
 """
 from __future__ import annotations
 
-from itertools import product
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from ..format.description import DataDependentSize
-from ..ops import run_chain
-from ..ops.stats import DatasetStatistics, StatsContext, streamed_measures
-from .tiling import _checked, _follower_index, _follower_ratio, output_shapes, plan_tiles
+from ..ops.stats import DatasetStatistics, streamed_measures
+from .blocks import index_maps, run_tile, tile_combos
+from .tiling import Plan, output_shapes, plan_tiles
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -149,51 +148,6 @@ def whole_image_statistics(engine: "Engine", arrays: Mapping[str, np.ndarray],
     return known
 
 
-def _index_map(length: int, padded: int, mode: str, shape: Sequence[int], widths: Sequence[int]) -> np.ndarray:
-    """Source index of every padded position along one axis (-1: a constant pad value), as pad_to would pad:
-    np.pad is applied to the index vector, with pad_to's own choice of mode for the whole array's shape."""
-    index = np.arange(length)
-    if padded <= length:
-        return index
-    if mode == "constant":
-        return np.concatenate([index, np.full(padded - length, -1)])
-    effective = mode
-    if mode == "reflect" and any(w >= have for w, have in zip(widths, shape)):
-        effective = "symmetric" if all(have > 1 for have in shape) else "edge"
-    try:
-        return np.pad(index, (0, padded - length), mode=effective)
-    except ValueError:
-        return np.pad(index, (0, padded - length), mode="edge")
-
-
-def _read_block(x: np.ndarray, maps: Sequence[Optional[np.ndarray]]) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """x at the given source indices per axis (None: whole axis) as float32, and a mask of constant-pad cells."""
-    bounds, local, pad = [], [], None
-    for n, m in zip(x.shape, maps):
-        if m is None:
-            bounds.append(slice(None))
-            local.append(slice(None))
-            continue
-        valid = m[m >= 0]
-        lo, hi = int(valid.min()), int(valid.max()) + 1
-        bounds.append(slice(lo, hi))
-        rel = np.where(m >= 0, m - lo, 0)
-        local.append(slice(0, hi - lo) if np.array_equal(rel, np.arange(len(m))) else rel)
-    block = np.asarray(x[tuple(bounds)], dtype=np.float32)
-    fancy = [i for i, s in enumerate(local) if not isinstance(s, slice)]
-    if fancy:
-        block = block[np.ix_(*[s if not isinstance(s, slice) else np.arange(block.shape[i])[s]
-                               for i, s in enumerate(local)])]
-    if any(m is not None and (m < 0).any() for m in maps):
-        pad = np.zeros(block.shape, dtype=bool)
-        for i, m in enumerate(maps):
-            if m is not None and (m < 0).any():
-                sel = [slice(None)] * block.ndim
-                sel[i] = m < 0
-                pad[tuple(sel)] = True
-    return block, pad
-
-
 def release(array: np.ndarray) -> None:
     """Drop the pages of a memory-mapped array from this process's resident set (written ones flushed first):
     without it every page ever touched stays resident and RSS grows with the image."""
@@ -215,63 +169,24 @@ def release(array: np.ndarray) -> None:
 
 def predict_streamed(engine: "Engine", arrays: Mapping[str, np.ndarray], out: OutputFactory, *,
                      tile: Optional[Mapping[str, int]] = None, tile_budget: int, stats: Mapping,
-                     progress: Optional[Callable[[int, int], None]] = None) -> dict[str, np.ndarray]:
+                     progress: Optional[Callable[[int, int], None]] = None,
+                     plan: Optional[Plan] = None) -> dict[str, np.ndarray]:
     """Run the package over lazily read `arrays` (model layout, any dtype) tile by tile into the arrays `out`
-    creates (model layout); returns them. `stats`: whole_image_statistics of the same arrays."""
+    creates (model layout); returns them. `stats`: whole_image_statistics of the same arrays; `plan`: a tile plan
+    (e.g. blocks.block_plan) instead of plan_tiles'."""
     desc = engine.description
-    primary = desc.inputs[0]
     shapes = {tid: tuple(x.shape) for tid, x in arrays.items()}
-    plan = plan_tiles(desc, shapes, tile, tile_budget)
-    maps = {}
-    for tid, x in arrays.items():
-        want = plan.input_shapes[tid]
-        widths = [max(0, w - h) for h, w in zip(x.shape, want)]
-        maps[tid] = [_index_map(h, w, engine.pad_mode, x.shape, widths) for h, w in zip(x.shape, want)]
+    plan = plan if plan is not None else plan_tiles(desc, shapes, tile, tile_budget)
+    maps = index_maps(engine, shapes, plan)
     wanted = output_shapes(desc, shapes)
-    per_axis = [[(s, lo, hi) for s, lo, hi in zip(p.starts, p.cuts[:-1], p.cuts[1:])] for p in plan.tiled] or [[]]
     written: dict[str, np.ndarray] = {}
-    combos = list(product(*per_axis)) if plan.tiled else [()]
+    combos = tile_combos(plan)
     for done, combo in enumerate(combos):
-        feeds, raw = {}, {}
-        for t in desc.inputs:
-            if t.id not in arrays:
-                continue
-            tile_maps: list[Optional[np.ndarray]] = [m if len(m) != n or not np.array_equal(m, np.arange(n)) else None
-                                                     for m, n in zip(maps[t.id], arrays[t.id].shape)]
-            for p, (start, _, _) in zip(plan.tiled, combo):
-                i = _follower_index(t, primary, p.axis_id)
-                if i is not None:
-                    tile_maps[i] = maps[t.id][i][start:start + p.tile]
-            block, pad = _read_block(arrays[t.id], tile_maps)
-            raw[t.id] = block
-            ctx = StatsContext({t.id: (block, engine.axis_ids(t.id))}).seed(stats)
-            x = run_chain(engine.preprocessing[t.id], block, engine.axis_ids(t.id), ctx)
-            if pad is not None:  # constant padding pads the preprocessed image with zeros
-                x = np.where(pad, np.zeros((), x.dtype), x)
-            feeds[t.id] = x
-        results = _checked(desc, engine.session.run, feeds)
-        post = StatsContext({tid: (b, engine.axis_ids(tid)) for tid, b in raw.items()}).seed(stats)
-        for o in desc.outputs:
-            y = results[o.id]
-            full = wanted.get(o.id) or tuple(y.shape)
-            src = [slice(0, n) for n in full]  # axes not tiled: cropped to the unpadded extent
-            dst = [slice(None)] * y.ndim
-            for p, (start, lo, hi) in zip(plan.tiled, combo):
-                i = _follower_index(o, primary, p.axis_id)
-                if i is None:
-                    continue
-                f = _follower_ratio(desc, o.axes[i])
-                end = min(round(hi * f), wanted[o.id][i]) if wanted.get(o.id) else round(hi * f)
-                src[i] = slice(round((lo - start) * f), round((lo - start) * f) + max(0, end - round(lo * f)))
-                dst[i] = slice(round(lo * f), max(round(lo * f), end))
-            piece = y[tuple(src)]
-            if piece.size == 0:
-                continue
-            piece = run_chain(engine.postprocessing[o.id], piece, engine.axis_ids(o.id), post)
-            if o.id not in written:
-                written[o.id] = out(o.id, tuple(full), piece.dtype)
-            written[o.id][tuple(dst)] = piece
-            release(written[o.id])
+        for piece in run_tile(engine, arrays, maps, plan, combo, stats, wanted):
+            if piece.tensor_id not in written:
+                written[piece.tensor_id] = out(piece.tensor_id, piece.shape, piece.value.dtype)
+            written[piece.tensor_id][piece.index] = piece.value
+            release(written[piece.tensor_id])
         for x in arrays.values():
             release(x)
         if progress:

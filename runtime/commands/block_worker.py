@@ -1,0 +1,130 @@
+"""What a Dask worker runs for `biozoo predict --workers/--scheduler`: one block (a tile of blocks.block_plan) per
+task, read from the input files, predicted, written straight into the outputs' temporaries, then marked done in
+the run's journal (so that a resumed run skips it).
+
+A worker process loads the package once per run (hashes checked there too: a worker trusts no more than the
+driver) and keeps its onnxruntime session, opened inputs and reopened outputs for the following blocks. A block
+written twice (its worker was killed after writing, before reporting) writes the same bytes: tasks are idempotent.
+"""
+from __future__ import annotations
+
+import os
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from ..engine.blocks import index_maps, run_tile, tile_combos
+from ..engine.streaming import lazy_model_layout, release
+from ..engine.tiling import Plan, output_shapes
+from .lazyio import open_image
+
+DONE = "done"
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """Everything a worker needs for any block of one run (pickled to the workers; small: no pixels)."""
+    key: str  # unique per run: a worker's cached state belongs to one run
+    package: str
+    device: str
+    threads: int  # onnxruntime intra-op threads per worker (0: onnxruntime's default)
+    inputs: Mapping[str, str]  # input id -> file
+    caller_axes: Mapping[str, str]
+    level_target: Optional[Mapping[str, float]]
+    plan: Plan
+    stats: Mapping  # whole-image statistics from the driver's pre-pass
+    sinks: Mapping[str, Any]  # output id -> streaming.CallerSink around a picklable output (lazyio.create_output)
+    journal: str  # folder of the run's journal: one empty file per finished block under done/
+
+
+@dataclass
+class _State:
+    model: Any
+    arrays: dict
+    maps: dict
+    wanted: dict
+    combos: list
+    sinks: Mapping[str, Any]
+    stack: ExitStack = field(default_factory=ExitStack)
+
+
+_STATES: dict[str, _State] = {}
+
+
+def _state(job: BlockJob) -> _State:
+    state = _STATES.get(job.key)
+    if state is not None:
+        return state
+    for old in list(_STATES):  # one run at a time per worker: the previous run's files are let go
+        _STATES.pop(old).stack.close()
+    from ..model import load
+
+    model = load(job.package, device=job.device, threads=job.threads)
+    stack = ExitStack()
+    arrays = {}
+    for tid, path in job.inputs.items():
+        image = stack.enter_context(open_image(Path(path), job.level_target))
+        arrays[tid] = lazy_model_layout(image.data, job.caller_axes[tid], model.description.input(tid))
+    shapes = {tid: tuple(x.shape) for tid, x in arrays.items()}
+    state = _State(model, arrays, index_maps(model.engine, shapes, job.plan), output_shapes(model.description, shapes),
+                   tile_combos(job.plan), job.sinks, stack)
+    _STATES[job.key] = state
+    return state
+
+
+def done_marker(journal: str, index: int) -> Path:
+    return Path(journal) / DONE / str(index)
+
+
+def run_block(job: BlockJob, index: int) -> dict[str, Any]:
+    """Predict block `index` into the outputs and mark it done; returns what the run's summary needs."""
+    started = time.perf_counter()
+    state = _state(job)
+    pieces = run_tile(state.model.engine, state.arrays, state.maps, job.plan, state.combos[index], job.stats,
+                      state.wanted)
+    for piece in pieces:
+        state.sinks[piece.tensor_id][piece.index] = piece.value
+    for sink in state.sinks.values():
+        sink.target.flush()  # on disk before the block counts as done
+    for x in state.arrays.values():
+        release(x)
+    done_marker(job.journal, index).touch()
+    return {"block": index, "worker": _worker_name(), "seconds": time.perf_counter() - started,
+            "peak_rss": _peak_rss(), "pixels": _core_pixels(job.plan, state.combos[index])}
+
+
+def _core_pixels(plan: Plan, combo: tuple) -> int:
+    n = 1
+    for p, (_, lo, hi) in zip(plan.tiled, combo):
+        n *= max(0, min(hi, p.length) - lo)
+    return n
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return f"pid {os.getpid()}"
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory in bytes (0 where the platform does not tell)."""
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak) if os.uname().sysname == "Darwin" else int(peak) * 1024
+    except (ImportError, AttributeError):
+        return 0
+
+
+def worker_pid() -> int:
+    """For tests and diagnostics: the pid of the worker process that runs this."""
+    return os.getpid()
+
+
+__all__ = ["BlockJob", "done_marker", "run_block", "worker_pid"]

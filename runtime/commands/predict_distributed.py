@@ -1,0 +1,279 @@
+"""`biozoo predict --workers N` (a LocalCluster of N worker processes) or `--scheduler ADDRESS` (an existing
+dask.distributed cluster): an image predicted block by block on Dask workers.
+
+The driver opens the inputs lazily, computes the whole-image statistics once (the streamed pre-pass), runs the
+input checks on what it can read without the image (as the streamed path does), plans blocks of one fixed shape
+whose cores lie on the outputs' chunk grid (engine/blocks.block_plan), creates the outputs' temporaries, and hands
+one task per block to the workers (commands/block_worker.py), which write their results straight into them. Every
+finished block is recorded in a journal beside the output; `--resume` after a crash skips the recorded blocks
+(when the package, inputs, plan and statistics are the same). A killed worker's blocks are re-run by Dask on
+the others. The outputs appear at the end by a rename, as everywhere else.
+
+Same arithmetic as the streamed path with the same plan, so the distributed result is bit-identical to it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+import numpy as np
+
+from ..checks import input_checks
+from ..checks.report import CheckReport
+from ..engine.blocks import block_plan, output_chunks, output_dtypes, tile_combos
+from ..engine.streaming import CallerSink, caller_layout, why_not_streamable, whole_image_statistics
+from ..engine.tiling import Plan, output_shapes
+from ..errors import BiozooError, InputError
+from ..format.package import sha256_of
+from ..model import Model
+from .block_worker import DONE, BlockJob, run_block
+from .lazyio import create_output, open_image
+from .omezarr import is_zarr
+from .predict_streamed import STREAMED_INPUTS, STREAMED_OUTPUTS, central_crop, input_checks_streamed, open_sample
+
+log = logging.getLogger("biozoo")
+JOURNAL_SUFFIX = ".biozoo-run"
+
+
+def why_not_distributable(model: Model, sample: Mapping[str, Path], targets: Mapping[str, Path]) -> Optional[str]:
+    why = why_not_streamable(model.engine)
+    if why:
+        return why
+    for path in sample.values():
+        if path.suffix.lower() not in STREAMED_INPUTS:
+            return f"input '{path.name}' is not read block by block (readable so: {', '.join(STREAMED_INPUTS)})"
+    for path in targets.values():
+        if path.suffix.lower() not in STREAMED_OUTPUTS:
+            return f"output '{path.name}' is not written block by block (writable so: {', '.join(STREAMED_OUTPUTS)})"
+    return None
+
+
+def journal_folder(targets: Mapping[str, Path]) -> Path:
+    first = next(iter(targets.values()))
+    return first.parent / f".{first.name}{JOURNAL_SUFFIX}"
+
+
+class Journal:
+    """The record of a run's finished blocks: `run.json` (what the run is) and one empty file per finished block
+    under done/ (written by the workers). A journal that describes another run is never taken up: --resume
+    refuses it, a run without --resume replaces it."""
+
+    def __init__(self, folder: Path, fingerprint: dict, resume: bool):
+        self.folder, self.resumed = folder, False
+        record = folder / "run.json"
+        if resume and record.is_file():
+            try:
+                previous = json.loads(record.read_text())
+            except (OSError, ValueError):
+                previous = None
+            if previous != fingerprint:
+                differ = sorted(k for k in fingerprint if not previous or previous.get(k) != fingerprint[k])
+                raise InputError(f"cannot resume from '{folder}': it was left by a run with other "
+                                 f"{', '.join(differ) or 'settings'}; run again without --resume to start over")
+            self.resumed = True
+        elif resume:
+            log.info("--resume: no unfinished run at '%s'; starting from the first block", folder)
+        elif folder.exists():
+            log.info("starting over: removing the unfinished run at '%s' (--resume would continue it)", folder)
+        if not self.resumed:
+            shutil.rmtree(folder, ignore_errors=True)
+            try:
+                (folder / DONE).mkdir(parents=True)
+                (folder / "run.json").write_text(json.dumps(fingerprint))
+            except OSError as e:
+                raise InputError(f"cannot write beside the output ('{folder}'): {e.strerror or e}; choose a writable "
+                                 "output folder") from None
+
+    def done(self) -> set[int]:
+        return {int(p.name) for p in (self.folder / DONE).iterdir() if p.name.isdigit()}
+
+    def finish(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _stamp(path: Path) -> list:
+    """What tells a changed input file apart without reading it: size and modification time (a Zarr folder:
+    those of its metadata files)."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.name in ("zarr.json", ".zarray",
+                                                                                            ".zattrs", ".zgroup"))
+    return [[str(p.relative_to(path)) if p != path else "", p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _fingerprint(model: Model, sample: Mapping[str, Path], targets: Mapping[str, Path], plan: Plan,
+                 stats: Mapping, dtypes: Mapping[str, np.dtype]) -> dict:
+    digest = hashlib.sha256()
+    for m in sorted(stats, key=repr):
+        digest.update(repr(m).encode())
+        digest.update(np.asarray(stats[m], dtype=np.float64).tobytes())
+    return {
+        "package": sha256_of(model.package.rdf_path),
+        "inputs": {tid: [str(p.resolve()), _stamp(p)] for tid, p in sample.items()},
+        "outputs": {tid: [str(p.resolve()), str(dtypes[tid])] for tid, p in targets.items()},
+        "plan": [[p.axis_id, p.tile, list(p.starts), list(p.cuts)] for p in plan.tiled],
+        "statistics": digest.hexdigest(),
+    }
+
+
+@contextmanager
+def dask_client(workers: Optional[int], scheduler: Optional[str]) -> Iterator[Any]:
+    """A dask.distributed Client: of the cluster at `scheduler`, or of a LocalCluster of `workers` processes with
+    one thread each (no dashboard: nothing listens beyond what the cluster needs)."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise InputError("--workers/--scheduler need dask.distributed: pip install 'biozoo[distributed]'") from None
+    if scheduler:
+        try:
+            client = Client(scheduler, set_as_default=False)  # timeout: dask's distributed.comm.timeouts.connect
+        except (OSError, TimeoutError) as e:
+            raise InputError(f"cannot reach the Dask scheduler at '{scheduler}': {e}; check the address "
+                             "(e.g. tcp://host:8786) and that the scheduler runs") from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    for name in ("distributed", "tornado"):  # their info lines (nannies closing...) are not the user's business
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                      memory_limit=0, silence_logs=logging.ERROR) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: Optional[str],
+                               targets: Mapping[str, Path], *, workers: Optional[int], scheduler: Optional[str],
+                               resume: bool, tile: Optional[Mapping[str, int]], tile_budget: int, device: str,
+                               threads: Optional[int] = None,
+                               report: CheckReport, pixel_size: Any = None,
+                               progress: Optional[Callable[[int, int], None]] = None,
+                               level_target: Optional[Mapping[str, float]] = None,
+                               output_pixel_size: Callable[[str], Any] = lambda tid: None) -> dict[str, Any]:
+    """Predict one sample on Dask workers into `targets`; returns the written paths, shapes, axes and the run's
+    summary (blocks, skipped, MPx/s, peak memory per worker)."""
+    why = why_not_distributable(model, sample, targets)
+    if why:
+        raise InputError(f"--workers/--scheduler predict block by block, but {why}; run without them")
+    engine, desc = model.engine, model.description
+    primary = desc.inputs[0].id
+    with ExitStack() as stack:
+        client = stack.enter_context(dask_client(workers, scheduler))  # first: a wrong address fails before work
+        arrays, caller, file_size = open_sample(model, sample, axes, level_target, stack)
+        stats = whole_image_statistics(engine, arrays)
+        input_checks_streamed(engine, arrays[primary], stats, report, pixel_size, file_size)
+        shapes = {tid: tuple(x.shape) for tid, x in arrays.items()}
+        plan = block_plan(engine, shapes, tile, tile_budget)
+        dtypes, wanted, chunks = output_dtypes(engine, plan, stats), output_shapes(desc, shapes), output_chunks(engine,
+                                                                                                                 plan)
+        journal = Journal(journal_folder(targets), _fingerprint(model, sample, targets, plan, stats, dtypes), resume)
+        try:
+            outputs, sinks, layouts = _create_outputs(model, targets, wanted, dtypes, chunks, caller.get(primary),
+                                                      journal, output_pixel_size,
+                                                      lambda: stack.enter_context(open_image(sample[primary],
+                                                                                             level_target)))
+            combos = tile_combos(plan)
+            finished = journal.done() if journal.resumed else set()
+            todo = [i for i in range(len(combos)) if i not in finished]
+            local = scheduler is None
+            if threads is None:  # a local cluster shares this machine's cores; a remote worker knows its own
+                threads = max(1, (os.cpu_count() or 1) // max(1, workers or 1)) if local else 0
+            job = BlockJob(uuid.uuid4().hex, str(Path(model.package.source).resolve()), device, threads,
+                           {tid: str(p.resolve()) for tid, p in sample.items()}, caller, level_target, plan, stats,
+                           sinks, str(journal.folder))
+            started = time.perf_counter()
+            results = _run_blocks(client, job, todo, len(combos), progress, journal.folder)
+            seconds = time.perf_counter() - started
+            space_out = {o.id: [i for i, a in enumerate(o.axes) if a.type == "space"] for o in desc.outputs}
+            input_checks.receptive_field(report, engine, {tid: central_crop(sink, space_out[tid])
+                                                          for tid, sink in sinks.items()})
+        except BaseException:
+            if not journal.done():  # nothing to resume: nothing stays behind
+                journal.finish()
+            raise
+        for tid, out in outputs.items():
+            out.close()
+        journal.finish()
+    return {"written": {tid: str(targets[tid]) for tid in outputs},
+            "shapes": {tid: list(out.shape) for tid, out in outputs.items()}, "axes": layouts,
+            "distributed": _summary(results, len(combos), len(finished), seconds, scheduler or f"{workers} local "
+                                    "worker(s)")}
+
+
+def _create_outputs(model: Model, targets: Mapping[str, Path], wanted: Mapping, dtypes: Mapping, chunks: Mapping,
+                    caller: Optional[str], journal: Journal, output_pixel_size: Callable[[str], Any],
+                    input_image: Callable[[], Any]) -> tuple[dict, dict, dict]:
+    """Every output's temporary in the journal folder (taken up again on --resume), chunked on the block grid,
+    and a model-layout writer (CallerSink) for the workers; returns (outputs, sinks, caller layouts)."""
+    outputs, sinks, layouts = {}, {}, {}
+    for o in model.description.outputs:
+        final, layouts[o.id] = caller_layout(wanted[o.id], o, caller)
+        labels = is_zarr(targets[o.id]) and np.issubdtype(dtypes[o.id], np.integer)
+        outputs[o.id] = create_output(targets[o.id], final, dtypes[o.id], layouts[o.id], output_pixel_size(o.id),
+                                      labels=labels, image=input_image() if labels else None,
+                                      chunks={o.axis(a).letter: n for a, n in chunks[o.id].items()},
+                                      at=journal.folder, reopen=journal.resumed)
+        sinks[o.id] = CallerSink(outputs[o.id], layouts[o.id], o, wanted[o.id])
+    return outputs, sinks, layouts
+
+
+def _run_blocks(client: Any, job: BlockJob, todo: list[int], total: int,
+                progress: Optional[Callable[[int, int], None]], folder: Path) -> list[dict]:
+    from distributed import as_completed
+
+    results: list[dict] = []
+    futures = client.map(run_block, [job] * len(todo), todo, pure=False,
+                         key=[f"biozoo-block-{job.key}-{i}" for i in todo])
+    try:
+        for future in as_completed(futures, loop=client.loop):
+            results.append(_result(future, folder))
+            if progress:
+                progress(total - len(todo) + len(results), total)
+    except BaseException:
+        client.cancel(futures)
+        raise
+    return results
+
+
+def _result(future: Any, folder: Path) -> dict:
+    from distributed import KilledWorker
+
+    keep = f"the finished blocks are kept in '{folder}': run the same command with --resume to continue"
+    try:
+        return future.result()
+    except BiozooError as e:
+        raise type(e)(f"{e} ({keep})") from None
+    except KilledWorker as e:
+        raise InputError(f"a block killed every worker that ran it ({e}); a worker may have run out of memory: "
+                         f"lower --memory or --tile, or give the workers more memory; {keep}") from None
+    except (OSError, MemoryError) as e:
+        raise InputError(f"a block failed on a worker: {type(e).__name__}: {e}; {keep}") from None
+
+
+def _summary(results: list[dict], total: int, skipped: int, seconds: float, where: str) -> dict:
+    pixels = sum(r["pixels"] for r in results)
+    peaks: dict[str, int] = {}
+    for r in results:
+        peaks[r["worker"]] = max(peaks.get(r["worker"], 0), r["peak_rss"])
+    return {"cluster": where, "blocks": total, "skipped": skipped, "run": len(results),
+            "seconds": round(seconds, 3), "mpx_per_s": round(pixels / 1e6 / seconds, 3) if seconds > 0 else None,
+            "peak_memory_per_worker": dict(sorted(peaks.items()))}
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    from ..checks.input_checks import format_bytes
+
+    peaks = ", ".join(format_bytes(v) for v in summary["peak_memory_per_worker"].values()) or "n/a"
+    rate = f"{summary['mpx_per_s']} MPx/s" if summary["mpx_per_s"] is not None else "no blocks run"
+    return (f"  {summary['blocks']} blocks on {summary['cluster']}: {summary['run']} run, {summary['skipped']} "
+            f"skipped (--resume), {summary['seconds']} s, {rate}; peak memory per worker: {peaks}")
+
+
+__all__ = ["format_summary", "journal_folder", "predict_sample_distributed", "why_not_distributable"]
