@@ -10,6 +10,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from biozoo.runtime.format.permissions import plain_permissions
+
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 FILE_MODE = 0o644 << 16
 
@@ -29,6 +31,7 @@ def write_deterministic_zip(folder: Path, dest: Path) -> Path:
                 info.external_attr = FILE_MODE
                 info.create_system = 3  # unix, whatever OS writes the zip
                 zf.writestr(info, path.read_bytes(), compresslevel=6)
+        plain_permissions(tmp)
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -200,8 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "worker processes (pip install 'biozoo[distributed]'); .npy/TIFF/Zarr/OME-Zarr in and out")
     p.add_argument("--scheduler", metavar="ADDRESS", help="predict block by block on an existing dask.distributed "
                    "cluster, e.g. tcp://10.0.0.5:8786 (its workers need biozoo and see the same files)")
-    p.add_argument("--threads", type=int, metavar="T", help="onnxruntime threads per Dask worker (default: the cores "
-                   "divided by --workers; with --scheduler, onnxruntime's default)")
+    p.add_argument("--threads", type=int, metavar="T", help="onnxruntime threads (default: onnxruntime's choice; with "
+                   "--workers, the cores divided by N per worker)")
     p.add_argument("--resume", action="store_true", help="with --workers/--scheduler: continue a run that did not "
                    "finish (crash, kill), skipping the blocks it wrote; refused when anything about the run changed")
     no_check(p)

@@ -22,6 +22,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from ..engine.outputs import CORNERS, DetectionOutputs
+from ..format.permissions import plain_permissions
 from ..errors import InputError, PackageError
 
 CSV_COLUMNS = ("index", "class_id", "class_name", "score", *CORNERS, "x_center", "y_center", "width", "height")
@@ -131,6 +132,7 @@ def _atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        plain_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

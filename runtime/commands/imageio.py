@@ -12,6 +12,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from ..format.permissions import plain_permissions
 from ..errors import InputError
 from ..format.npy import load_npy
 from .lazyio import READ_SUFFIXES, LazyImage, create_output, open_image, read_pixel_size, read_png, tiff_axes
@@ -123,6 +124,7 @@ def write_image(path: Path, data: np.ndarray, axes: str, pixel_size: Optional[Ma
             import tifffile
 
             tifffile.imwrite(tmp, data, metadata={"axes": axes.upper().replace("B", "Q")})
+        plain_permissions(tmp)
         os.replace(tmp, path)
     except OSError as e:  # disk full, quota, a folder replaced meanwhile: nothing half-written stays behind
         Path(tmp).unlink(missing_ok=True)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 
 from ..checks.pixelsize import read_pixel_size as read_tiff_pixel_size
+from ..format.permissions import plain_permissions
 from ..errors import InputError
 from .omezarr import OmeZarrOutput, in_zarr, is_zarr, open_zarr
 
@@ -247,6 +248,7 @@ class MappedOutput:
         try:
             self._array.flush()
             del self._array
+            plain_permissions(self._tmp)
             os.replace(self._tmp, self.path)
         except OSError as e:
             self.abort()

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from ..checks.pixelsize import format_size, to_micrometers
+from ..format.permissions import plain_permissions
 from ..errors import InputError
 
 NGFF_ORDER = "tczyx"  # the axis order NGFF requires
@@ -251,6 +252,7 @@ class OmeZarrOutput:
         try:
             self._write_pyramids()
             shutil.rmtree(self._tmp / "scratch")
+            plain_permissions(self._tmp)
             _replace(self._tmp, self.path)
         except OSError as e:
             self.abort()

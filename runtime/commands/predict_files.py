@@ -107,11 +107,13 @@ def predict_files(
     (e.g. "2GB"; default: the memory available) bounds the process: tiles are sized from it (see memory_plan).
     `workers` (a LocalCluster of that many processes) or `scheduler` (a dask.distributed address) predict block by
     block on Dask (commands/predict_distributed.py); `resume` continues such a run that did not finish; `threads`:
-    onnxruntime threads per worker."""
-    distributed = _check_distributed(workers, scheduler, resume, threads, rescale, mask, ignore_value)
+    onnxruntime threads (of each worker on Dask)."""
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads {threads}: expected at least 1 onnxruntime thread")
+    distributed = _check_distributed(workers, scheduler, resume, rescale, mask, ignore_value)
     skip = parse_no_check(no_check)
     output = Path(output)
-    model = load(package, device=device)
+    model = load(package, device=device, threads=threads or 0)
     samples = _samples(model, inputs)
     for sample in samples:  # fail fast, before any work, on files that are not there
         for path in sample.values():
@@ -222,13 +224,10 @@ def predict_files(
     return {"model": model.name, "provider": model.provider, "items": items, "checks": report.as_list()}
 
 
-def _check_distributed(workers: Optional[int], scheduler: Optional[str], resume: bool, threads: Optional[int],
-                       rescale: bool, mask: Optional[str], ignore_value: Optional[float]) -> bool:
+def _check_distributed(workers: Optional[int], scheduler: Optional[str], resume: bool, rescale: bool,
+                       mask: Optional[str], ignore_value: Optional[float]) -> bool:
     """Whether the prediction runs on Dask; refuses options that do not go with it."""
     if workers is None and not scheduler:
-        if threads is not None:
-            raise InputError("--threads sets the onnxruntime threads of each Dask worker; give --workers N or "
-                             "--scheduler ADDRESS with it")
         if resume:
             raise InputError("--resume continues a run on Dask workers; give --workers N or --scheduler ADDRESS as "
                              "the interrupted run did")
@@ -237,8 +236,6 @@ def _check_distributed(workers: Optional[int], scheduler: Optional[str], resume:
         raise InputError("--workers starts a local cluster and --scheduler uses an existing one; give one of them")
     if workers is not None and workers < 1:
         raise InputError(f"--workers {workers}: expected at least 1 worker process")
-    if threads is not None and threads < 1:
-        raise InputError(f"--threads {threads}: expected at least 1 onnxruntime thread per worker")
     given = [name for name, on in (("--rescale", rescale), ("--mask", mask), ("--ignore-value", ignore_value is not None))
              if on]
     if given:

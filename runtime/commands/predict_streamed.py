@@ -26,6 +26,7 @@ from ..checks.report import CheckReport, training_conditions
 from ..engine.engine import _check_fixed_sizes, _guess_axes
 from ..engine.streaming import (LazyView, caller_layout, lazy_model_layout, model_view, predict_streamed, release,
                                 whole_image_statistics)
+from ..format.permissions import plain_permissions
 from ..errors import InputError
 from ..model import Model
 from ..ops import run_chain
@@ -58,16 +59,19 @@ def _check_finite(data: Any, tid: str) -> None:
 
 
 def _subsample(x: Any, space: list[int]) -> np.ndarray:
-    """Every step-th pixel along the space axes, read one sampled row (first space axis) at a time: a strided read
-    of a memory map in one go maps nearly the whole file (the kernel maps whole folios around each touched
-    element); each row read is copied out and its pages dropped (LazyView), so the peak stays at a few rows."""
+    """Every step-th pixel along the space axes, read in bands of whole rows (first space axis) of at most
+    STREAM_CHUNK elements: one strided read of a memory map would map nearly the whole file (the kernel maps
+    whole folios around each touched element), and one read per sampled row of a chunked Zarr would decompress
+    every chunk step-fold; each band is copied out and its pages dropped (LazyView), so the peak stays at a band."""
     step = max(1, math.ceil((math.prod(x.shape) / SUBSAMPLE) ** (1 / max(1, len(space)))))
     first = space[0] if space else 0
-    index = [slice(None, None, step) if i in space else slice(None) for i in range(x.ndim)]
-    rows = []
-    for r in range(0, x.shape[first], step):
-        index[first] = slice(r, r + 1)
-        rows.append(np.asarray(x[tuple(index)], dtype=np.float32))
+    per_row = math.prod(x.shape) // max(1, x.shape[first])
+    band = max(step, STREAM_CHUNK // max(1, per_row) // step * step)
+    index = tuple(slice(None, None, step) if i in space else slice(None) for i in range(x.ndim))
+    rows, select = [], [slice(None)] * x.ndim
+    for r in range(0, x.shape[first], band):
+        select[first] = slice(r, r + band)
+        rows.append(np.asarray(x[tuple(select)])[index].astype(np.float32))
     return np.concatenate(rows, axis=first)
 
 
@@ -164,6 +168,7 @@ def _write_streamed(model: Model, arrays, caller: Optional[str], targets: Mappin
                 done.flush()
                 release(done)
                 del done
+                plain_permissions(temps[tid])
                 os.replace(temps.pop(tid), targets[tid])
             else:
                 done.close()

@@ -107,7 +107,7 @@ def test_refusals_say_what_to_do_and_write_nothing(rdf, tmp_path):
              (["--workers", "0"], "expected at least 1 worker"),
              (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "give one of them"),
              (["--workers", "1", "--rescale"], "cannot be combined with --workers"),
-             (["--threads", "2"], "give --workers N or --scheduler"),
+             (["--threads", "0"], "expected at least 1 onnxruntime thread"),
              (["--scheduler", "tcp://127.0.0.1:1"], "cannot reach the Dask scheduler")]
     env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"}
     for extra, message in cases:

@@ -2,6 +2,8 @@
 dataset statistics, and clear errors for bad arrays."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -173,3 +175,22 @@ def test_runtime_does_not_import_torch():
     code = "import sys, biozoo.runtime; biozoo.runtime.load; import biozoo.runtime.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", ["out.tif", "out.npy", "out.ome.zarr"])
+def test_outputs_get_the_permissions_of_any_new_file(rdf, tmp_path, name):
+    """Written through tempfile (0600/0700) until complete, then given what open()/mkdir() would give."""
+    import stat
+
+    from biozoo.runtime.commands.predict_files import predict_files
+
+    np.save(tmp_path / "in.npy", np.random.default_rng(0).random((64, 64)).astype(np.float32))
+    previous = os.umask(0o022)
+    try:
+        predict_files(str(rdf("unet2d")), [str(tmp_path / "in.npy")], tmp_path / name, device="cpu", quiet=True)
+    finally:
+        os.umask(previous)
+    target = tmp_path / name
+    paths = [target, *target.rglob("*")] if target.is_dir() else [target]
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in paths}
+    assert modes <= {0o644, 0o755} and stat.S_IMODE(target.stat().st_mode) == (0o755 if target.is_dir() else 0o644)
