@@ -125,6 +125,13 @@ def single_conv(seed: int, dims: Dims, inp: str = "raw", out: str = "out", *, k:
     return g.serialize(f"conv_{inp}_{out}")
 
 
+def identity(inp: str, out: str, dims: Dims) -> bytes:
+    """The input passed through (e.g. maps that a package's post-processing turns into labels)."""
+    g = Graph(0)
+    g.output(out, g.input(inp, dims), dims)
+    return g.serialize(f"identity_{inp}_{out}")
+
+
 def multi_io(seed: int = 3) -> bytes:
     """Inputs a, b (batch,1,y,x); outputs sum = conv3x3(a) + b and prod = a * b."""
     g = Graph(seed)

@@ -121,6 +121,19 @@ def apply_ops(x: np.ndarray, ids: list[str], ops: list[dict], raw: dict[str, np.
         elif name == "softmax":
             e = np.exp(y - y.max(axis=ids.index(kw.get("axis", "channel")), keepdims=True))
             y = e / e.sum(axis=ids.index(kw.get("axis", "channel")), keepdims=True)
+        elif name == "stardist_postprocessing":  # stardist's own NMS and rendering: the reference
+            from stardist.geometry import polygons_to_label
+            from stardist.nms import non_maximum_suppression
+
+            assert ids == ["batch", "y", "x", "channel"] and kw["grid"] == [1, 1]
+            out = []
+            for m in x.astype(np.float32):
+                points, scores, dist = non_maximum_suppression(m[..., 1:], m[..., 0], grid=(1, 1), b=kw["b"],
+                                                               nms_thresh=kw["nms_threshold"],
+                                                               prob_thresh=kw["prob_threshold"])
+                out.append(polygons_to_label(dist, points, m.shape[:2], prob=scores))
+            x = np.stack(out)[..., None].astype(np.int32)
+            continue
         elif name == "binarize":
             thr = _along(ids, kw["axis"], kw["threshold"]) if "axis" in kw else kw["threshold"]
             x = y > thr
@@ -275,7 +288,37 @@ def _kind(kind: str) -> dict[str, Any]:
                                                            "max_percentile": 99.8}}])],
             outputs=[_out("prob", [BATCH, chan("foreground"), *yx_ref("raw", 8, **um)], [{"id": "sigmoid"}])],
             config={"biozoo": {"format": 1, "task": "segmentation", "training": BLOBSEG_TRAINING}})
+    if kind == "stardist_maps":  # not in KINDS: StarDist block by block (tests/runtime/test_distributed.py)
+        return dict(
+            name="biozoo test stardist maps", onnx=graphs.identity("maps", "labels", ["batch", "y", "x", 33]),
+            description="StarDist post-processing only: the input holds an object probability and 32 ray distances "
+                        "per pixel (channels last); the graph passes them through; stardist_postprocessing turns "
+                        "them into labels.",
+            inputs=[_inp("maps", [BATCH, *yx(param(16, 1)), chan("prob", *[f"ray{i}" for i in range(32)])],
+                         star_maps(96, 96, count=14, seed=1)[None])],
+            outputs=[_out("labels", [BATCH, *yx_ref("maps"), chan("instance_labels")],
+                          [{"id": "stardist_postprocessing", "kwargs": {"prob_threshold": 0.5, "nms_threshold": 0.4,
+                                                                        "n_rays": 32, "grid": [1, 1], "b": 2}}],
+                          data={"type": "int32"})])
     raise ValueError(f"unknown kind {kind!r}, expected one of {KINDS}")
+
+
+def star_maps(height: int, width: int, count: int, seed: int, radius: tuple = (3, 11)) -> np.ndarray:
+    """(y, x, 33) float32: StarDist's object probability and 32 ray distances of random ellipses, with noise."""
+    from biozoo.zoo.star_targets import object_probabilities, star_distances
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    lab = np.zeros((height, width), np.int32)
+    for i in range(1, count + 1):
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        a, b, t = rng.uniform(*radius), rng.uniform(*radius), rng.uniform(0, np.pi)
+        u, v = (yy - cy) * np.cos(t) + (xx - cx) * np.sin(t), -(yy - cy) * np.sin(t) + (xx - cx) * np.cos(t)
+        lab[(u / a) ** 2 + (v / b) ** 2 < 1] = i
+    noisy = object_probabilities(lab, (1, 1)) + rng.normal(0, 0.05, lab.shape)
+    prob = 1 / (1 + np.exp(-8 * (noisy - 0.5)))  # in (0, 1) without clipping: hardly two candidates tie
+    dist = star_distances(lab, 32, (1, 1)) * rng.uniform(0.9, 1.1, (height, width, 32))
+    return np.concatenate([prob[..., None], dist], axis=-1).astype(np.float32)
 
 
 def blob_image(rng: np.random.Generator, size: int, count: int, radius: float, background: float = 10.0,

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+import numpy as np
+
 from ..engine.blocks import index_maps, run_tile, tile_combos
 from ..engine.streaming import lazy_model_layout, release
 from ..engine.tiling import Plan, output_shapes
@@ -36,7 +38,8 @@ class BlockJob:
     plan: Plan
     stats: Mapping  # whole-image statistics from the driver's pre-pass
     sinks: Mapping[str, Any]  # output id -> streaming.CallerSink around a picklable output (lazyio.create_output)
-    journal: str  # folder of the run's journal: one empty file per finished block under done/
+    journal: str  # folder of the run's journal: one file per finished block under done/
+    context: int = 0  # StarDist packages: input pixels of candidates past each core (instance_blocks.py)
 
 
 @dataclass
@@ -68,7 +71,8 @@ def _state(job: BlockJob) -> _State:
         image = stack.enter_context(open_image(Path(path), job.level_target))
         arrays[tid] = lazy_model_layout(image.data, job.caller_axes[tid], model.description.input(tid))
     shapes = {tid: tuple(x.shape) for tid, x in arrays.items()}
-    state = _State(model, arrays, index_maps(model.engine, shapes, job.plan), output_shapes(model.description, shapes),
+    described = model.engine.network if job.context else model.description  # StarDist: the network's maps
+    state = _State(model, arrays, index_maps(model.engine, shapes, job.plan), output_shapes(described, shapes),
                    tile_combos(job.plan), job.sinks, stack)
     _STATES[job.key] = state
     return state
@@ -76,6 +80,31 @@ def _state(job: BlockJob) -> _State:
 
 def done_marker(journal: str, index: int) -> Path:
     return Path(journal) / DONE / str(index)
+
+
+def objects_file(journal: str, index: int) -> Path:
+    """A StarDist block's objects (no pickle: np.savez of plain arrays), its done marker at the same time."""
+    return Path(journal) / DONE / f"{index}.npz"
+
+
+def run_objects(job: BlockJob, index: int) -> dict[str, Any]:
+    """StarDist packages: the objects whose centres lie in block `index`'s core, saved in the journal (the driver
+    renders the labels from all blocks' objects)."""
+    from ..engine.instance_blocks import block_objects, stardist_step
+
+    started = time.perf_counter()
+    state = _state(job)
+    step = stardist_step(state.model.engine)
+    found = block_objects(state.model.engine, step, state.arrays, state.maps, job.plan, state.combos[index],
+                          job.stats, state.wanted, job.context)
+    for x in state.arrays.values():
+        release(x)
+    target = objects_file(job.journal, index)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.npz")
+    np.savez(partial, points=found.points, scores=found.scores, dist=found.dist)
+    os.replace(partial, target)  # whole or absent: a killed worker leaves no half-written block
+    return {"block": index, "worker": _worker_name(), "seconds": time.perf_counter() - started,
+            "peak_rss": _peak_rss(), "pixels": _core_pixels(job.plan, state.combos[index]), "objects": len(found.scores)}
 
 
 def run_block(job: BlockJob, index: int) -> dict[str, Any]:
@@ -127,4 +156,4 @@ def worker_pid() -> int:
     return os.getpid()
 
 
-__all__ = ["BlockJob", "done_marker", "run_block", "worker_pid"]
+__all__ = ["BlockJob", "done_marker", "objects_file", "run_block", "run_objects", "worker_pid"]

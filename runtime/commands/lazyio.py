@@ -183,7 +183,7 @@ class MappedOutput:
 
     def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any, axes: str, *, at: Optional[Path] = None,
                  reopen: bool = False):
-        self.path, self.axes = path, axes
+        self.path, self.axes, self.reopened = path, axes, False
         self.shape, self.dtype = tuple(int(n) for n in shape), np.dtype(np.uint8 if np.dtype(dtype) == np.bool_
                                                                         else dtype)
         try:
@@ -191,6 +191,7 @@ class MappedOutput:
             if at is not None:
                 self._tmp = Path(at) / f"{path.name}.partial{path.suffix}"
                 if reopen and self._tmp.is_file() and self._reopen():
+                    self.reopened = True
                     return
             else:
                 fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)

@@ -155,7 +155,7 @@ class OmeZarrOutput:
         axes = axes.lower()
         self.path, self.shape, self.axes = Path(path), tuple(int(n) for n in shape), axes
         self.dtype = np.dtype(np.uint8 if np.dtype(dtype) == np.bool_ else dtype)
-        self.labels, self.image = labels, image
+        self.labels, self.image, self.reopened = labels, image, False
         self.pixel_size = dict(pixel_size or {})
         unknown = sorted(set(axes) - set(NGFF_ORDER) - {"b"})
         if len(axes) != len(self.shape) or unknown or len(set(axes)) != len(axes):
@@ -181,6 +181,7 @@ class OmeZarrOutput:
             else:
                 self._tmp = Path(at) / f"{self.path.name}.partial"
                 if reopen and self._reopen():
+                    self.reopened = True
                     return
                 shutil.rmtree(self._tmp, ignore_errors=True)
                 self._tmp.mkdir(parents=True)

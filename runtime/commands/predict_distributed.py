@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -29,12 +30,15 @@ import numpy as np
 from ..checks import input_checks
 from ..checks.report import CheckReport
 from ..engine.blocks import block_plan, output_chunks, output_dtypes, tile_combos
+from ..engine.instance_blocks import DEFAULT_CONTEXT, Objects, render_windows, stardist_step
 from ..engine.streaming import CallerSink, caller_layout, why_not_streamable, whole_image_statistics
 from ..engine.tiling import Plan, output_shapes
 from ..errors import BiozooError, InputError
 from ..format.package import sha256_of
 from ..model import Model
-from .block_worker import DONE, BlockJob, run_block
+from ..ops import run_chain
+from ..ops.stats import StatsContext
+from .block_worker import DONE, BlockJob, objects_file, run_block, run_objects
 from .lazyio import create_output, open_image
 from .omezarr import is_zarr
 from .predict_streamed import STREAMED_INPUTS, STREAMED_OUTPUTS, central_crop, input_checks_streamed, open_sample
@@ -44,9 +48,12 @@ JOURNAL_SUFFIX = ".biozoo-run"
 
 
 def why_not_distributable(model: Model, sample: Mapping[str, Path], targets: Mapping[str, Path]) -> Optional[str]:
-    why = why_not_streamable(model.engine)
-    if why:
-        return why
+    """None when the sample can be predicted block by block on Dask, else the reason: dense packages whose
+    post-processing is elementwise (engine/streaming.py), and StarDist packages (engine/instance_blocks.py)."""
+    if stardist_step(model.engine) is None:
+        why = why_not_streamable(model.engine)
+        if why:
+            return why
     for path in sample.values():
         if path.suffix.lower() not in STREAMED_INPUTS:
             return f"input '{path.name}' is not read block by block (readable so: {', '.join(STREAMED_INPUTS)})"
@@ -93,17 +100,28 @@ class Journal:
                                  "output folder") from None
 
     def done(self) -> set[int]:
-        return {int(p.name) for p in (self.folder / DONE).iterdir() if p.name.isdigit()}
+        """The finished blocks: a file named by the block's index (dense: empty; StarDist: N.npz, its objects)."""
+        return {int(p.name.split(".")[0]) for p in (self.folder / DONE).iterdir() if p.name.split(".")[0].isdigit()}
+
+    def forget_blocks(self) -> None:
+        for marker in (self.folder / DONE).iterdir():
+            marker.unlink()
 
     def finish(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+METADATA = ("zarr.json", ".zarray", ".zattrs", ".zgroup")
+
+
 def _stamp(path: Path) -> list:
     """What tells a changed input file apart without reading it: size and modification time (a Zarr folder:
-    those of its metadata files)."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.name in ("zarr.json", ".zarray",
-                                                                                            ".zattrs", ".zgroup"))
+    those of its metadata files and its arrays' one level down, never a walk over millions of chunks)."""
+    if path.is_file():
+        files = [path]
+    else:
+        levels = [path, *(d for d in sorted(path.iterdir()) if d.is_dir())]
+        files = [d / name for d in levels for name in METADATA if (d / name).is_file()]
     return [[str(p.relative_to(path)) if p != path else "", p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
@@ -170,9 +188,21 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
         stats = whole_image_statistics(engine, arrays)
         input_checks_streamed(engine, arrays[primary], stats, report, pixel_size, file_size)
         shapes = {tid: tuple(x.shape) for tid, x in arrays.items()}
-        plan = block_plan(engine, shapes, tile, tile_budget)
-        dtypes, wanted, chunks = output_dtypes(engine, plan, stats), output_shapes(desc, shapes), output_chunks(engine,
-                                                                                                                 plan)
+        step = stardist_step(engine)
+        context = _context(model) if step else 0
+        batch = [n for a, n in zip(desc.inputs[0].axes, shapes[primary]) if a.type == "batch"]
+        if step and batch and batch[0] > 1:
+            raise InputError(f"input '{sample[primary]}' holds {batch[0]} samples; StarDist on Dask predicts one "
+                             "sample per file: split the batch into files, or run without --workers/--scheduler")
+        plan = block_plan(engine, shapes, tile, tile_budget, description=engine.network, margin=context)
+        wanted = output_shapes(desc, shapes)
+        if step:  # the driver renders the labels from the blocks' objects: any chunking will do
+            labels_axes = tuple(a.id for a in desc.output(step.tensor_id).axes)
+            dtypes = {step.tensor_id: run_chain(step.after, np.zeros((1,) * len(labels_axes), np.int32), labels_axes,
+                                                StatsContext({})).dtype}
+            chunks = {step.tensor_id: {}}
+        else:
+            dtypes, chunks = output_dtypes(engine, plan, stats), output_chunks(engine, plan)
         journal = Journal(journal_folder(targets), _fingerprint(model, sample, targets, plan, stats, dtypes), resume)
         try:
             outputs, sinks, layouts = _create_outputs(model, targets, wanted, dtypes, chunks, caller.get(primary),
@@ -187,10 +217,13 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
                 threads = max(1, (os.cpu_count() or 1) // max(1, workers or 1)) if local else 0
             job = BlockJob(uuid.uuid4().hex, str(Path(model.package.source).resolve()), device, threads,
                            {tid: str(p.resolve()) for tid, p in sample.items()}, caller, level_target, plan, stats,
-                           sinks, str(journal.folder))
+                           {} if step else sinks, str(journal.folder), context)
             started = time.perf_counter()
-            results = _run_blocks(client, job, todo, len(combos), progress, journal.folder)
+            results = _run_blocks(client, run_objects if step else run_block, job, todo, len(combos), progress,
+                                  journal.folder)
             seconds = time.perf_counter() - started
+            found = _render_objects(model, step, sinks[step.tensor_id], wanted[step.tensor_id], journal,
+                                    len(combos), context) if step else None
             space_out = {o.id: [i for i, a in enumerate(o.axes) if a.type == "space"] for o in desc.outputs}
             input_checks.receptive_field(report, engine, {tid: central_crop(sink, space_out[tid])
                                                           for tid, sink in sinks.items()})
@@ -201,10 +234,44 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
         for tid, out in outputs.items():
             out.close()
         journal.finish()
+    summary = _summary(results, len(combos), len(finished), seconds, scheduler or f"{workers} local worker(s)")
     return {"written": {tid: str(targets[tid]) for tid in outputs},
             "shapes": {tid: list(out.shape) for tid, out in outputs.items()}, "axes": layouts,
-            "distributed": _summary(results, len(combos), len(finished), seconds, scheduler or f"{workers} local "
-                                    "worker(s)")}
+            "distributed": {**summary, **(found or {})}}
+
+
+def _context(model: Model) -> int:
+    """Input pixels past each block's core whose StarDist candidates the block sees: DEFAULT_CONTEXT, or three
+    median training-object diameters when the package records them (larger objects need more)."""
+    from ..checks.report import training_conditions
+
+    size = training_conditions(model.description.config).get("object_size")
+    diameter = size.get("median_diameter_px") if isinstance(size, Mapping) else None
+    return max(DEFAULT_CONTEXT, math.ceil(3 * float(diameter))) if diameter else DEFAULT_CONTEXT
+
+
+def _render_objects(model: Model, step, sink, shape, journal: Journal, total: int, context: int) -> dict:
+    """The label image from every block's objects (numbered by probability over the whole image), written window
+    by window; returns the object count and the longest ray against the context."""
+    parts = []
+    for index in range(total):
+        with np.load(objects_file(str(journal.folder), index), allow_pickle=False) as saved:
+            parts.append(Objects(saved["points"], saved["scores"], saved["dist"]))
+    objects = Objects.merged(parts, step.op.n_rays)
+    axes = [a.id for a in model.description.output(step.tensor_id).axes]
+    size = (shape[axes.index("y")], shape[axes.index("x")])
+    for (ys, xs), labels in render_windows(objects, size):
+        key = tuple(ys if a == "y" else xs if a == "x" else slice(None) for a in axes)
+        block = labels if axes.index("y") < axes.index("x") else labels.T
+        sides = iter(block.shape)
+        block = block.reshape([next(sides) if a in ("y", "x") else 1 for a in axes])
+        sink[key] = run_chain(step.after, block, tuple(axes), StatsContext({}))
+    longest = float(objects.dist.max()) if len(objects.scores) else 0.0
+    if 2 * longest > context:
+        log.warning("StarDist objects up to %.0f px from their centre, but blocks see candidates only %d px past "
+                    "their cores: objects at block borders may be split or doubled; predict without "
+                    "--workers/--scheduler, or with a package that records its objects' size", longest, context)
+    return {"objects": len(objects.scores), "longest_ray_px": round(longest, 1), "context_px": context}
 
 
 def _create_outputs(model: Model, targets: Mapping[str, Path], wanted: Mapping, dtypes: Mapping, chunks: Mapping,
@@ -221,15 +288,19 @@ def _create_outputs(model: Model, targets: Mapping[str, Path], wanted: Mapping, 
                                       chunks={o.axis(a).letter: n for a, n in chunks[o.id].items()},
                                       at=journal.folder, reopen=journal.resumed)
         sinks[o.id] = CallerSink(outputs[o.id], layouts[o.id], o, wanted[o.id])
+    if journal.resumed and not all(out.reopened for out in outputs.values()):
+        log.info("--resume: the unfinished outputs at '%s' are gone or changed; predicting every block again",
+                 journal.folder)
+        journal.forget_blocks()
     return outputs, sinks, layouts
 
 
-def _run_blocks(client: Any, job: BlockJob, todo: list[int], total: int,
+def _run_blocks(client: Any, task: Callable, job: BlockJob, todo: list[int], total: int,
                 progress: Optional[Callable[[int, int], None]], folder: Path) -> list[dict]:
     from distributed import as_completed
 
     results: list[dict] = []
-    futures = client.map(run_block, [job] * len(todo), todo, pure=False,
+    futures = client.map(task, [job] * len(todo), todo, pure=False,
                          key=[f"biozoo-block-{job.key}-{i}" for i in todo])
     try:
         for future in as_completed(futures, loop=client.loop):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..format.description import ParameterizedSize
+from ..format.description import ModelDescription, ParameterizedSize
 from ..ops import run_chain
 from ..ops.stats import StatsContext
 from .tiling import (AxisPlan, Plan, _checked, _follower_index, _follower_ratio, fixed_size_grid, halo_in_input_pixels,
@@ -99,10 +99,15 @@ def read_block(x, maps: Sequence[Optional[np.ndarray]]) -> tuple[np.ndarray, Opt
 
 
 def run_tile(engine: "Engine", arrays: Mapping, maps: Mapping[str, list[np.ndarray]], plan: Plan, combo: tuple,
-             stats: Mapping, wanted: Mapping[str, Optional[tuple]]) -> list[Piece]:
+             stats: Mapping, wanted: Mapping[str, Optional[tuple]], *, description: Optional[ModelDescription] = None,
+             post: Optional[Mapping[str, Sequence]] = None, margin: int = 0) -> list[Piece]:
     """The pieces one tile (`combo`, from tile_combos) writes into the outputs; `arrays`: the lazily read inputs
-    (model layout), `maps`: index_maps, `stats`: whole-image statistics, `wanted`: output_shapes of the inputs."""
-    desc = engine.description
+    (model layout), `maps`: index_maps, `stats`: whole-image statistics, `wanted`: output_shapes of the inputs.
+    `description` and `post`: the outputs and post-processing to produce (default: the package's; e.g. the
+    network's maps and the ops before stardist_postprocessing); `margin`: input pixels past the core on each side
+    that the pieces include too (the tile must reach that far past its core plus the halo)."""
+    desc = description or engine.description
+    post_ops = post if post is not None else engine.postprocessing
     primary = desc.inputs[0]
     feeds, raw = {}, {}
     for t in desc.inputs:
@@ -122,7 +127,7 @@ def run_tile(engine: "Engine", arrays: Mapping, maps: Mapping[str, list[np.ndarr
             x = np.where(pad, np.zeros((), x.dtype), x)
         feeds[t.id] = x
     results = _checked(desc, engine.session.run, feeds)
-    post = StatsContext({tid: (b, engine.axis_ids(tid)) for tid, b in raw.items()}).seed(stats)
+    ctx_post = StatsContext({tid: (b, engine.axis_ids(tid)) for tid, b in raw.items()}).seed(stats)
     pieces = []
     for o in desc.outputs:
         y = results[o.id]
@@ -134,13 +139,14 @@ def run_tile(engine: "Engine", arrays: Mapping, maps: Mapping[str, list[np.ndarr
             if i is None:
                 continue
             f = _follower_ratio(desc, o.axes[i])
+            lo, hi = max(lo - margin, 0), hi + margin
             end = min(round(hi * f), wanted[o.id][i]) if wanted.get(o.id) else round(hi * f)
             src[i] = slice(round((lo - start) * f), round((lo - start) * f) + max(0, end - round(lo * f)))
             dst[i] = slice(round(lo * f), max(round(lo * f), end))
         piece = y[tuple(src)]
         if piece.size == 0:
             continue
-        piece = run_chain(engine.postprocessing[o.id], piece, engine.axis_ids(o.id), post)
+        piece = run_chain(post_ops.get(o.id, ()), piece, tuple(a.id for a in o.axes), ctx_post)
         pieces.append(Piece(o.id, tuple(full), tuple(dst), piece))
     return pieces
 
@@ -171,13 +177,14 @@ def output_dtypes(engine: "Engine", plan: Plan, stats: Mapping) -> dict[str, np.
 
 
 def block_plan(engine: "Engine", shapes: Mapping[str, tuple[int, ...]], tile: Optional[Mapping[str, int]],
-               budget: int) -> Plan:
+               budget: int, *, description: Optional[ModelDescription] = None, margin: int = 0) -> Plan:
     """plan_tiles' tile shape, with tile cores cut every `core` pixels (a multiple of the axis step) so that they
     line up with output chunks; each tile reaches at least the halo past its core (rounded up to the step) on both
     sides, except at the image's ends. The padded length stays plan_tiles' (padding more would change the outputs
     near the image's end, where the network then sees reflected pixels instead of its own zero padding): the tile
-    that reaches it is placed flush with it and keeps the rest of the axis as its core."""
-    desc = engine.description
+    that reaches it is placed flush with it and keeps the rest of the axis as its core. `description`: the
+    outputs the tiles produce (default: the package's); `margin`: input pixels the tiles reach past the halo."""
+    desc = description or engine.description
     primary = desc.inputs[0]
     base = plan_tiles(desc, shapes, tile, budget)
     axes = []
@@ -186,7 +193,7 @@ def block_plan(engine: "Engine", shapes: Mapping[str, tuple[int, ...]], tile: Op
             axes.append(p)
             continue
         axis = primary.axis(p.axis_id)
-        halo = halo_in_input_pixels(desc, primary, axis)
+        halo = halo_in_input_pixels(desc, primary, axis) + margin
         align = max(axis.size.step, 1) if isinstance(axis.size, ParameterizedSize) else fixed_size_grid(p.tile, halo)
         reach = math.ceil(halo / align) * align
         core = (p.tile - halo - reach) // align * align

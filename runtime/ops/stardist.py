@@ -259,8 +259,10 @@ def polygon_spans(rows: np.ndarray, cols: np.ndarray, shape: Sequence[int], chun
 
 
 def polygons_to_label(dist: np.ndarray, points: np.ndarray, shape: Sequence[int],
-                      prob: Optional[np.ndarray] = None) -> np.ndarray:
-    """Drop-in for ``stardist.polygons_to_label``: int32 labels, polygon k gets k + 1, the more probable on top."""
+                      prob: Optional[np.ndarray] = None, origin: Sequence[int] = (0, 0)) -> np.ndarray:
+    """Drop-in for ``stardist.polygons_to_label``: int32 labels, polygon k gets k + 1, the more probable on top.
+    `origin`: the image position of the window of `shape` to render (the polygons' vertices are computed at their
+    image positions, then shifted, which is exact: the same pixels as a render of the whole image)."""
     shape = tuple(int(s) for s in shape)
     labels = np.zeros(shape, np.int32)
     if len(points) == 0:
@@ -269,6 +271,8 @@ def polygons_to_label(dist: np.ndarray, points: np.ndarray, shape: Sequence[int]
     rank = np.empty(len(points), np.int64)
     rank[np.argsort(prob, kind="stable")] = np.arange(len(points))  # stardist paints in this order
     rows, cols = _render_coords(np.asarray(dist), np.asarray(points))
+    if any(origin):
+        rows, cols = rows - origin[0], cols - origin[1]
     poly, row, c0, c1 = polygon_spans(rows, cols, shape)
     lengths = c1 - c0
     pix = np.repeat(row * shape[1] + c0 - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
