@@ -147,7 +147,10 @@ def memory_plan(model: Model, sample: dict[str, Path], targets: Mapping[str, Pat
     tile_elements = min(math.prod(shape), DEFAULT_TILE_BUDGET)
     if not explicit and need + tile_elements * QUICK_BYTES_PER_PIXEL <= limit:
         return False, DEFAULT_TILE_BUDGET
-    streamable = (not masked and not factors and not dataset and why_not_streamable(model.engine) is None
+    from ..engine.instance_blocks import stardist_step
+
+    streamable = (not masked and not factors and not dataset
+                  and (why_not_streamable(model.engine) is None or stardist_step(model.engine) is not None)
                   and all(p.suffix.lower() in STREAMED_INPUTS for p in sample.values())
                   and all(p.suffix.lower() in STREAMED_OUTPUTS for p in targets.values()))
     try:

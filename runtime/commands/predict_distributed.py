@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -30,14 +29,13 @@ import numpy as np
 from ..checks import input_checks
 from ..checks.report import CheckReport
 from ..engine.blocks import block_plan, output_chunks, output_dtypes, tile_combos
-from ..engine.instance_blocks import DEFAULT_CONTEXT, Objects, render_windows, stardist_step
+from ..engine.instance_blocks import Objects, stardist_step
 from ..engine.streaming import CallerSink, caller_layout, why_not_streamable, whole_image_statistics
 from ..engine.tiling import Plan, output_shapes
 from ..errors import BiozooError, InputError
 from ..format.package import sha256_of
 from ..model import Model
-from ..ops import run_chain
-from ..ops.stats import StatsContext
+from .instance_output import labels_dtype, stardist_context, write_labels
 from .block_worker import DONE, BlockJob, objects_file, run_block, run_objects
 from .lazyio import create_output, open_image
 from .omezarr import is_zarr
@@ -189,7 +187,7 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
         input_checks_streamed(engine, arrays[primary], stats, report, pixel_size, file_size)
         shapes = {tid: tuple(x.shape) for tid, x in arrays.items()}
         step = stardist_step(engine)
-        context = _context(model) if step else 0
+        context = stardist_context(model) if step else 0
         batch = [n for a, n in zip(desc.inputs[0].axes, shapes[primary]) if a.type == "batch"]
         if step and batch and batch[0] > 1:
             raise InputError(f"input '{sample[primary]}' holds {batch[0]} samples; StarDist on Dask predicts one "
@@ -197,9 +195,7 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
         plan = block_plan(engine, shapes, tile, tile_budget, description=engine.network, margin=context)
         wanted = output_shapes(desc, shapes)
         if step:  # the driver renders the labels from the blocks' objects: any chunking will do
-            labels_axes = tuple(a.id for a in desc.output(step.tensor_id).axes)
-            dtypes = {step.tensor_id: run_chain(step.after, np.zeros((1,) * len(labels_axes), np.int32), labels_axes,
-                                                StatsContext({})).dtype}
+            dtypes = {step.tensor_id: labels_dtype(model, step)}
             chunks = {step.tensor_id: {}}
         else:
             dtypes, chunks = output_dtypes(engine, plan, stats), output_chunks(engine, plan)
@@ -240,38 +236,13 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
             "distributed": {**summary, **(found or {})}}
 
 
-def _context(model: Model) -> int:
-    """Input pixels past each block's core whose StarDist candidates the block sees: DEFAULT_CONTEXT, or three
-    median training-object diameters when the package records them (larger objects need more)."""
-    from ..checks.report import training_conditions
-
-    size = training_conditions(model.description.config).get("object_size")
-    diameter = size.get("median_diameter_px") if isinstance(size, Mapping) else None
-    return max(DEFAULT_CONTEXT, math.ceil(3 * float(diameter))) if diameter else DEFAULT_CONTEXT
-
-
 def _render_objects(model: Model, step, sink, shape, journal: Journal, total: int, context: int) -> dict:
-    """The label image from every block's objects (numbered by probability over the whole image), written window
-    by window; returns the object count and the longest ray against the context."""
+    """The label image from every block's objects (saved in the journal by the workers)."""
     parts = []
     for index in range(total):
         with np.load(objects_file(str(journal.folder), index), allow_pickle=False) as saved:
             parts.append(Objects(saved["points"], saved["scores"], saved["dist"]))
-    objects = Objects.merged(parts, step.op.n_rays)
-    axes = [a.id for a in model.description.output(step.tensor_id).axes]
-    size = (shape[axes.index("y")], shape[axes.index("x")])
-    for (ys, xs), labels in render_windows(objects, size):
-        key = tuple(ys if a == "y" else xs if a == "x" else slice(None) for a in axes)
-        block = labels if axes.index("y") < axes.index("x") else labels.T
-        sides = iter(block.shape)
-        block = block.reshape([next(sides) if a in ("y", "x") else 1 for a in axes])
-        sink[key] = run_chain(step.after, block, tuple(axes), StatsContext({}))
-    longest = float(objects.dist.max()) if len(objects.scores) else 0.0
-    if 2 * longest > context:
-        log.warning("StarDist objects up to %.0f px from their centre, but blocks see candidates only %d px past "
-                    "their cores: objects at block borders may be split or doubled; predict without "
-                    "--workers/--scheduler, or with a package that records its objects' size", longest, context)
-    return {"objects": len(objects.scores), "longest_ray_px": round(longest, 1), "context_px": context}
+    return write_labels(model, step, sink, shape, Objects.merged(parts, step.op.n_rays), context)
 
 
 def _create_outputs(model: Model, targets: Mapping[str, Path], wanted: Mapping, dtypes: Mapping, chunks: Mapping,

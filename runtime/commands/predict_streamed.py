@@ -24,14 +24,18 @@ from ..checks import input_checks
 from ..checks.pixelsize import parse_pixel_size
 from ..checks.report import CheckReport, training_conditions
 from ..engine.engine import _check_fixed_sizes, _guess_axes
-from ..engine.streaming import (LazyView, caller_layout, lazy_model_layout, model_view, predict_streamed, release,
-                                whole_image_statistics)
+from ..engine.blocks import block_plan, index_maps, tile_combos
+from ..engine.instance_blocks import Objects, block_objects, stardist_step
+from ..engine.streaming import (CallerSink, LazyView, caller_layout, lazy_model_layout, model_view, predict_streamed,
+                                release, whole_image_statistics)
+from ..engine.tiling import output_shapes
 from ..format.permissions import plain_permissions
 from ..errors import InputError
 from ..model import Model
 from ..ops import run_chain
 from ..ops.stats import STREAM_CHUNK, StatsContext
 from .imageio import create_output, open_image
+from .instance_output import labels_dtype, stardist_context, write_labels
 from .omezarr import is_zarr
 
 SUBSAMPLE = 1 << 21
@@ -95,6 +99,13 @@ def predict_sample_streamed(model: Model, sample: Mapping[str, Path], axes: Opti
         arrays, caller, file_size = open_sample(model, sample, axes, level_target, stack)
         stats = whole_image_statistics(model.engine, arrays)
         input_checks_streamed(model.engine, arrays[model.description.inputs[0].id], stats, report, pixel_size, file_size)
+        step = stardist_step(model.engine)
+        if step is not None:
+            return _write_streamed_objects(
+                model, step, arrays, caller.get(model.description.inputs[0].id), targets, stats, report, tile=tile,
+                tile_budget=tile_budget, progress=progress, output_pixel_size=output_pixel_size,
+                input_image=lambda: stack.enter_context(open_image(sample[model.description.inputs[0].id],
+                                                                   level_target)))
         return _write_streamed(model, arrays, caller.get(model.description.inputs[0].id), targets, stats, report,
                                tile=tile, tile_budget=tile_budget, progress=progress,
                                output_pixel_size=output_pixel_size,
@@ -183,6 +194,45 @@ def _write_streamed(model: Model, arrays, caller: Optional[str], targets: Mappin
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
     return {"written": {tid: str(targets[tid]) for tid in shapes}, "shapes": shapes, "axes": dict(layouts)}
+
+
+def _write_streamed_objects(model: Model, step, arrays, caller: Optional[str], targets: Mapping[str, Path], stats,
+                            report, *, tile, tile_budget, progress, output_pixel_size, input_image) -> dict[str, Any]:
+    """StarDist packages: objects found block by block (engine/instance_blocks.py), labels rendered window by
+    window into the output; the same blocks and objects as on Dask (commands/predict_distributed.py)."""
+    engine, desc = model.engine, model.description
+    shapes = {tid: tuple(x.shape) for tid, x in arrays.items()}
+    batch = [n for a, n in zip(desc.inputs[0].axes, shapes[desc.inputs[0].id]) if a.type == "batch"]
+    if batch and batch[0] > 1:
+        raise InputError(f"the input holds {batch[0]} samples, too large together for the memory budget; StarDist "
+                         "block by block predicts one sample per file: split the batch into files")
+    context = stardist_context(model)
+    plan = block_plan(engine, shapes, tile, tile_budget, description=engine.network, margin=context)
+    maps, network_shapes = index_maps(engine, shapes, plan), output_shapes(engine.network, shapes)
+    combos, parts = tile_combos(plan), []
+    for done, combo in enumerate(combos):
+        parts.append(block_objects(engine, step, arrays, maps, plan, combo, stats, network_shapes, context))
+        for x in arrays.values():
+            release(x)
+        if progress:
+            progress(done + 1, len(combos))
+    tid, tensor = step.tensor_id, desc.output(step.tensor_id)
+    wanted = output_shapes(desc, shapes)[tid]
+    final, order = caller_layout(wanted, tensor, caller)
+    labels = is_zarr(targets[tid])
+    out = create_output(targets[tid], final, labels_dtype(model, step), order, output_pixel_size(tid),
+                        labels=labels, image=input_image() if labels else None)
+    try:
+        sink = CallerSink(out, order, tensor, wanted)
+        found = write_labels(model, step, sink, wanted, Objects.merged(parts, step.op.n_rays), context)
+        space = [i for i, a in enumerate(tensor.axes) if a.type == "space"]
+        input_checks.receptive_field(report, engine, {tid: central_crop(sink, space)})
+        out.close()
+    except BaseException:
+        out.abort()
+        raise
+    return {"written": {tid: str(targets[tid])}, "shapes": {tid: list(final)}, "axes": {tid: order},
+            "instances": found}
 
 
 def input_checks_streamed(engine, x, stats: Mapping, report: CheckReport, pixel_size: Any, file_size: Any) -> None:

@@ -153,6 +153,30 @@ def test_stardist_on_dask_gives_the_whole_image_labels(stardist_package, tmp_pat
     np.testing.assert_array_equal(labels, whole)
 
 
+def test_stardist_streamed_in_one_process_gives_the_whole_image_labels(stardist_package, tmp_path, monkeypatch):
+    """Above the memory budget a StarDist package is predicted block by block without Dask too."""
+    from tests.packages import star_maps
+    from biozoo.runtime import load
+    from biozoo.runtime.commands.memory_plan import streamed_held
+    from biozoo.runtime.engine import memory
+
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 0)  # the budget counts tiles and held arrays only
+    maps = star_maps(600, 560, count=400, seed=3)
+    np.save(tmp_path / "maps.npy", maps)
+    model = load(stardist_package, device="cpu")
+    budget = 400 * 400 * memory.tile_bytes_per_pixel(model.engine, memory.activation_profile(model.engine)) \
+        + streamed_held(maps.size)
+    summary = predict_files(str(stardist_package), [str(tmp_path / "maps.npy")], tmp_path / "labels.ome.zarr",
+                            axes="yxc", device="cpu", memory=f"{budget}B", quiet=True)
+    item = summary["items"][0]
+    assert item.get("streamed") and item["instances"]["objects"] > 300
+    import zarr
+
+    group = zarr.open_group(tmp_path / "labels.ome.zarr", mode="r")
+    labels = np.asarray(group["labels"]["labels"]["s0"])[0]  # NGFF labels group (c, y, x) beside the image
+    np.testing.assert_array_equal(labels, model.predict(maps, axes="yxc")[..., 0])
+
+
 def test_stardist_blocks_keep_the_objects_of_the_whole_image_when_probabilities_tie(stardist_package):
     """Probabilities clipped at 1 tie at many pixels. Blocks break ties by image position, the same in every
     block (with each block's own argsort order, two blocks each kept a tied candidate lying in the other's core
