@@ -62,9 +62,7 @@ def _state(job: BlockJob) -> _State:
         return state
     for old in list(_STATES):  # one run at a time per worker: the previous run's files are let go
         _STATES.pop(old).stack.close()
-    from ..model import load
-
-    model = load(job.package, device=job.device, threads=job.threads)
+    model = preload(job.package, job.device, job.threads)
     stack = ExitStack()
     arrays = {}
     for tid, path in job.inputs.items():
@@ -76,6 +74,20 @@ def _state(job: BlockJob) -> _State:
                    tile_combos(job.plan), job.sinks, stack)
     _STATES[job.key] = state
     return state
+
+
+_MODELS: dict[tuple, Any] = {}
+
+
+def preload(package: str, device: str, threads: int) -> Any:
+    """The package loaded once per worker process (the driver asks for it while it computes the statistics)."""
+    key = (package, device, threads)
+    if key not in _MODELS:
+        from ..model import load
+
+        _MODELS.clear()  # one package at a time per worker
+        _MODELS[key] = load(package, device=device, threads=threads)
+    return _MODELS[key]
 
 
 def done_marker(journal: str, index: int) -> Path:
@@ -156,4 +168,4 @@ def worker_pid() -> int:
     return os.getpid()
 
 
-__all__ = ["BlockJob", "done_marker", "objects_file", "run_block", "run_objects", "worker_pid"]
+__all__ = ["BlockJob", "done_marker", "objects_file", "preload", "run_block", "run_objects", "worker_pid"]

@@ -20,9 +20,10 @@ import os
 import shutil
 import time
 import uuid
-from contextlib import ExitStack, contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from ..format.package import sha256_of
 from ..model import Model
 from .instance_output import labels_dtype, stardist_context, write_labels
 from .block_worker import DONE, BlockJob, objects_file, run_block, run_objects
+from .block_worker import preload as block_preload
 from .lazyio import create_output, open_image
 from .omezarr import is_zarr
 from .predict_streamed import STREAMED_INPUTS, STREAMED_OUTPUTS, central_crop, input_checks_streamed, open_sample
@@ -138,31 +140,63 @@ def _fingerprint(model: Model, sample: Mapping[str, Path], targets: Mapping[str,
     }
 
 
-@contextmanager
-def dask_client(workers: Optional[int], scheduler: Optional[str]) -> Iterator[Any]:
-    """A dask.distributed Client: of the cluster at `scheduler`, or of a LocalCluster of `workers` processes with
-    one thread each (no dashboard: nothing listens beyond what the cluster needs)."""
+def _distributed() -> Any:
     try:
-        from distributed import Client, LocalCluster
+        import distributed
     except ImportError:
         raise InputError("--workers/--scheduler need dask.distributed: pip install 'biozoo[distributed]'") from None
+    return distributed
+
+
+def start_client(workers: Optional[int], scheduler: Optional[str], stack: ExitStack,
+                 preload: Optional[tuple] = None) -> Callable[[], Any]:
+    """A dask.distributed Client, closed with `stack`: of the cluster at `scheduler` (connected now, so that a
+    wrong address fails before any work), or of a LocalCluster of `workers` processes with one thread each (no
+    dashboard) whose workers then load the package (`preload`: block_worker.preload's arguments), all in a thread
+    while the caller goes on (the statistics pre-pass); returns a function that waits for it."""
+    distributed = _distributed()
     if scheduler:
         try:
-            client = Client(scheduler, set_as_default=False)  # timeout: dask's distributed.comm.timeouts.connect
+            client = distributed.Client(scheduler, set_as_default=False)  # timeout: distributed.comm.timeouts.connect
         except (OSError, TimeoutError) as e:
             raise InputError(f"cannot reach the Dask scheduler at '{scheduler}': {e}; check the address "
                              "(e.g. tcp://host:8786) and that the scheduler runs") from None
-        try:
-            yield client
-        finally:
-            client.close()
-        return
+        stack.callback(client.close)
+        return lambda: client
     for name in ("distributed", "tornado"):  # their info lines (nannies closing...) are not the user's business
         logging.getLogger(name).setLevel(logging.WARNING)
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      memory_limit=0, silence_logs=logging.ERROR) as cluster, \
-            Client(cluster, set_as_default=False) as client:
-        yield client
+
+    def start() -> tuple[Any, Any]:
+        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, memory_limit=0, silence_logs=logging.ERROR)
+        client = distributed.Client(cluster, set_as_default=False)
+        if preload:
+            try:
+                client.run(block_preload, *preload)
+            except Exception:  # e.g. a broken package: the first block raises it with the driver's message
+                pass
+        return cluster, client
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="biozoo-cluster")
+    starting = pool.submit(start)
+
+    def close() -> None:
+        try:
+            cluster, client = starting.result()
+        except Exception:  # it did not start: nothing to close (its error was raised where it was waited for)
+            return
+        client.close()
+        cluster.close()
+
+    stack.callback(pool.shutdown)
+    stack.callback(close)
+
+    def wait() -> Any:
+        try:
+            return starting.result()[1]
+        except (OSError, TimeoutError, RuntimeError) as e:
+            raise InputError(f"the local Dask cluster of {workers} worker(s) did not start: {e}") from None
+    return wait
 
 
 def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: Optional[str],
@@ -181,7 +215,10 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
     engine, desc = model.engine, model.description
     primary = desc.inputs[0].id
     with ExitStack() as stack:
-        client = stack.enter_context(dask_client(workers, scheduler))  # first: a wrong address fails before work
+        if threads is None:  # a local cluster shares this machine's cores; a remote worker knows its own
+            threads = max(1, (os.cpu_count() or 1) // max(1, workers or 1)) if scheduler is None else 0
+        package = str(Path(model.package.source).resolve())
+        client = start_client(workers, scheduler, stack, preload=(package, device, threads))
         arrays, caller, file_size = open_sample(model, sample, axes, level_target, stack)
         stats = whole_image_statistics(engine, arrays)
         input_checks_streamed(engine, arrays[primary], stats, report, pixel_size, file_size)
@@ -208,14 +245,11 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
             combos = tile_combos(plan)
             finished = journal.done() if journal.resumed else set()
             todo = [i for i in range(len(combos)) if i not in finished]
-            local = scheduler is None
-            if threads is None:  # a local cluster shares this machine's cores; a remote worker knows its own
-                threads = max(1, (os.cpu_count() or 1) // max(1, workers or 1)) if local else 0
-            job = BlockJob(uuid.uuid4().hex, str(Path(model.package.source).resolve()), device, threads,
+            job = BlockJob(uuid.uuid4().hex, package, device, threads,
                            {tid: str(p.resolve()) for tid, p in sample.items()}, caller, level_target, plan, stats,
                            {} if step else sinks, str(journal.folder), context)
             started = time.perf_counter()
-            results = _run_blocks(client, run_objects if step else run_block, job, todo, len(combos), progress,
+            results = _run_blocks(client(), run_objects if step else run_block, job, todo, len(combos), progress,
                                   journal.folder)
             seconds = time.perf_counter() - started
             found = _render_objects(model, step, sinks[step.tensor_id], wanted[step.tensor_id], journal,

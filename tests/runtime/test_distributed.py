@@ -287,6 +287,13 @@ def test_a_crashed_run_resumes_where_it_stopped(rdf, models, tmp_path):
     np.testing.assert_array_equal(tifffile.imread(target), models("unet2d").predict(x, axes="yx"))
     assert not folder.exists()
 
+    shutil.copytree(tmp_path / "journal-copy", folder)  # the journal without its output: every block again
+    (folder / "out.tif.partial.tif").unlink()
+    again = _cli(*args, "--resume", "--overwrite", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["items"][0]["distributed"]["skipped"] == 0
+    np.testing.assert_array_equal(tifffile.imread(target), models("unet2d").predict(x, axes="yx"))
+
 
 GUARD = '''
 import os, sys
@@ -322,9 +329,3 @@ def test_a_local_cluster_connects_nowhere_beyond_this_machine(rdf, tmp_path):
     assert done.returncode == 0, done.stderr
     assert not log.exists(), log.read_text()
 
-    shutil.copytree(tmp_path / "journal-copy", folder)  # the journal without its output: every block again
-    (folder / "out.tif.partial.tif").unlink()
-    again = _cli(*args, "--resume", "--overwrite", "--json")
-    assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["items"][0]["distributed"]["skipped"] == 0
-    np.testing.assert_array_equal(tifffile.imread(target), models("unet2d").predict(x, axes="yx"))
