@@ -248,8 +248,9 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
             job = BlockJob(uuid.uuid4().hex, package, device, threads,
                            {tid: str(p.resolve()) for tid, p in sample.items()}, caller, level_target, plan, stats,
                            {} if step else sinks, str(journal.folder), context)
+            ready = client()  # the cluster, started while the statistics were computed
             started = time.perf_counter()
-            results = _run_blocks(client(), run_objects if step else run_block, job, todo, len(combos), progress,
+            results = _run_blocks(ready, run_objects if step else run_block, job, todo, len(combos), progress,
                                   journal.folder)
             seconds = time.perf_counter() - started
             found = _render_objects(model, step, sinks[step.tensor_id], wanted[step.tensor_id], journal,
