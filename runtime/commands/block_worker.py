@@ -90,6 +90,11 @@ def preload(package: str, device: str, threads: int) -> Any:
     return _MODELS[key]
 
 
+def warm(package: str, device: str, threads: int) -> None:
+    """preload, returning nothing (what a worker returns is sent to the driver; a Model does not pickle)."""
+    preload(package, device, threads)
+
+
 def done_marker(journal: str, index: int) -> Path:
     return Path(journal) / DONE / str(index)
 
@@ -168,4 +173,4 @@ def worker_pid() -> int:
     return os.getpid()
 
 
-__all__ = ["BlockJob", "done_marker", "objects_file", "preload", "run_block", "run_objects", "worker_pid"]
+__all__ = ["BlockJob", "done_marker", "objects_file", "preload", "run_block", "warm", "run_objects", "worker_pid"]

@@ -38,7 +38,7 @@ from ..format.package import sha256_of
 from ..model import Model
 from .instance_output import labels_dtype, stardist_context, write_labels
 from .block_worker import DONE, BlockJob, objects_file, run_block, run_objects
-from .block_worker import preload as block_preload
+from .block_worker import warm
 from .lazyio import create_output, open_image
 from .omezarr import is_zarr
 from .predict_streamed import STREAMED_INPUTS, STREAMED_OUTPUTS, central_crop, input_checks_streamed, open_sample
@@ -172,7 +172,7 @@ def start_client(workers: Optional[int], scheduler: Optional[str], stack: ExitSt
         client = distributed.Client(cluster, set_as_default=False)
         if preload:
             try:
-                client.run(block_preload, *preload)
+                client.run(warm, *preload)
             except Exception:  # e.g. a broken package: the first block raises it with the driver's message
                 pass
         return cluster, client

@@ -328,4 +328,5 @@ def test_a_local_cluster_connects_nowhere_beyond_this_machine(rdf, tmp_path):
                 "cpu", "--tile", "96,96", "--workers", "2", env=env)
     assert done.returncode == 0, done.stderr
     assert not log.exists(), log.read_text()
+    assert "Traceback" not in done.stderr and "ERROR" not in done.stderr, done.stderr  # workers say nothing
 
