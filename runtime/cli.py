@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "mask or the package: those are refused always)")
     p.add_argument("--memory", metavar="BYTES", help="memory budget of the whole process, e.g. 2GB, 512MB "
                    "(default: the memory available, or $BIOZOO_MEMORY_LIMIT). Tiles are sized from it, counting the "
-                   "network's measured activation memory (see biozoo info); .npy images larger than it are read "
+                   "network's measured activation memory (see biozoo info); images larger than it are read "
                    "lazily and written tile by tile. An explicit --tile wins. With --scheduler: per worker")
     p.add_argument("--workers", type=int, metavar="N", help="predict block by block on a local Dask cluster of N "
                    "worker processes (pip install 'biozoo[distributed]'); .npy/TIFF/Zarr/OME-Zarr in and out")
