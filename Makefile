@@ -26,7 +26,8 @@ test-slow: $(STAMP)
 test-instances: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/zoo/test_stardist_real.py tests/exporters/test_detector_export.py
 
-# Dask faults: a worker killed mid-run, a crashed run resumed (real processes killed; ~1 min).
+# Dask faults (a worker killed mid-run, a crashed run resumed: real processes killed) and StarDist block by block
+# against the whole image (~1.5 min).
 test-distributed: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/runtime/test_distributed.py
 

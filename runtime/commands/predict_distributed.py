@@ -322,16 +322,25 @@ def _run_blocks(client: Any, task: Callable, job: BlockJob, todo: list[int], tot
 def _result(future: Any, folder: Path) -> dict:
     from distributed import KilledWorker
 
-    keep = f"the finished blocks are kept in '{folder}': run the same command with --resume to continue"
+    def keep() -> str:
+        done = folder / DONE
+        if done.is_dir() and any(done.iterdir()):
+            return f"the finished blocks are kept in '{folder}': run the same command with --resume to continue"
+        return "no block had finished, nothing was kept"
+
     try:
         return future.result()
     except BiozooError as e:
-        raise type(e)(f"{e} ({keep})") from None
+        raise type(e)(f"{e} ({keep()})") from None
     except KilledWorker as e:
         raise InputError(f"a block killed every worker that ran it ({e}); a worker may have run out of memory: "
-                         f"lower --memory or --tile, or give the workers more memory; {keep}") from None
+                         f"lower --memory or --tile, or give the workers more memory; {keep()}") from None
     except (OSError, MemoryError) as e:
-        raise InputError(f"a block failed on a worker: {type(e).__name__}: {e}; {keep}") from None
+        raise InputError(f"a block failed on a worker: {type(e).__name__}: {e}; the workers must see the package, "
+                         f"the input and the output folder at the same paths as this machine; {keep()}") from None
+    except Exception as e:  # e.g. a worker without biozoo (ModuleNotFoundError) or with another version
+        raise InputError(f"a worker could not run a block: {type(e).__name__}: {e}; every worker needs biozoo "
+                         f"(the same version as here) and dask.distributed installed; {keep()}") from None
 
 
 def _summary(results: list[dict], total: int, skipped: int, seconds: float, where: str) -> dict:

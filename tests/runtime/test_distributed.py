@@ -138,6 +138,7 @@ def stardist_package(tmp_path_factory):
     return packages.build_package("stardist_maps", tmp_path_factory.mktemp("stardist"))
 
 
+@pytest.mark.slow
 def test_stardist_on_dask_gives_the_whole_image_labels(stardist_package, tmp_path, cluster):
     from tests.packages import star_maps
     from biozoo.runtime import load
@@ -177,6 +178,7 @@ def test_stardist_streamed_in_one_process_gives_the_whole_image_labels(stardist_
     np.testing.assert_array_equal(labels, model.predict(maps, axes="yxc")[..., 0])
 
 
+@pytest.mark.slow
 def test_stardist_blocks_keep_the_objects_of_the_whole_image_when_probabilities_tie(stardist_package):
     """Probabilities clipped at 1 tie at many pixels. Blocks break ties by image position, the same in every
     block (with each block's own argsort order, two blocks each kept a tied candidate lying in the other's core
