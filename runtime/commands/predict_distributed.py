@@ -348,8 +348,11 @@ def _summary(results: list[dict], total: int, skipped: int, seconds: float, wher
     peaks: dict[str, int] = {}
     for r in results:
         peaks[r["worker"]] = max(peaks.get(r["worker"], 0), r["peak_rss"])
+    busy = sum(r["seconds"] for r in results)  # in the tasks, per worker: what idle workers or scheduling cost
     return {"cluster": where, "blocks": total, "skipped": skipped, "run": len(results),
             "seconds": round(seconds, 3), "mpx_per_s": round(pixels / 1e6 / seconds, 3) if seconds > 0 else None,
+            "block_seconds_mean": round(busy / len(results), 3) if results else None,
+            "busy_fraction": round(busy / (seconds * len(peaks)), 3) if results and seconds > 0 else None,
             "peak_memory_per_worker": dict(sorted(peaks.items()))}
 
 
