@@ -37,8 +37,7 @@ from ..errors import BiozooError, InputError
 from ..format.package import sha256_of
 from ..model import Model
 from .instance_output import labels_dtype, stardist_context, write_labels
-from .block_worker import DONE, BlockJob, objects_file, run_block, run_objects
-from .block_worker import warm
+from .block_worker import DONE, BlockJob, objects_file, run_block, run_objects, warm
 from .lazyio import create_output, open_image
 from .omezarr import is_zarr
 from .predict_streamed import STREAMED_INPUTS, STREAMED_OUTPUTS, central_crop, input_checks_streamed, open_sample
