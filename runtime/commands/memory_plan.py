@@ -180,7 +180,8 @@ def streamed_held(elements: int) -> int:
 def distributed_tile_budget(model: Model, budget: tuple[Optional[int], str], explicit: bool,
                             workers: Optional[int]) -> int:
     """The tile budget of one Dask worker: the budget shared by the local workers and the driver (with
-    --scheduler, --memory is per worker), capped at the default tile budget unless --memory is given."""
+    --scheduler, --memory is per worker), capped at the default tile budget unless --memory is given. Workers keep
+    onnxruntime's memory arena (engine/session.py), which holds about twice a tile's activations: half the tile."""
     from ..engine.memory import tile_budget
     from ..engine.tiling import DEFAULT_TILE_BUDGET
 
@@ -188,5 +189,5 @@ def distributed_tile_budget(model: Model, budget: tuple[Optional[int], str], exp
     if limit is None:
         return DEFAULT_TILE_BUDGET
     share = limit // (workers + 1) if workers else limit
-    elements, _ = tile_budget(model.engine, share)
+    elements = tile_budget(model.engine, share)[0] // 2
     return elements if explicit else min(elements, DEFAULT_TILE_BUDGET)
