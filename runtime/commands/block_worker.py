@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from ..engine.blocks import index_maps, run_tile, tile_combos
+from ..engine.memory import peak_resident_bytes
 from ..engine.streaming import lazy_model_layout, release
 from ..engine.tiling import Plan, output_shapes
 from .lazyio import open_image
@@ -121,7 +122,7 @@ def run_objects(job: BlockJob, index: int) -> dict[str, Any]:
     np.savez(partial, points=found.points, scores=found.scores, dist=found.dist)
     os.replace(partial, target)  # whole or absent: a killed worker leaves no half-written block
     return {"block": index, "worker": _worker_name(), "seconds": time.perf_counter() - started,
-            "peak_rss": _peak_rss(), "pixels": _core_pixels(job.plan, state.combos[index]), "objects": len(found.scores)}
+            "peak_rss": peak_resident_bytes() or 0, "pixels": _core_pixels(job.plan, state.combos[index]), "objects": len(found.scores)}
 
 
 def run_block(job: BlockJob, index: int) -> dict[str, Any]:
@@ -138,7 +139,7 @@ def run_block(job: BlockJob, index: int) -> dict[str, Any]:
         release(x)
     done_marker(job.journal, index).touch()
     return {"block": index, "worker": _worker_name(), "seconds": time.perf_counter() - started,
-            "peak_rss": _peak_rss(), "pixels": _core_pixels(job.plan, state.combos[index])}
+            "peak_rss": peak_resident_bytes() or 0, "pixels": _core_pixels(job.plan, state.combos[index])}
 
 
 def _core_pixels(plan: Plan, combo: tuple) -> int:
@@ -155,17 +156,6 @@ def _worker_name() -> str:
         return get_worker().address
     except (ImportError, ValueError):
         return f"pid {os.getpid()}"
-
-
-def _peak_rss() -> int:
-    """This process's peak resident memory in bytes (0 where the platform does not tell)."""
-    try:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return int(peak) if os.uname().sysname == "Darwin" else int(peak) * 1024
-    except (ImportError, AttributeError):
-        return 0
 
 
 def worker_pid() -> int:

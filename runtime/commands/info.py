@@ -61,8 +61,7 @@ def memory_info(model: Model) -> dict[str, Any]:
     with onnxruntime and cached, see engine/memory.py) and the tile the default budget gives a large image."""
     from ..checks.input_checks import available_memory
     from ..engine.memory import activation_profile, tile_budget, tile_bytes_per_pixel, tile_shape
-    from ..engine.instance_blocks import stardist_step
-    from ..engine.streaming import why_not_streamable
+    from ..engine.instance_blocks import stardist_step, why_not_blockwise
 
     profile = activation_profile(model.engine)
     budget, source = available_memory()
@@ -71,9 +70,8 @@ def memory_info(model: Model) -> dict[str, Any]:
         "probe_shape": list(profile["probe_shape"]), "cache": profile.get("cache"),
         "tile_bytes_per_pixel": tile_bytes_per_pixel(model.engine, profile),
         "default_budget": budget, "default_budget_source": source,
-        "streamed": ("yes (.npy/TIFF/Zarr in and out; StarDist: objects found block by block)"
-                     if stardist_step(model.engine) is not None else
-                     why_not_streamable(model.engine) or "yes (.npy/TIFF/Zarr in and out)"),
+        "streamed": why_not_blockwise(model.engine) or ("yes (.npy/TIFF/Zarr in and out" + (
+            "; StarDist: objects found block by block)" if stardist_step(model.engine) is not None else ")")),
     }
     if budget is not None:
         try:

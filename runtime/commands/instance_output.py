@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..engine.instance_blocks import DEFAULT_CONTEXT, Objects, StarDistStep, render_windows
+from ..errors import InputError
 from ..model import Model
 from ..ops import run_chain
 from ..ops.stats import StatsContext
@@ -25,6 +26,15 @@ def stardist_context(model: Model) -> int:
     size = training_conditions(model.description.config).get("object_size")
     diameter = size.get("median_diameter_px") if isinstance(size, Mapping) else None
     return max(DEFAULT_CONTEXT, math.ceil(3 * float(diameter))) if diameter else DEFAULT_CONTEXT
+
+
+def check_one_sample(model: Model, shapes: Mapping[str, Sequence[int]], source: Any) -> None:
+    """StarDist block by block renders one label image: refuse an input that holds a batch of samples."""
+    primary = model.description.inputs[0]
+    batch = [n for a, n in zip(primary.axes, shapes[primary.id]) if a.type == "batch"]
+    if batch and batch[0] > 1:
+        raise InputError(f"input '{source}' holds {batch[0]} samples; StarDist block by block (on Dask, or above the "
+                         "memory budget) predicts one sample per file: split the batch into files")
 
 
 def labels_dtype(model: Model, step: StarDistStep) -> np.dtype:

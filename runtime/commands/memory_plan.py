@@ -133,8 +133,8 @@ def memory_plan(model: Model, sample: dict[str, Path], targets: Mapping[str, Pat
     per-sample statistics, a dense model: see engine/streaming.py), it is streamed with the tile the whole budget
     allows; when not even that fits, the budget's error (--memory) or check_memory (the memory available)
     refuses it. An explicit --tile wins."""
+    from ..engine.instance_blocks import why_not_blockwise
     from ..engine.memory import tile_budget
-    from ..engine.streaming import why_not_streamable
     from ..engine.tiling import DEFAULT_TILE_BUDGET
     from .predict_streamed import STREAMED_INPUTS, STREAMED_OUTPUTS
 
@@ -147,10 +147,7 @@ def memory_plan(model: Model, sample: dict[str, Path], targets: Mapping[str, Pat
     tile_elements = min(math.prod(shape), DEFAULT_TILE_BUDGET)
     if not explicit and need + tile_elements * QUICK_BYTES_PER_PIXEL <= limit:
         return False, DEFAULT_TILE_BUDGET
-    from ..engine.instance_blocks import stardist_step
-
-    streamable = (not masked and not factors and not dataset
-                  and (why_not_streamable(model.engine) is None or stardist_step(model.engine) is not None)
+    streamable = (not masked and not factors and not dataset and why_not_blockwise(model.engine) is None
                   and all(p.suffix.lower() in STREAMED_INPUTS for p in sample.values())
                   and all(p.suffix.lower() in STREAMED_OUTPUTS for p in targets.values()))
     try:

@@ -27,20 +27,20 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
-from ..checks import input_checks
 from ..checks.report import CheckReport
 from ..engine.blocks import block_plan, output_chunks, output_dtypes, tile_combos
-from ..engine.instance_blocks import Objects, stardist_step
-from ..engine.streaming import CallerSink, caller_layout, why_not_streamable, whole_image_statistics
+from ..engine.instance_blocks import Objects, stardist_step, why_not_blockwise
+from ..engine.streaming import CallerSink, caller_layout, whole_image_statistics
 from ..engine.tiling import Plan, output_shapes
 from ..errors import BiozooError, InputError
 from ..format.package import sha256_of
 from ..model import Model
-from .instance_output import labels_dtype, stardist_context, write_labels
+from .instance_output import check_one_sample, labels_dtype, stardist_context, write_labels
 from .block_worker import DONE, BlockJob, objects_file, run_block, run_objects, warm
 from .lazyio import create_output, open_image
 from .omezarr import is_zarr
-from .predict_streamed import STREAMED_INPUTS, STREAMED_OUTPUTS, central_crop, input_checks_streamed, open_sample
+from .predict_streamed import (STREAMED_INPUTS, STREAMED_OUTPUTS, input_checks_streamed, open_sample,
+                               receptive_field_on_crops)
 
 log = logging.getLogger("biozoo")
 JOURNAL_SUFFIX = ".biozoo-run"
@@ -49,16 +49,17 @@ JOURNAL_SUFFIX = ".biozoo-run"
 def why_not_distributable(model: Model, sample: Mapping[str, Path], targets: Mapping[str, Path]) -> Optional[str]:
     """None when the sample can be predicted block by block on Dask, else the reason: dense packages whose
     post-processing is elementwise (engine/streaming.py), and StarDist packages (engine/instance_blocks.py)."""
-    if stardist_step(model.engine) is None:
-        why = why_not_streamable(model.engine)
-        if why:
-            return why
+    why = why_not_blockwise(model.engine)
+    if why:
+        return why
     for path in sample.values():
         if path.suffix.lower() not in STREAMED_INPUTS:
-            return f"input '{path.name}' is not read block by block (readable so: {', '.join(STREAMED_INPUTS)})"
+            return (f"input '{path.name}' cannot be read block by block (expected one of {', '.join(STREAMED_INPUTS)}; "
+                    "convert it, e.g. to OME-Zarr)")
     for path in targets.values():
         if path.suffix.lower() not in STREAMED_OUTPUTS:
-            return f"output '{path.name}' is not written block by block (writable so: {', '.join(STREAMED_OUTPUTS)})"
+            return (f"output '{path.name}' cannot be written block by block (expected one of "
+                    f"{', '.join(STREAMED_OUTPUTS)})")
     return None
 
 
@@ -229,10 +230,8 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
         shapes = {tid: tuple(x.shape) for tid, x in arrays.items()}
         step = stardist_step(engine)
         context = stardist_context(model) if step else 0
-        batch = [n for a, n in zip(desc.inputs[0].axes, shapes[primary]) if a.type == "batch"]
-        if step and batch and batch[0] > 1:
-            raise InputError(f"input '{sample[primary]}' holds {batch[0]} samples; StarDist on Dask predicts one "
-                             "sample per file: split the batch into files, or run without --workers/--scheduler")
+        if step:
+            check_one_sample(model, shapes, sample[primary])
         plan = block_plan(engine, shapes, tile, tile_budget, description=engine.network, margin=context)
         wanted = output_shapes(desc, shapes)
         if step:  # the driver renders the labels from the blocks' objects: any chunking will do
@@ -259,9 +258,7 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
             seconds = time.perf_counter() - started
             found = _render_objects(model, step, sinks[step.tensor_id], wanted[step.tensor_id], journal,
                                     len(combos), context) if step else None
-            space_out = {o.id: [i for i, a in enumerate(o.axes) if a.type == "space"] for o in desc.outputs}
-            input_checks.receptive_field(report, engine, {tid: central_crop(sink, space_out[tid])
-                                                          for tid, sink in sinks.items()})
+            receptive_field_on_crops(report, engine, sinks)
         except BaseException:
             if not journal.done():  # nothing to resume: nothing stays behind
                 journal.finish()

@@ -35,7 +35,7 @@ from ..model import Model
 from ..ops import run_chain
 from ..ops.stats import STREAM_CHUNK, StatsContext
 from .imageio import create_output, open_image
-from .instance_output import labels_dtype, stardist_context, write_labels
+from .instance_output import check_one_sample, labels_dtype, stardist_context, write_labels
 from .omezarr import is_zarr
 
 SUBSAMPLE = 1 << 21
@@ -79,10 +79,15 @@ def _subsample(x: Any, space: list[int]) -> np.ndarray:
     return np.concatenate(rows, axis=first)
 
 
-def central_crop(y: np.ndarray, space: list[int]) -> np.ndarray:
-    index = [slice(max(0, (n - CROP) // 2), max(0, (n - CROP) // 2) + CROP) if i in space else slice(None)
-             for i, n in enumerate(y.shape)]
-    return np.asarray(y[tuple(index)])
+def receptive_field_on_crops(report: CheckReport, engine, outputs: Mapping[str, Any]) -> None:
+    """The receptive-field check on a central crop of at most CROP pixels a side of each written output (model
+    layout array-likes): the whole output is not in memory."""
+    crops = {}
+    for tid, y in outputs.items():
+        space = [i for i, a in enumerate(engine.description.output(tid).axes) if a.type == "space"]
+        crops[tid] = np.asarray(y[tuple(slice(max(0, (n - CROP) // 2), max(0, (n - CROP) // 2) + CROP) if i in space
+                                        else slice(None) for i, n in enumerate(y.shape))])
+    input_checks.receptive_field(report, engine, crops)
 
 
 def predict_sample_streamed(model: Model, sample: Mapping[str, Path], axes: Optional[str],
@@ -101,6 +106,8 @@ def predict_sample_streamed(model: Model, sample: Mapping[str, Path], axes: Opti
         input_checks_streamed(model.engine, arrays[model.description.inputs[0].id], stats, report, pixel_size, file_size)
         step = stardist_step(model.engine)
         if step is not None:
+            check_one_sample(model, {tid: x.shape for tid, x in arrays.items()},
+                             sample[model.description.inputs[0].id])
             return _write_streamed_objects(
                 model, step, arrays, caller.get(model.description.inputs[0].id), targets, stats, report, tile=tile,
                 tile_budget=tile_budget, progress=progress, output_pixel_size=output_pixel_size,
@@ -170,8 +177,7 @@ def _write_streamed(model: Model, arrays, caller: Optional[str], targets: Mappin
     try:
         written = predict_streamed(engine, arrays, out, tile=tile, tile_budget=tile_budget, stats=stats,
                                    progress=progress)
-        space_out = {tid: [i for i, a in enumerate(desc.output(tid).axes) if a.type == "space"] for tid in written}
-        input_checks.receptive_field(report, engine, {tid: central_crop(y, space_out[tid]) for tid, y in written.items()})
+        receptive_field_on_crops(report, engine, written)
         written.clear()
         for tid in list(finish):
             done = finish.pop(tid)
@@ -202,10 +208,6 @@ def _write_streamed_objects(model: Model, step, arrays, caller: Optional[str], t
     window into the output; the same blocks and objects as on Dask (commands/predict_distributed.py)."""
     engine, desc = model.engine, model.description
     shapes = {tid: tuple(x.shape) for tid, x in arrays.items()}
-    batch = [n for a, n in zip(desc.inputs[0].axes, shapes[desc.inputs[0].id]) if a.type == "batch"]
-    if batch and batch[0] > 1:
-        raise InputError(f"the input holds {batch[0]} samples, too large together for the memory budget; StarDist "
-                         "block by block predicts one sample per file: split the batch into files")
     context = stardist_context(model)
     plan = block_plan(engine, shapes, tile, tile_budget, description=engine.network, margin=context)
     maps, network_shapes = index_maps(engine, shapes, plan), output_shapes(engine.network, shapes)
@@ -225,8 +227,7 @@ def _write_streamed_objects(model: Model, step, arrays, caller: Optional[str], t
     try:
         sink = CallerSink(out, order, tensor, wanted)
         found = write_labels(model, step, sink, wanted, Objects.merged(parts, step.op.n_rays), context)
-        space = [i for i, a in enumerate(tensor.axes) if a.type == "space"]
-        input_checks.receptive_field(report, engine, {tid: central_crop(sink, space)})
+        receptive_field_on_crops(report, engine, {tid: sink})
         out.close()
     except BaseException:
         out.abort()

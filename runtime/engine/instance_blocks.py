@@ -56,6 +56,14 @@ def stardist_step(engine: "Engine") -> Optional[StarDistStep]:
     return StarDistStep(tid, chain[:at[0]], chain[at[0]], chain[at[0] + 1:])
 
 
+def why_not_blockwise(engine: "Engine") -> Optional[str]:
+    """None when the package can run block by block into lazily written outputs (engine/streaming.py's dense
+    packages, or StarDist packages here), else the reason."""
+    from .streaming import why_not_streamable
+
+    return None if stardist_step(engine) is not None else why_not_streamable(engine)
+
+
 @dataclass(frozen=True)
 class Objects:
     """Star-convex polygons: centres (N, 2) in full-resolution image pixels, probabilities (N,), rays (N, n_rays)."""
@@ -141,4 +149,5 @@ def render_windows(objects: Objects, shape: Sequence[int], window: int = 2048
             yield (slice(y, y + h), slice(x, x + w)), labels
 
 
-__all__ = ["DEFAULT_CONTEXT", "Objects", "StarDistStep", "block_objects", "render_windows", "stardist_step"]
+__all__ = ["DEFAULT_CONTEXT", "Objects", "StarDistStep", "block_objects", "render_windows", "stardist_step",
+           "why_not_blockwise"]

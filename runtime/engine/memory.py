@@ -56,6 +56,14 @@ def resident_bytes() -> Optional[int]:
         return None
 
 
+def peak_resident_bytes() -> Optional[int]:
+    """This process's peak resident memory so far (Linux), or None."""
+    try:
+        return _status()["VmHWM"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def probe_shapes(engine: "Engine") -> dict[str, tuple[int, ...]]:
     """Input shapes (model layout) of the probe tile: every space axis at the smallest valid length with the
     plane reaching PROBE_PIXELS, other axes at their fixed or minimal sizes."""

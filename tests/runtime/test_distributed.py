@@ -117,15 +117,17 @@ def test_refusals_say_what_to_do_and_write_nothing(rdf, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"], "a refusal leaves nothing behind"
 
 
-def test_packages_that_need_whole_outputs_are_refused(rdf, tmp_path):
+def test_inputs_and_outputs_that_cannot_go_block_by_block_are_refused(rdf, tmp_path):
     from biozoo.runtime.commands.predict_distributed import why_not_distributable
     from biozoo.runtime import load
 
     np.save(tmp_path / "in.npy", _image(64, 64))
     model = load(rdf("unet2d"), device="cpu")
     assert why_not_distributable(model, {"raw": tmp_path / "in.npy"}, {"prob": tmp_path / "o.npy"}) is None
-    assert "not written block by block" in why_not_distributable(model, {"raw": tmp_path / "in.npy"},
-                                                                 {"prob": tmp_path / "o.png"})
+    assert "cannot be written block by block" in why_not_distributable(model, {"raw": tmp_path / "in.npy"},
+                                                                        {"prob": tmp_path / "o.png"})
+    assert "cannot be read block by block" in why_not_distributable(model, {"raw": tmp_path / "in.png"},
+                                                                     {"prob": tmp_path / "o.npy"})
 
 
 # ------------------------------------------------------------------------------------------------ StarDist
