@@ -192,6 +192,24 @@ def blob_segmenter(layers: int = 7, gain: float = 12.0) -> bytes:
     return g.serialize("blob_segmenter")
 
 
+def skewed_segmenter(layers: int = 7, gain: float = 12.0, skew: float = 6.0) -> bytes:
+    """blob_segmenter plus `skew` * (the right neighbour - the pixel): a term that only fine texture makes large and
+    that a flip turns around. On smooth blobs the prediction hardly changes under a flip; on noise it is arbitrary
+    (for the out-of-distribution check)."""
+    g = Graph(0)
+    dims = ["batch", 1, "y", "x"]
+    raw = x = g.input("raw", dims)
+    box = np.full((1, 1, 3, 3), 1.0 / 9.0)
+    for _ in range(layers):
+        x = g.op("Conv", [x, g.const(box), g.const([0.0])], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    step = np.zeros((1, 1, 3, 3))
+    step[0, 0, 1, 1], step[0, 0, 1, 2] = -skew, skew
+    texture = g.op("Conv", [raw, g.const(step), g.const([0.0])], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    out = g.op("Add", [g.op("Add", [g.op("Mul", [x, g.const([gain])]), g.const([-gain / 2])]), texture])
+    g.output("prob", out, dims)
+    return g.serialize("skewed_segmenter")
+
+
 def batch_mixing(seed: int = 13) -> bytes:
     """raw (batch,1,y,x) -> out: subtracts the mean over batch AND space (ReduceMean axes [0, 2, 3]) before a
     conv: a normalization across the batch inside the graph, so each sample's output depends on the others."""

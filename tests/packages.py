@@ -277,13 +277,14 @@ def _kind(kind: str) -> dict[str, Any]:
             inputs=[_inp("raw", [BATCH, chan("raw"), *yx(param(16, 8))], _img(rng, (1, 1, 32, 32)),
                          [{"id": "zero_mean_unit_variance", "kwargs": {"axes": ["channel", "y", "x"]}}])],
             outputs=[_out(out_id, [BATCH, chan(out_id), *yx_ref("raw", 2)])])
-    if kind == "blobseg":  # not in KINDS: for the input checks (tests/runtime/test_checks*.py)
+    if kind in ("blobseg", "skewseg"):  # not in KINDS: for the input checks (tests/runtime/test_checks*.py)
         um = {"scale": 0.5, "unit": "micrometer"}
         return dict(
-            name="biozoo test blobseg", onnx=graphs.blob_segmenter(),
+            name=f"biozoo test {kind}", onnx=graphs.blob_segmenter() if kind == "blobseg" else graphs.skewed_segmenter(),
             description="Deterministic blob segmenter: 7 box filters, foreground where the smoothed normalized input "
                         "exceeds 0.5; receptive field 15 px. Carries a config.biozoo block (training conditions).",
-            inputs=[_inp("raw", [BATCH, chan("raw"), *yx(param(24, 8), **um)], blob_image(rng, 64, 6, 5),
+            inputs=[_inp("raw", [BATCH, chan("raw"), *yx(param(24, 8), **um)],
+                         blob_image(rng, 64, 6, 5) if kind == "blobseg" else blob_image(rng, 128, 6, 12),
                          [{"id": "scale_range", "kwargs": {"axes": ["channel", "y", "x"], "min_percentile": 1.0,
                                                            "max_percentile": 99.8}}])],
             outputs=[_out("prob", [BATCH, chan("foreground"), *yx_ref("raw", 8, **um)], [{"id": "sigmoid"}])],

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..engine.outputs import drop_padding, unpadded_tensor
 from ..format import axes as axes_mod
-from . import input_checks, masking, pixelsize
+from . import input_checks, masking, pixelsize, reliability
 from .estimates import SAMPLE_SIZE, PixelSample
 from .objects import segmentation_like
 from .report import CheckReport, training_conditions
@@ -159,6 +159,8 @@ def predict_checked(engine: "Engine", inputs: Any, axes: Any, opts: InputOptions
         if p.valid is not None:
             outputs = _mask_outputs(engine, outputs, p.valid)
         input_checks.receptive_field(report, engine, outputs)
+        if not boxes:
+            reliability.check(report, engine, processed, p.arrays, outputs)
     if p.factors:
         with report.timed("resampling"):
             outputs = _resample_back(engine, outputs, p.original_shapes, p.arrays[primary.id].shape)

@@ -26,6 +26,9 @@ CHECKS: dict[str, str] = {
     "distribution-shift": "the normalized input's intensity percentiles vs those of the training data",
     "receptive-field": "objects in the output larger than the network's receptive field, or far from the size of "
                        "the training objects",
+    "out-of-distribution": "the prediction of flipped crops vs the prediction itself, against the same agreement on "
+                           "training-like data (recorded at export, or the package's test tensors): a model out of "
+                           "its depth disagrees with itself",
     "batch-independence": "a sample's output must not depend on the other samples of its batch "
                           "(batch norm in training mode, normalization across the batch inside the graph)",
 }

@@ -1,0 +1,116 @@
+"""The out-of-distribution check (runtime/checks/reliability.py) and its agreement measures (agreement.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from biozoo.runtime.checks import agreement as A
+from biozoo.runtime.checks import reliability
+from tests import packages
+
+
+def _labels(rng, size=96, count=12, radius=(4, 9)):
+    yy, xx = np.mgrid[:size, :size]
+    out = np.zeros((size, size), np.int32)
+    for k in range(1, count + 1):
+        cy, cx = rng.uniform(0, size, 2)
+        r = rng.uniform(*radius)
+        out[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = k * 7  # sparse ids: the measure must not care
+    return out
+
+
+def test_instance_f1_equals_the_optimal_matching_of_zoo_metrics():
+    pytest.importorskip("scipy")
+    from biozoo.zoo.matching import match
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a, b = _labels(rng), _labels(rng)
+        b[rng.random(b.shape) < 0.02] = 0
+        shifted = np.roll(a, int(rng.integers(0, 4)), axis=1)
+        for x, y in ((a, b), (a, shifted), (a, a)):
+            assert A.instance_f1(x, y) == pytest.approx(match(x, y)[0].as_dict()["f1"])
+
+
+def test_pooled_agreement_counts_objects_over_regions():
+    rng = np.random.default_rng(1)
+    a, b = _labels(rng, 128, 20), _labels(rng, 128, 20)
+    halves = [(a[:, :64], b[:, :64]), (a[:, 64:], b[:, 64:])]
+    matched = [A.matched_objects(x, y) for x, y in halves]
+    f1 = A.f1_of(*np.sum(matched, axis=0))
+    assert A.pooled("labels", halves) == pytest.approx((f1 + A.pooled("mask", halves)) / 2)
+    assert A.pooled("mask", [(a, a)]) == 1.0 and A.pooled("labels", [(a, a)]) == 1.0
+    assert A.pooled("mask", [(np.zeros((4, 4)), np.zeros((4, 4)))]) == 1.0  # nothing in either: they agree
+    assert A.agreement(a, np.zeros_like(a), "labels") == 0.0
+
+
+def test_image_agreement_is_one_for_equal_images_and_drops_with_the_error():
+    rng = np.random.default_rng(2)
+    x = rng.random((64, 64)).astype(np.float32)
+    assert A.image_agreement(x, x) == 1.0
+    assert A.image_agreement(x, x + 0.01) > A.image_agreement(x, x + 0.1) > A.image_agreement(x, x + 0.5)
+
+
+def test_crops_stay_inside_the_image_on_the_axis_step_within_the_cost(tmp_path):
+    from biozoo.runtime import load
+
+    model = load(packages.build_package("unet2d", tmp_path))
+    assert reliability.plan_crops(model.engine, (1, 1, 512, 512)) == []  # small: the whole image, flipped once
+    crops = reliability.plan_crops(model.engine, (1, 1, 2048, 1536))
+    assert 1 <= len(crops) <= reliability.MAX_CROPS
+    pixels = sum(2 * (c[2].stop - c[2].start) * (c[3].stop - c[3].start) for c in crops)
+    assert pixels <= max(reliability.COST_FRACTION * 2048 * 1536, reliability.MIN_RUN_PIXELS)
+    for c in crops:
+        for axis, n in ((2, 2048), (3, 1536)):
+            assert 0 <= c[axis].start < c[axis].stop <= n and c[axis].start % 8 == 0  # unet2d: step 8
+
+
+@pytest.fixture(scope="module")
+def skewseg(tmp_path_factory):
+    from biozoo.runtime import load
+
+    return load(packages.build_package("skewseg", tmp_path_factory.mktemp("skewseg")), device="cpu")
+
+
+def _result(prediction):
+    return next(r for r in prediction.report.as_list() if r["name"] == reliability.NAME)
+
+
+def test_quiet_on_images_like_the_test_input(skewseg):
+    x = packages.blob_image(np.random.default_rng(5), 128, 6, 12)
+    result = _result(skewseg.predict_with_report(x[0, 0], axes="yx"))
+    assert result["status"] == "ok", result
+    assert result["reference_source"] == "measured on the package's test tensors"
+    assert result["agreement"] >= result["limit"] and result["reference_agreement"] > 0.75
+
+
+def test_warns_with_the_numbers_when_the_prediction_does_not_survive_a_flip(skewseg):
+    x = np.random.default_rng(6).random((128, 128)).astype(np.float32) * 200  # fine texture: the skew term rules
+    result = _result(skewseg.predict_with_report(x, axes="yx"))
+    assert result["status"] == "warning", result
+    assert result["agreement"] < result["limit"] < result["reference_agreement"]
+    assert f"{result['agreement']:.3f}" in result["message"] and "out of its depth" in result["message"]
+    with pytest.warns(UserWarning, match="out-of-distribution"):
+        skewseg.predict(x, axes="yx")
+
+
+def test_a_recorded_reference_is_used_and_the_check_can_be_turned_off(skewseg, tmp_path):
+    x = packages.blob_image(np.random.default_rng(7), 128, 6, 12)[0, 0]
+    off = _result(skewseg.predict_with_report(x, axes="yx", skip_checks=[reliability.NAME]))
+    assert off["status"] == "skipped" and "--no-check" in off["message"]
+    training = skewseg.description.config["biozoo"]["training"]
+    training["out_of_distribution"] = {"flip_agreement": {"prob": {"agreement": 1.0}}, "measured_on": "3 images"}
+    try:
+        result = _result(skewseg.predict_with_report(x, axes="yx"))
+    finally:
+        del training["out_of_distribution"]
+    assert result["reference_source"] == "3 images" and result["reference_agreement"] == 1.0
+
+
+def test_blob_segmenter_is_flip_equivariant_on_any_input(tmp_path):
+    from biozoo.runtime import load
+
+    model = load(packages.build_package("blobseg", tmp_path), device="cpu")
+    x = np.random.default_rng(8).random((80, 80)).astype(np.float32)
+    result = _result(model.predict_with_report(x, axes="yx"))
+    assert result["status"] == "ok" and result["agreement"] > 0.95
