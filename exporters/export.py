@@ -17,7 +17,7 @@ from biozoo.runtime import ExportError
 
 from .documents import write_cover
 from .export_steps import (INPUT_ID, ExportReport, attach_curves, biozoo_config, file_sha256, model_input,
-                           package_timestamp, self_test)
+                           flip_reference, package_timestamp, self_test)
 from .onnx_export import DEFAULT_OPSET
 from .rdf import RdfParts, build_model_descr, write_rdf
 from .run_dir import open_run
@@ -51,6 +51,13 @@ def export_run(run_dir: Union[str, Path], out: Union[str, Path], *, authors: Seq
         parts = _rdf_parts(task, ctx, graph, title, authors, license, attachments, config)
         descr = build_model_descr(parts, folder, lambda m: task.output_descrs(m, ctx, graph), task.name)
         write_rdf(descr, folder / "rdf.yaml")
+        # the out-of-distribution check's reference needs the package itself: measured on it, then recorded
+        reference = flip_reference(folder, ctx.run)
+        if reference is not None:
+            config["training"]["out_of_distribution"] = reference
+            parts = _rdf_parts(task, ctx, graph, title, authors, license, attachments, config)
+            descr = build_model_descr(parts, folder, lambda m: task.output_descrs(m, ctx, graph), task.name)
+            write_rdf(descr, folder / "rdf.yaml")
         test = self_test(folder)
         write_deterministic_zip(folder, out)
     return ExportReport(out, file_sha256(out), graph.parity, graph.independence, test)

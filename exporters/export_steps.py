@@ -9,14 +9,14 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from biozoo.runtime import ExportError
 
 from .parity import Forward, check_batch_independence, check_parity
-from .run_dir import RunDir, object_sizes, test_image
+from .run_dir import RunDir, object_sizes, read_image, test_image
 
 INPUT_ID = "raw"
 TOLERANCE = {"absolute_tolerance": 1e-3, "relative_tolerance": 1e-3, "mismatched_elements_per_million": 0}
@@ -137,3 +137,33 @@ def training_rows(run: RunDir, contract) -> list[tuple[str, Any]]:
         ("pixel size", f"{tuple(r.data.pixel_size)} micrometer" if r.data.pixel_size else "unknown"),
         ("receptive field", f"{contract.receptive_field} px (halo {contract.halo} px used for tiling)"),
     ]
+
+
+def flip_reference(folder: Path, run: RunDir) -> Optional[dict[str, Any]]:
+    """The out-of-distribution check's reference (config.biozoo.training.out_of_distribution): its measure taken by
+    the runtime on the written package, over the held-out test images, as `biozoo predict` will take it; None when
+    the check does not apply (box lists) or no test image is readable."""
+    from biozoo.runtime import load
+    from biozoo.runtime.checks import reliability
+
+    engine = load(folder / "rdf.yaml", device="cpu").engine
+    if reliability.why_not(engine):
+        return None
+    found: dict[str, list[tuple[float, int, str]]] = {}
+    for name in run.split.get("test", []):
+        path = run.data_dir / "images" / name
+        if not path.is_file():
+            continue
+        image = read_image(path).astype(np.float32)
+        arrays, _ = engine.prepare_inputs(image, "zyx"[-image.ndim:])
+        processed = engine.preprocess(arrays)
+        outputs = engine.run_processed(processed, arrays)
+        for tid, m in reliability.measure(engine, processed, arrays, outputs).items():
+            found.setdefault(tid, []).append((m["agreement"], m["pixels"], m["kind"]))
+    if not found:
+        return None
+    agreements = {tid: {"kind": rows[0][2], "images": len(rows),
+                        "agreement": round(float(np.average([r[0] for r in rows], weights=[r[1] for r in rows])), 4)}
+                  for tid, rows in found.items()}
+    images = max(v["images"] for v in agreements.values())
+    return {"flip_agreement": agreements, "measured_on": f"{images} held-out test image{'s' if images > 1 else ''}"}

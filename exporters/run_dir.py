@@ -92,7 +92,7 @@ def open_run(root: Path) -> RunDir:
     return run
 
 
-def _read(path: Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
     import tifffile
 
     return np.asarray(tifffile.imread(path) if path.suffix.lower() in (".tif", ".tiff") else np.load(path))
@@ -105,7 +105,7 @@ def test_image(run: RunDir, contract: Any) -> np.ndarray:
     if not path.is_file():
         raise ExportError(f"test image '{path}' (from split.json) is missing; fetch the data again "
                           f"(biozoo data fetch {run.recipe.data.dataset})")
-    image = _read(path).astype(np.float32)
+    image = read_image(path).astype(np.float32)
     if image.ndim != contract.spatial_dims:
         raise ExportError(f"test image '{path}' has shape {image.shape}; the model expects {contract.spatial_dims}D "
                           "single-channel images")
@@ -130,7 +130,7 @@ def object_sizes(run: RunDir) -> Any:
         path = masks / name
         if not path.is_file():
             continue
-        labels = _read(path)
+        labels = read_image(path)
         if labels.max() <= 1:  # a binary mask: objects are its connected components
             from scipy import ndimage
 

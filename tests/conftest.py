@@ -79,10 +79,13 @@ def quick_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def real_unet_run(tmp_path_factory) -> pathlib.Path:
-    """unet-nuclei-2d trained long enough to segment (foreground IoU ~0.9), with a NOMINAL pixel size of 0.5 um:
-    the stardist sample image carries no calibration, and the input checks need a recorded training pixel size."""
+    """unet-nuclei-2d trained long enough to segment (foreground IoU ~0.9) on the stardist wheel's DSB image (cut
+    into 128 px tiles; pinned here, whatever the recipe trains on, because the tests of the input checks use that
+    image), with a NOMINAL pixel size of 0.5 um: the image carries no calibration, and the input checks need a
+    recorded training pixel size."""
     return _train("unet-nuclei-2d", tmp_path_factory.mktemp("run-real-unet"),
-                  {"epochs": 15, "steps_per_epoch": 20}, {"pixel_size": (0.5, 0.5)})
+                  {"epochs": 15, "steps_per_epoch": 20},
+                  {"dataset": "stardist-nuclei-2d", "tile": 128, "pixel_size": (0.5, 0.5)})
 
 
 @pytest.fixture(scope="session")

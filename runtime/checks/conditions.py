@@ -160,7 +160,8 @@ def predict_checked(engine: "Engine", inputs: Any, axes: Any, opts: InputOptions
             outputs = _mask_outputs(engine, outputs, p.valid)
         input_checks.receptive_field(report, engine, outputs)
         if not boxes:
-            reliability.check(report, engine, processed, p.arrays, outputs)
+            reliability.check(report, engine, processed, p.arrays, outputs,
+                              {"tile": tile, "tile_budget": tile_budget})
     if p.factors:
         with report.timed("resampling"):
             outputs = _resample_back(engine, outputs, p.original_shapes, p.arrays[primary.id].shape)
@@ -272,3 +273,5 @@ def check_test_tensors(engine: "Engine", inputs: Mapping[str, np.ndarray], outpu
     processed = engine.preprocess(inputs)
     input_checks.distribution_shift(report, training, processed[primary.id], None, sample)
     input_checks.receptive_field(report, engine, outputs)
+    if not engine.box_lists:  # on the test tensors themselves: the reference of third-party packages
+        reliability.check(report, engine, processed, inputs, outputs)

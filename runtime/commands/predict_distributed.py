@@ -39,8 +39,8 @@ from .instance_output import check_one_sample, labels_dtype, stardist_context, w
 from .block_worker import DONE, BlockJob, objects_file, run_block, run_objects, warm
 from .lazyio import create_output, open_image
 from .omezarr import is_zarr
-from .predict_streamed import (STREAMED_INPUTS, STREAMED_OUTPUTS, input_checks_streamed, open_sample,
-                               receptive_field_on_crops)
+from .predict_streamed import (STREAMED_INPUTS, STREAMED_OUTPUTS, flip_check_streamed, input_checks_streamed,
+                               open_sample, receptive_field_on_crops)
 
 log = logging.getLogger("biozoo")
 JOURNAL_SUFFIX = ".biozoo-run"
@@ -259,6 +259,7 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
             found = _render_objects(model, step, sinks[step.tensor_id], wanted[step.tensor_id], journal,
                                     len(combos), context) if step else None
             receptive_field_on_crops(report, engine, sinks)
+            flip_check_streamed(report, engine, arrays, stats, {"tile": tile, "tile_budget": tile_budget})
         except BaseException:
             if not journal.done():  # nothing to resume: nothing stays behind
                 journal.finish()

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
-from ..checks import input_checks
+from ..checks import input_checks, reliability
 from ..checks.pixelsize import parse_pixel_size
 from ..checks.report import CheckReport, training_conditions
 from ..engine.engine import _check_fixed_sizes, _guess_axes
@@ -88,6 +88,22 @@ def receptive_field_on_crops(report: CheckReport, engine, outputs: Mapping[str, 
         crops[tid] = np.asarray(y[tuple(slice(max(0, (n - CROP) // 2), max(0, (n - CROP) // 2) + CROP) if i in space
                                         else slice(None) for i, n in enumerate(y.shape))])
     input_checks.receptive_field(report, engine, crops)
+
+
+def flip_check_streamed(report: CheckReport, engine, arrays: Mapping[str, Any], stats: Mapping,
+                        tiling: Optional[Mapping[str, Any]] = None) -> None:
+    """The out-of-distribution check on crops of a streamed image, read lazily and normalized as its tiles are
+    (the whole image's statistics from the pre-pass); `tiling`: the prediction's tile / tile_budget."""
+    shape = tuple(arrays[engine.description.inputs[0].id].shape)
+
+    def read(index):
+        raw = {tid: np.asarray(x[index], dtype=np.float32) for tid, x in arrays.items() if tuple(x.shape) == shape}
+        processed = {tid: run_chain(engine.preprocessing[tid], b, engine.axis_ids(tid),
+                                    StatsContext({tid: (b, engine.axis_ids(tid))}).seed(stats))
+                     for tid, b in raw.items()}
+        return processed, raw
+
+    reliability.check_crops(report, engine, shape, read, tiling)
 
 
 def predict_sample_streamed(model: Model, sample: Mapping[str, Path], axes: Optional[str],
@@ -179,6 +195,7 @@ def _write_streamed(model: Model, arrays, caller: Optional[str], targets: Mappin
                                    progress=progress)
         receptive_field_on_crops(report, engine, written)
         written.clear()
+        flip_check_streamed(report, engine, arrays, stats, {"tile": tile, "tile_budget": tile_budget})
         for tid in list(finish):
             done = finish.pop(tid)
             if isinstance(done, np.ndarray):
@@ -228,6 +245,7 @@ def _write_streamed_objects(model: Model, step, arrays, caller: Optional[str], t
         sink = CallerSink(out, order, tensor, wanted)
         found = write_labels(model, step, sink, wanted, Objects.merged(parts, step.op.n_rays), context)
         receptive_field_on_crops(report, engine, {tid: sink})
+        flip_check_streamed(report, engine, arrays, stats, {"tile": tile, "tile_budget": tile_budget})
         out.close()
     except BaseException:
         out.abort()

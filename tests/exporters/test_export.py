@@ -63,6 +63,11 @@ def test_package_records_contract_training_conditions_and_checks(quick_run, expo
     assert cfg["task"] == "segmentation" and cfg["training"]["receptive_field"] == rf["receptive_field"]
     assert cfg["training"]["split_manifest_hash"] == json.loads((quick_run("unet-nuclei-2d") / "split.json").read_text())["manifest_hash"]
     assert cfg["training"]["object_size"]["count"] > 10  # real nuclei in the training masks
+    test_images = len(json.loads((quick_run("unet-nuclei-2d") / "split.json").read_text())["test"])
+    ood = cfg["training"]["out_of_distribution"]  # the out-of-distribution check's reference, from the test split
+    assert ood["measured_on"].startswith(f"{test_images} held-out test image")
+    assert ood["flip_agreement"]["probabilities"]["images"] == test_images
+    assert 0 < ood["flip_agreement"]["probabilities"]["agreement"] <= 1
     assert cfg["parity"]["max_abs_error"] == report.parity["max_abs_error"]
     assert cfg["batch_independence"]["passed"] is True
     assert rdf["weights"]["onnx"]["opset_version"] == 17

@@ -161,7 +161,7 @@ def test_clean_input_passes_every_check(extra):
     p = extra("blobseg").predict_with_report(blobs(), "yx", pixel_size=0.5)
     statuses = {name: r["status"] for name, r in by_name(p).items()}
     assert statuses == {"pixel-size": "ok", "masked-normalization": "ok", "batch-effects": "skipped",
-                        "distribution-shift": "ok", "receptive-field": "ok"}
+                        "distribution-shift": "ok", "receptive-field": "ok", "out-of-distribution": "ok"}
     with warnings.catch_warnings():
         warnings.simplefilter("error", InputWarning)
         extra("blobseg").predict(blobs(), "yx", pixel_size="500nm")

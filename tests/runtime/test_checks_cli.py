@@ -31,7 +31,7 @@ def test_predict_json_reports_every_check(pkgs, tmp_path):
     report = one_json(cli(tmp_path, "predict", pkgs["blobseg"], src, "-o", tmp_path / "out.tif", "--json"))
     statuses = {c["name"]: c["status"] for c in report["checks"]}
     assert statuses == {"pixel-size": "ok", "masked-normalization": "ok", "batch-effects": "skipped",
-                        "distribution-shift": "ok", "receptive-field": "ok"}
+                        "distribution-shift": "ok", "receptive-field": "ok", "out-of-distribution": "ok"}
     assert all(c["input"] == str(src) and c["message"] for c in report["checks"])
     assert report["checks"][0]["input_pixel_size_um"] == {"y": 0.5, "x": 0.5}
 

