@@ -29,6 +29,7 @@ PARTS = ("train", "val", "test")
 PAIRED = ("masks", "targets")
 SUFFIXES = (".tif", ".tiff")
 FORMAT = "biozoo-split/1"
+SOURCE_SEPARATOR = "@@"  # SOURCE@@NAME: a file of dataset SOURCE in a mixed folder (zoo/data/sources.py)
 _RESPLIT = ("delete {m} to re-split deliberately (this changes the test set: metrics are then not comparable with "
             "runs on the old split)")
 
@@ -79,6 +80,17 @@ def _canonical(obj: object) -> bytes:
 
 
 def _assign(hashes: dict[str, dict[str, str]], seed: int, fractions: Sequence[float]) -> dict[str, str]:
+    """Name -> part. When every file is named SOURCE@@NAME (a folder that mixes datasets, zoo/data/sources.py),
+    each source is split by itself, exactly as its own folder is: a file lands in the same part in every mix."""
+    groups: dict[str, dict[str, dict[str, str]]] = {}
+    for name, h in hashes.items():
+        groups.setdefault(name.split(SOURCE_SEPARATOR, 1)[0] if SOURCE_SEPARATOR in name else "", {})[name] = h
+    if len(groups) > 1 and "" not in groups:
+        return {n: p for group in groups.values() for n, p in _assign_one(group, seed, fractions).items()}
+    return _assign_one(hashes, seed, fractions)
+
+
+def _assign_one(hashes: dict[str, dict[str, str]], seed: int, fractions: Sequence[float]) -> dict[str, str]:
     """Name -> part. Rank by sha256(seed, image content): stable across numpy versions and platforms."""
     order = sorted(hashes, key=lambda n: (hashlib.sha256(f"{seed}:{hashes[n]['images']}".encode()).hexdigest(), n))
     n = len(order)

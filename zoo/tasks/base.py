@@ -89,7 +89,14 @@ def data_folder(recipe: AnyRecipe) -> Path:
     """The recipe's data: a fetched dataset (by name) or a given folder with images/, cut into tiles when asked."""
     from ..data import fetch_dataset, list_datasets, tile_dataset
 
+    from ..data.sources import is_mix, mixed_folder
+
     d = recipe.data
+    if is_mix(d.dataset):  # each source tiled or sliced as it must be, then mixed: `tile` does not apply
+        if d.tile:
+            raise TrainingError(f"data.dataset '{d.dataset}' mixes sources that are each prepared their own way; "
+                                "set data.tile: null")
+        return mixed_folder(d.dataset)
     source = fetch_dataset(d.dataset) if d.dataset in list_datasets() else Path(d.dataset).expanduser()
     if not (source / "images").is_dir():
         raise TrainingError(f"data.dataset '{d.dataset}': no images/ folder in {source}; give a dataset name from "

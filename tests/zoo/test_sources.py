@@ -1,0 +1,66 @@
+"""Datasets mixed from several sources (zoo/data/sources.py): each source split by itself, never leaking."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from biozoo.runtime import TrainingError
+from biozoo.zoo.data import sources
+from biozoo.zoo.data.split import SOURCE_SEPARATOR, _assign, _assign_one
+
+
+def _hashes(prefix: str, n: int) -> dict[str, dict[str, str]]:
+    return {f"{prefix}{i:03d}.tif": {"images": hashlib.sha256(f"{prefix}{i}".encode()).hexdigest()} for i in range(n)}
+
+
+def test_a_mixed_folder_splits_every_source_as_its_own_folder_would():
+    fractions = (0.7, 0.15, 0.15)
+    a, b = _hashes("hela_t", 20), _hashes("tile_", 16)
+    own = {**{f"a{SOURCE_SEPARATOR}{n}": p for n, p in _assign(a, 0, fractions).items()},
+           **{f"b{SOURCE_SEPARATOR}{n}": p for n, p in _assign(b, 0, fractions).items()}}
+    mixed = {**{f"a{SOURCE_SEPARATOR}{n}": h for n, h in a.items()}, **{f"b{SOURCE_SEPARATOR}{n}": h for n, h in b.items()}}
+    assert _assign(mixed, 0, fractions) == own
+    # the same source in another mix: the same parts (a model of one mix is never tested on another's training data)
+    other = {**{f"a{SOURCE_SEPARATOR}{n}": h for n, h in a.items()}, **{f"c{SOURCE_SEPARATOR}{n}": h for n, h in
+                                                                        _hashes("z", 9).items()}}
+    assert {n: p for n, p in _assign(other, 0, fractions).items() if n.startswith("a")} == \
+        {n: p for n, p in own.items() if n.startswith("a")}
+
+
+def test_folders_without_sources_split_as_before():
+    fractions = (0.7, 0.15, 0.15)
+    plain = _hashes("img", 30)
+    partly = {**plain, f"x{SOURCE_SEPARATOR}1.tif": {"images": "f" * 64}}  # one odd name: still one folder
+    assert _assign(plain, 0, fractions) == _assign_one(plain, 0, fractions)
+    assert sum(p == "test" for p in _assign(plain, 0, fractions).values()) == round(30 * 0.15)
+    assert _assign(partly, 0, fractions) == _assign_one(partly, 0, fractions)
+
+
+@pytest.mark.parametrize("dataset", ["mix:hela-nuclei-2d", "mix:hela-nuclei-2d+hela-nuclei-2d",
+                                     "mix:hela-nuclei-2d+no-such-data"])
+def test_bad_mixes_are_refused_with_the_known_names(dataset):
+    with pytest.raises(TrainingError, match="hela-nuclei-2d"):
+        sources.mix_sources(dataset)
+
+
+def test_a_volume_becomes_z_slices_with_objects_and_is_reused(tmp_path):
+    import tifffile
+
+    src = tmp_path / "vol"
+    (src / "images").mkdir(parents=True)
+    (src / "masks").mkdir()
+    image = np.random.default_rng(0).random((20, 32, 32)).astype(np.float32)
+    labels = np.zeros((20, 32, 32), np.uint16)
+    labels[4:15, 8:20, 8:20] = 3
+    tifffile.imwrite(src / "images" / "v.tif", image)
+    tifffile.imwrite(src / "masks" / "v.tif", labels)
+    out = sources._slices(src, tmp_path / "slices", 5)
+    names = sorted(p.name for p in (out / "images").glob("*.tif"))
+    assert names == ["v_z005.tif", "v_z010.tif"]  # z 0 and 15 hold no object
+    np.testing.assert_array_equal(tifffile.imread(out / "images" / "v_z010.tif"), image[10])
+    np.testing.assert_array_equal(tifffile.imread(out / "masks" / "v_z005.tif"), labels[5])
+    assert sources._slices(src, tmp_path / "slices", 5) == out  # reused
+    with pytest.raises(TrainingError, match="another step"):
+        sources._slices(src, tmp_path / "slices", 4)

@@ -1,0 +1,125 @@
+"""Datasets mixed from several real sources: `data.dataset: mix:hela-nuclei-2d+stardist-nuclei-2d+nuclei-3d`.
+
+Each source is first brought into 2D images with instance masks the way it must be to split it without leakage
+(`PREPARATION`: the one 512x512 DSB image cut into 128x128 tiles, the 3D nuclei volume cut into z slices
+`SLICE_STEP` apart), then copied into one folder as SOURCE@@NAME. The split module splits such a folder source by
+source, exactly as each source's own folder: a frame or tile is in the same part (train/val/test) in every mix,
+so a model trained on one mix is never tested on what another mix trained on, and leave-one-dataset-out runs
+(benchmarks/lodo.py) hold a whole source out. The folder is built once (atomically), recorded in `sources.json`
+(the source files' sha256), and reused while the sources are unchanged.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from biozoo.runtime import TrainingError
+
+from .fetch import DATASETS, default_data_dir, fetch_dataset
+from .split import SOURCE_SEPARATOR, list_files, tile_dataset
+
+MIX = "mix:"
+SLICE_STEP = 6  # z slices of a volume 6 apart (nuclei span ~20: neighbouring slices still share objects)
+PREPARATION: dict[str, dict[str, int]] = {"stardist-nuclei-2d": {"tile": 128}, "nuclei-3d": {"slices": SLICE_STEP}}
+
+
+def is_mix(dataset: str) -> bool:
+    return dataset.startswith(MIX)
+
+
+def mix_sources(dataset: str) -> list[str]:
+    names = [n.strip() for n in dataset[len(MIX):].split("+") if n.strip()]
+    unknown = [n for n in names if n not in DATASETS]
+    if len(names) < 2 or unknown or len(set(names)) != len(names):
+        raise TrainingError(f"data.dataset '{dataset}': expected mix:NAME+NAME[+...] of two or more different "
+                            f"datasets from `biozoo data list` ({', '.join(sorted(DATASETS))}); unknown: {unknown}")
+    return names
+
+
+def prepared_source(name: str, root: Optional[Path] = None) -> Path:
+    """The folder of 2D images + masks that source `name` contributes (tiled or sliced as PREPARATION says)."""
+    folder = fetch_dataset(name, root)
+    how = PREPARATION.get(name, {})
+    if "tile" in how:
+        return tile_dataset(folder, folder / "derived" / f"tiles-{how['tile']}", how["tile"])
+    if "slices" in how:
+        return _slices(folder, folder / "derived" / f"slices-{how['slices']}", how["slices"])
+    return folder
+
+
+def mixed_folder(dataset: str, root: Optional[Path] = None) -> Path:
+    """The folder of a `mix:` dataset, built on first use (see the module docstring)."""
+    names = mix_sources(dataset)
+    base = Path(root) if root is not None else default_data_dir()
+    sources = {n: prepared_source(n, root) for n in names}
+    record = {n: {"folder": str(f), "files": list_files(f)[1]} for n, f in sources.items()}
+    target = base / ("mix-" + "+".join(names))
+    if (target / "sources.json").is_file():
+        if json.loads((target / "sources.json").read_text()) == record:
+            return target
+        raise TrainingError(f"{target} was mixed from other source files than today's; delete {target} to mix "
+                            "again (its split.json goes with it, which changes the test set)")
+    base.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=base))
+    for n, folder in sources.items():
+        for sub in ("images", "masks"):
+            (staging / sub).mkdir(exist_ok=True)
+            for path in sorted((folder / sub).glob("*.tif")):
+                shutil.copyfile(path, staging / sub / f"{n}{SOURCE_SEPARATOR}{path.name}")
+    (staging / "sources.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    try:
+        os.replace(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "sources.json").is_file():
+            raise
+    return target
+
+
+def _slices(src: Path, dst: Path, step: int) -> Path:
+    """Every `step`-th z slice of each (Z, Y, X) image and mask as its own 2D pair (slices without objects
+    dropped); reused while `slices.json` matches the sources."""
+    import tifffile
+
+    _, hashes = list_files(src)
+    info = {"step": step, "source_sha256": hashes}
+    if (dst / "slices.json").is_file():
+        if json.loads((dst / "slices.json").read_text()) == info:
+            return dst
+        raise TrainingError(f"{dst} holds slices of other source files or another step; delete {dst} to cut them "
+                            "again")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    for name in sorted(hashes):
+        image, labels = (np.asarray(tifffile.imread(src / f / name)) for f in ("images", "masks"))
+        if image.ndim != 3 or image.shape != labels.shape:
+            raise TrainingError(f"{name}: image {image.shape} and mask {labels.shape}: expected one (Z, Y, X) pair")
+        for z in range(0, image.shape[0], step):
+            if not labels[z].any():
+                continue
+            out = f"{Path(name).stem}_z{z:03d}.tif"
+            for f, a in (("images", image[z]), ("masks", labels[z])):
+                (staging / f).mkdir(exist_ok=True)
+                tifffile.imwrite(staging / f / out, np.ascontiguousarray(a), compression=None)
+    (staging / "slices.json").write_text(json.dumps(info, indent=1) + "\n")
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(staging, dst)
+    return dst
+
+
+def source_files(name: str, root: Optional[Path] = None) -> tuple[Path, list[str]]:
+    """(folder, file names) of what a leave-one-dataset-out run tests on: the source's own 2D images (whole: tiles
+    exist only to split them), its z slices for a volume."""
+    how = PREPARATION.get(name, {})
+    folder = fetch_dataset(name, root) if "tile" in how else prepared_source(name, root)
+    return folder, sorted(p.name for p in (folder / "images").glob("*.tif"))
+
+
+__all__ = ["MIX", "is_mix", "mix_sources", "mixed_folder", "prepared_source", "source_files"]
