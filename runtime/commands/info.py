@@ -53,7 +53,22 @@ def model_info(model: Model) -> dict[str, Any]:
         "provider": model.provider,
         "source": str(model.package.source),
         "memory": memory_info(model),
+        "training": training_info(model),
     }
+
+
+def training_info(model: Model) -> dict[str, Any]:
+    """What the input checks compare with: the package's training record (config.biozoo.training), or where a
+    check takes its reference from when the package records nothing (third-party packages)."""
+    from ..checks.report import training_conditions
+
+    t = training_conditions(model.description.config)
+    ood = t.get("out_of_distribution") if isinstance(t.get("out_of_distribution"), dict) else None
+    flip = ({tid: v.get("agreement") for tid, v in (ood.get("flip_agreement") or {}).items()} if ood else None)
+    return {"pixel_size_um": t.get("pixel_size"), "receptive_field_px": t.get("receptive_field"),
+            "out_of_distribution": ({"flip_agreement": flip, "measured_on": ood.get("measured_on")} if flip else
+                                    {"flip_agreement": None, "measured_on": "the package's test tensors, at the "
+                                                                            "first prediction"})}
 
 
 def memory_info(model: Model) -> dict[str, Any]:
@@ -99,6 +114,14 @@ def format_info(info: dict[str, Any]) -> str:
                 lines.append(f"    channels {t['channel_names']}")
             for p in t["processing"]:
                 lines.append(f"    {'pre' if kind == 'inputs' else 'post'}: {p['id']} {p.get('kwargs', '')}".rstrip())
+    tr = info.get("training") or {}
+    if tr:
+        size = ", ".join(f"{a} {v:g}" for a, v in (tr["pixel_size_um"] or {}).items()) or "not recorded"
+        ood = tr["out_of_distribution"]
+        flip = ", ".join(f"{k} {v:.3f}" for k, v in (ood["flip_agreement"] or {}).items())
+        rf = f"{tr['receptive_field_px']} px" if tr["receptive_field_px"] else "not recorded"
+        lines.append(f"training: pixel size {size} (µm), receptive field {rf}; out-of-distribution reference: "
+                     f"{f'flip agreement {flip} on ' if flip else ''}{ood['measured_on']}")
     w = info["weights"]
     lines.append(f"weights: {', '.join(w['formats'])} (biozoo runs onnx, opset {w['opset']}) on {info['provider']}")
     lines.append(f"  {info['binding']}")

@@ -75,6 +75,19 @@ def test_info(rdf, zipped, tmp_path, form):
     assert [t["id"] for t in info["outputs"]] == ["sum", "prod"]
     assert all(t["axes"] == "bcyx" for t in info["inputs"] + info["outputs"])
     assert info["inputs"][0]["sizes"]["y"] == "8+4n" and info["inputs"][1]["sizes"]["y"] == "=a.y"
+    # no training record (a third-party-like package): where the checks take their references from instead
+    assert info["training"]["pixel_size_um"] is None
+    assert info["training"]["out_of_distribution"]["measured_on"].startswith("the package's test tensors")
+
+
+def test_info_shows_the_recorded_training_conditions(tmp_path):
+    from tests import packages
+
+    folder = packages.build_package("blobseg", tmp_path / "pk").parent
+    info = one_json(cli(tmp_path, "info", folder, "--json"))
+    assert info["training"]["pixel_size_um"] == {"y": 0.5, "x": 0.5} and info["training"]["receptive_field_px"] == 15
+    text = cli(tmp_path, "info", folder).stdout
+    assert "pixel size y 0.5, x 0.5 (µm), receptive field 15 px" in text
 
 
 def test_test_passes_on_a_good_package(zipped, tmp_path):
