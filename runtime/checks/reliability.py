@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ..engine.engine import Engine
 
 NAME = "out-of-distribution"
-CROP_SIDE = 256  # interior length per flipped axis
+CROP_SIDE = 256  # crop length per flipped axis (~30 nuclei of 24 px in a 256x256 crop)
 MAX_CROPS = 4
 COST_FRACTION = 0.02  # pixels run for the check / image pixels, above MIN_RUN_PIXELS
 MIN_RUN_PIXELS = 512 * 512  # up to this the whole image is flipped: fewer pixels hold too few objects to measure
@@ -245,9 +245,11 @@ def _report(report: CheckReport, engine: "Engine", got: dict[str, dict[str, Any]
         value = m["agreement"]
         numbers = {"output": tid, "measure": _MEASURES[m["kind"]], "agreement": value, "crops": m["crops"],
                    "pixels": m["pixels"], "reference_source": source}
-        if not isinstance(r, Mapping) or not isinstance(r.get("agreement"), (int, float)):
+        recorded = r.get("agreement") if isinstance(r, Mapping) else None
+        if not isinstance(recorded, (int, float)) or isinstance(recorded, bool) or not 0 <= recorded <= 1:
             report.add(NAME, "skipped", f"flipped crops of '{tid}' agree at {value:.3f} ({_MEASURES[m['kind']]}), "
-                                        "but there is no reference on training-like data to compare with", **numbers)
+                                        "but there is no reference on training-like data to compare with (or the "
+                                        "package records one that is not a number from 0 to 1)", **numbers)
             continue
         expected = float(r["agreement"])
         numbers["reference_agreement"] = expected

@@ -105,6 +105,13 @@ def test_a_recorded_reference_is_used_and_the_check_can_be_turned_off(skewseg, t
     finally:
         del training["out_of_distribution"]
     assert result["reference_source"] == "3 images" and result["reference_agreement"] == 1.0
+    for hostile in (float("nan"), "0.9", 7.0, True, {"agreement": 1}, None):  # a package's record is untrusted
+        training["out_of_distribution"] = {"flip_agreement": {"prob": {"agreement": hostile}}}
+        try:
+            result = _result(skewseg.predict_with_report(x, axes="yx"))
+        finally:
+            del training["out_of_distribution"]
+        assert result["status"] == "skipped" and "not a number from 0 to 1" in result["message"], hostile
 
 
 def test_blob_segmenter_is_flip_equivariant_on_any_input(tmp_path):
