@@ -68,6 +68,15 @@ class DataConfig(_Strict):
         return self
 
 
+class EvaluationConfig(_Strict):
+    """How the dense tasks test: the test images are cut into disjoint tiles, the resampling units of a paired
+    bootstrap that gives every metric and every "A beats B" claim a 95% interval."""
+
+    tile: int = Field(64, ge=8, description="tile size in pixels (YX) of the bootstrap over test tiles")
+    resamples: int = Field(2000, ge=100, le=100000)
+    seed: int = 0
+
+
 class _RecipeBase(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     description: str = ""
@@ -90,11 +99,15 @@ class _RecipeBase(_Strict):
 class SegmentationRecipe(_RecipeBase):
     task: Literal["segmentation"]
     classes: tuple[str, ...] = ("background", "foreground", "boundary")
+    evaluation: EvaluationConfig = EvaluationConfig()
 
 
 class CareRecipe(_RecipeBase):
     task: Literal["care"]
     noise: tuple[float, float] = Field((1.0, 0.05), description="Poisson gain and Gaussian sigma of the noisy inputs")
+    bin: int = Field(1, ge=1, le=8, description="the clean reference is the real image averaged over bin x bin "
+                                                "pixels (YX), which divides its own noise by bin")
+    evaluation: EvaluationConfig = EvaluationConfig()
 
 
 class N2VRecipe(_RecipeBase):
@@ -102,7 +115,9 @@ class N2VRecipe(_RecipeBase):
     masked_fraction: float = Field(0.002, gt=0, le=0.05)
     neighbourhood: int = Field(5, ge=3, le=11)
     n2v2: bool = False
-    noise: tuple[float, float] = (1.0, 0.05)
+    noise: tuple[float, float] = Field((1.0, 0.05), description="Poisson gain and Gaussian sigma of the noisy inputs")
+    bin: int = Field(1, ge=1, le=8, description="as CARE's: the clean reference is the bin x bin mean of the image")
+    evaluation: EvaluationConfig = EvaluationConfig()
 
 
 class DetectionRecipe(_RecipeBase):

