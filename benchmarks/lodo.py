@@ -22,7 +22,7 @@ from pathlib import Path
 RECIPE = "stardist-nuclei-2d-mix"
 
 
-def _recipe_without(held_out: str):
+def _recipe_without(held_out: str, threads: int = 1):
     from biozoo.specs import recipe_path
     from biozoo.zoo.config import load_recipe
     from biozoo.zoo.data.sources import MIX, mix_sources
@@ -33,7 +33,9 @@ def _recipe_without(held_out: str):
         raise SystemExit(f"{held_out} is not a source of {recipe.data.dataset}")
     dataset = rest[0] if len(rest) == 1 else MIX + "+".join(rest)
     tile = 128 if dataset == "stardist-nuclei-2d" else None
-    return recipe.model_copy(update={"data": recipe.data.model_copy(update={"dataset": dataset, "tile": tile})})
+    # one torch thread: on 2 cores shared with anything else, 2 threads ran several times slower (yolo recipe)
+    return recipe.model_copy(update={"data": recipe.data.model_copy(update={"dataset": dataset, "tile": tile}),
+                                     "training": recipe.training.model_copy(update={"threads": threads})})
 
 
 def run_one(work: Path, held_out: str) -> dict:
