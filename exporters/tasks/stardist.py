@@ -27,8 +27,10 @@ from .base import ExportContext, ExportTask, Graph, TestOutput
 OUTPUT_ID = "labels"
 STARDIST_CITE = ("Schmidt, Weigert, Broaddus, Myers: Cell Detection with Star-convex Polygons. MICCAI 2018",
                  "10.1007/978-3-030-00934-2_30")
-# labels are integers: equal or wrong (a missed object renumbers the others)
-TOLERANCE = {"absolute_tolerance": 0.0, "relative_tolerance": 0.0, "mismatched_elements_per_million": 0}
+# labels are integers, equal or not; up to 100 per million pixels may differ: two runtimes normalize the test input
+# with float differences of ~1e-7, which can move a polygon's border by a pixel (seen: 1 pixel of 750k), while one
+# object missed or added changes hundreds (a 24 px nucleus is ~450 pixels: ~600 per million of a 688x1088 image)
+TOLERANCE = {"absolute_tolerance": 0.0, "relative_tolerance": 0.0, "mismatched_elements_per_million": 100}
 
 
 class ChannelsLast(torch.nn.Module):
