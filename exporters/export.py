@@ -71,7 +71,8 @@ def _rdf_parts(task: ExportTask, ctx: ExportContext, graph: Graph, title: str, a
         tags=task.tags, cite=task.citations(recipe), attachments=attachments, input_id=INPUT_ID,
         input_description=task.input_description, batch_size=task.batch_size, space_axes=contract.space_axes,
         in_channels=[f"channel{i}" for i in range(ctx.x.shape[1])], min_size=contract.min_tile,
-        size_step=contract.size_step, pixel_size=recipe.data.pixel_size, percentiles=tuple(recipe.data.percentiles),
+        size_step=contract.size_step, pixel_size=recipe.data.pixel_size, halo=contract.halo,
+        percentiles=tuple(recipe.data.percentiles),
         test_input="test_input.npy", sample_input="sample_input.tif", onnx_file=graph.weights.name,
         onnx_sha256=file_sha256(graph.weights), opset=graph.opset, tolerance=task.tolerance, biozoo_config=config,
         timestamp=package_timestamp(ctx.run))

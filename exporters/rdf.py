@@ -6,6 +6,8 @@ field as it is made, so a package biozoo writes is valid by construction; bioima
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -32,6 +34,7 @@ class RdfParts:
     min_size: int
     size_step: int
     pixel_size: Optional[Sequence[float]]
+    halo: int  # of the outputs, in input pixels: the axis scales are chosen so that the spec's halo check holds
     percentiles: tuple[float, float]
     test_input: str
     sample_input: str
@@ -46,15 +49,28 @@ class RdfParts:
     version: str = "0.1.0"
 
 
-def _scale_unit(pixel_size: Optional[Sequence[float]], i: int) -> dict[str, Any]:
-    return {"scale": float(pixel_size[i]), "unit": "micrometer"} if pixel_size is not None else {}
+def _scale_unit(pixel_size: Optional[Sequence[float]], i: int, halo: int) -> dict[str, Any]:
+    return {"scale": spec_safe_scale(float(pixel_size[i]), halo), "unit": "micrometer"} if pixel_size is not None else {}
+
+
+def spec_safe_scale(scale: float, halo: int) -> float:
+    """The double nearest `scale` for which bioimageio.spec's check of an output halo, halo * scale / scale, gives
+    the integer back: with 0.645 um and a halo of 56 it gives 56.00000000000001, and the spec refuses the package.
+    One or two units in the last place away there is always such a double (the change is ~1e-16 um)."""
+    up = down = scale
+    for _ in range(64):
+        for candidate in (up, down):
+            if not halo or halo * candidate / candidate == halo:
+                return candidate
+        up, down = math.nextafter(up, math.inf), math.nextafter(down, -math.inf)
+    return scale
 
 
 def space_output_axes(m: Any, contract: Any, pixel_size: Optional[Sequence[float]], input_id: str) -> list[Any]:
     """Output space axes of the input's size (a size reference), with the contract's halo for tiling."""
     cls = m.SpaceOutputAxisWithHalo if contract.halo else m.SpaceOutputAxis
     extra = {"halo": contract.halo} if contract.halo else {}
-    return [cls(id=m.AxisId(a), **extra, **_scale_unit(pixel_size, i),
+    return [cls(id=m.AxisId(a), **extra, **_scale_unit(pixel_size, i, contract.halo),
                 size=m.SizeReference(tensor_id=m.TensorId(input_id), axis_id=m.AxisId(a)))
             for i, a in enumerate(contract.space_axes)]
 
@@ -72,7 +88,7 @@ def build_model_descr(parts: RdfParts, root: Path, outputs: Callable[[Any], list
     batch = m.BatchAxis(size=parts.batch_size) if parts.batch_size is not None else m.BatchAxis()
     in_axes = [batch, m.ChannelAxis(channel_names=[m.Identifier(n) for n in parts.in_channels]),
                *(m.SpaceInputAxis(id=m.AxisId(a), size=m.ParameterizedSize(min=parts.min_size, step=parts.size_step),
-                                  **_scale_unit(parts.pixel_size, i)) for i, a in enumerate(parts.space_axes))]
+                                  **_scale_unit(parts.pixel_size, i, parts.halo)) for i, a in enumerate(parts.space_axes))]
     lo, hi = parts.percentiles
     try:
         with ValidationContext(root=root, perform_io_checks=True):
