@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 NAME = "out-of-distribution"
 CROP_SIDE = 256  # crop length per flipped axis (~30 nuclei of 24 px in a 256x256 crop)
 MAX_CROPS = 4
+DEPTH = 32  # streamed volumes: central z positions a crop keeps (the in-memory check flips the whole depth)
 COST_FRACTION = 0.02  # pixels run for the check / image pixels, above MIN_RUN_PIXELS
 MIN_RUN_PIXELS = 512 * 512  # up to this the whole image is flipped: fewer pixels hold too few objects to measure
 DISAGREEMENT_RATIO = 1.8
@@ -214,7 +215,20 @@ def check_crops(report: CheckReport, engine: "Engine", shape: tuple[int, ...],
     """The check on an image streamed tile by tile: `read(index)` gives a crop's (processed, raw) arrays,
     normalized as the tiles were; small images are read whole (one crop)."""
     whole = [tuple(slice(None) for _ in shape)]
-    _checked(report, engine, lambda: measure_crops(engine, shape, plan_crops(engine, shape) or whole, read, tiling))
+    crops = [_thin(engine, shape, c) for c in plan_crops(engine, shape) or whole]
+    _checked(report, engine, lambda: measure_crops(engine, shape, crops, read, tiling))
+
+
+def _thin(engine: "Engine", shape: tuple[int, ...], index: tuple[slice, ...]) -> tuple[slice, ...]:
+    """A streamed crop keeps at most DEPTH central positions along the space axes it does not flip (z of a volume),
+    so that reading it stays bounded whatever the volume's depth."""
+    axes, flipped = engine.description.inputs[0].axes, _flip_axes(engine)
+    out = list(index)
+    for i, a in enumerate(axes):
+        if a.type == "space" and i not in flipped and shape[i] > DEPTH:
+            lo = (shape[i] - DEPTH) // 2 // _step(a) * _step(a)
+            out[i] = slice(lo, lo + DEPTH)
+    return tuple(out)
 
 
 def _checked(report: CheckReport, engine: "Engine", measured: Callable[[], dict]) -> None:
