@@ -160,7 +160,8 @@ def predict_checked(engine: "Engine", inputs: Any, axes: Any, opts: InputOptions
             outputs = _mask_outputs(engine, outputs, p.valid)
         input_checks.receptive_field(report, engine, outputs)
         if not boxes:
-            reliability.check(report, engine, processed, p.arrays, outputs,
+            # masked outputs were filled after the network: the unflipped image is then run again, unmasked
+            reliability.check(report, engine, processed, p.arrays, outputs if p.valid is None else None,
                               {"tile": tile, "tile_budget": tile_budget})
     if p.factors:
         with report.timed("resampling"):

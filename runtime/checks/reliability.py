@@ -106,10 +106,11 @@ def _matching_axes(engine: "Engine", tid: str, y: np.ndarray, shape: tuple[int, 
 
 
 def measure(engine: "Engine", processed: Mapping[str, np.ndarray], raw: Mapping[str, np.ndarray],
-            outputs: Mapping[str, np.ndarray], budget_fraction: Optional[float] = COST_FRACTION,
+            outputs: Optional[Mapping[str, np.ndarray]], budget_fraction: Optional[float] = COST_FRACTION,
             tiling: Optional[Mapping[str, Any]] = None) -> dict[str, dict[str, Any]]:
     """{output id: {"kind", "agreement", "crops", "pixels"}} for every output on the input's grid; {} when none is.
-    `tiling`: the prediction's `tile` / `tile_budget`, so that the extra runs tile (and fit in memory) as it did."""
+    `tiling`: the prediction's `tile` / `tile_budget`, so that the extra runs tile (and fit in memory) as it did;
+    `outputs`: the prediction, or None when it was changed after the network (masked) and must be run again."""
     tiling = dict(tiling or {})
     primary = engine.description.inputs[0]
     shape = processed[primary.id].shape
@@ -122,10 +123,21 @@ def measure(engine: "Engine", processed: Mapping[str, np.ndarray], raw: Mapping[
                                                                   if x.shape == shape}), tiling)
     first = _first_sample(engine, shape)
     one = {t: x[first] for t, x in processed.items()}
-    mirrored = engine.run_processed(*_mirrored(engine, one, {t: x[first] for t, x in raw.items() if x.shape == shape}),
-                                    **tiling)
-    whole = {tid: y[_first_sample_of_output(engine, tid, y)] for tid, y in outputs.items()}
-    return _compare(engine, 0, [(mirrored, whole, one[primary.id].shape)])
+    one_raw = {t: x[first] for t, x in raw.items() if x.shape == shape}
+    mirrored = engine.run_processed(*_mirrored(engine, one, one_raw), **tiling)
+    if outputs is None or _needs_own_run(engine, shape):
+        plain = engine.run_processed(one, one_raw, **tiling)
+    else:
+        plain = {tid: y[_first_sample_of_output(engine, tid, y)] for tid, y in outputs.items()}
+    return _compare(engine, 0, [(mirrored, plain, one[primary.id].shape)])
+
+
+def _needs_own_run(engine: "Engine", shape: tuple[int, ...]) -> bool:
+    """Whether the prediction itself cannot stand for the unflipped run of sample 0: its post-processing took
+    statistics (of the whole batch, or of the dataset) that one sample alone does not give."""
+    batch = next((i for i, a in enumerate(engine.description.inputs[0].axes) if a.type == "batch"), None)
+    post_stats = any(op.measures for ops in engine.postprocessing.values() for op in ops)
+    return post_stats or (batch is not None and shape[batch] > 1)
 
 
 def measure_crops(engine: "Engine", shape: tuple[int, ...], crops: list[tuple[slice, ...]],
@@ -203,7 +215,7 @@ def reference(engine: "Engine") -> tuple[dict[str, dict[str, Any]], str]:
 
 
 def check(report: CheckReport, engine: "Engine", processed: Mapping[str, np.ndarray],
-          raw: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
+          raw: Mapping[str, np.ndarray], outputs: Optional[Mapping[str, np.ndarray]],
           tiling: Optional[Mapping[str, Any]] = None) -> None:
     """The check on an image predicted in memory (the whole image or its crops), tiled like the prediction."""
     _checked(report, engine, lambda: measure(engine, processed, raw, outputs, tiling=tiling))
