@@ -22,6 +22,10 @@ def register(subparsers) -> None:
     p.add_argument("--license", default="CC-BY-4.0", help="SPDX license id of the package (default CC-BY-4.0)")
     p.add_argument("--name", help="model name (default: the recipe's name)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17; <= 19 stays loadable by onnxruntime 1.16)")
+    p.add_argument("--weights", metavar="FORMATS", default=None,
+                   help="comma-separated weight formats to write: onnx (always; biozoo runs it), torchscript, "
+                        "pytorch_state_dict (default: every format the task exports; all three except for the "
+                        "detector, whose NMS lives in the ONNX graph)")
     p.add_argument("--overwrite", action="store_true", help="replace PACKAGE.zip if it exists")
     p.add_argument("--json", action="store_true", help="print the export report as one JSON object")
     p.set_defaults(func=_export)
@@ -56,7 +60,7 @@ def _export(args) -> int:
 
     _check_export_arguments(Path(args.run_dir), Path(args.out), args.overwrite)
     report = export_run(Path(args.run_dir), Path(args.out), authors=tuple(args.authors or ("biozoo",)),
-                        license=args.license, opset=args.opset, name=args.name)
+                        license=args.license, opset=args.opset, name=args.name, weights=args.weights)
     if args.json:
         print(json.dumps(report.as_dict()))
     else:
@@ -65,6 +69,9 @@ def _export(args) -> int:
               f"parity torch vs onnxruntime: max abs {p['max_abs_error']:.3g}, max rel {p['max_rel_error']:.3g}\n"
               f"batch independence: max difference {report.batch_independence['max_abs_difference']:.3g}\n"
               f"biozoo test: {report.test['status']}")
+        for fmt, r in report.weight_formats.items():
+            print(f"{fmt}: test tensors reproduced, max abs error {r['max_abs_error']:.3g}, "
+                  f"{r['mismatched_per_million']:.3g} mismatched per million")
     return 0
 
 

@@ -78,3 +78,20 @@ def readme_text(*, name: str, description: str, task_notes: list[str], metrics_l
         "",
     ]
     return "\n".join(lines)
+
+
+def weights_section(weights, tolerance: dict) -> str:
+    """README '## Weight formats': each format's file and its reproduction of the test tensors."""
+    lines = ["", "## Weight formats", "",
+             f"Every format reproduces the test tensors within the package's tolerance (abs "
+             f"{tolerance['absolute_tolerance']:g}, rel {tolerance['relative_tolerance']:g}, "
+             f"{tolerance['mismatched_elements_per_million']:g} mismatched elements per million), checked at export:",
+             "", "| format | file | converted from | max abs error | mismatched per million |",
+             "|---|---|---|---|---|"]
+    for w in weights:
+        p = w.parity
+        lines.append(f"| {w.format} | `{w.source}` | {w.parent or '(source)'} | {p.get('max_abs_error', 0):.3g} | "
+                     f"{p.get('mismatched_per_million', 0):.3g} |")
+    lines += ["", "`biozoo validate model.zip --consumers` tells which tools (bioimageio.core, ilastik, deepImageJ, BiaPy, "
+              "biozoo) can run this package, and why not where one cannot."]
+    return "\n".join(lines) + "\n"

@@ -15,24 +15,29 @@ import numpy as np
 
 from biozoo.runtime import ExportError
 
-from .documents import write_cover
+from .documents import weights_section, write_cover
 from .export_steps import (INPUT_ID, ExportReport, attach_curves, biozoo_config, file_sha256, model_input,
                            flip_reference, package_timestamp, self_test)
 from .onnx_export import DEFAULT_OPSET
 from .rdf import RdfParts, build_model_descr, write_rdf
 from .run_dir import open_run
 from .tasks import ExportContext, ExportTask, Graph, get_export_task
+from .weight_formats import WeightsFile, parity_record, parse_formats, with_onnx_test, write_weights
 from .zipper import write_deterministic_zip
 
 
 def export_run(run_dir: Union[str, Path], out: Union[str, Path], *, authors: Sequence[str] = ("biozoo",),
-               license: str = "CC-BY-4.0", opset: int = DEFAULT_OPSET, name: Optional[str] = None) -> ExportReport:
-    """Package the training run in ``run_dir`` as ``out`` (a .zip); raises ExportError when a check refuses it."""
+               license: str = "CC-BY-4.0", opset: int = DEFAULT_OPSET, name: Optional[str] = None,
+               weights: Optional[str] = None) -> ExportReport:
+    """Package the training run in ``run_dir`` as ``out`` (a .zip); raises ExportError when a check refuses it.
+
+    ``weights``: comma-separated weight formats (default: every format the task exports, see weight_formats)."""
     out = Path(out)
     if out.suffix != ".zip":
         raise ExportError(f"output '{out}' must end in .zip (a bioimage.io package is a zip file)")
     run = open_run(Path(run_dir))
     task = get_export_task(run.recipe.task, run.root)
+    formats = parse_formats(weights or ",".join(task.weight_formats), task.weight_formats, task.name)
     post = task.postprocessing(run)
     net = run.trained_model()
     contract = run.contract(net)
@@ -42,29 +47,37 @@ def export_run(run_dir: Union[str, Path], out: Union[str, Path], *, authors: Seq
         folder = Path(tmp)
         ctx = ExportContext(run, net, contract, raw, x, folder, opset, post)
         graph = task.graph(ctx)
+        written = write_weights(task, ctx, graph, formats)
         _write_tensors(folder, raw[None, None].astype(np.float32), graph)
         write_cover(folder / "cover.png", raw, *task.cover(ctx, graph))
         attachments = attach_curves(run, folder)
         config = {**biozoo_config(run, contract, graph.parity, graph.independence, task.records_object_size),
                   **task.config(ctx)}
         (folder / "README.md").write_text(task.readme(ctx, graph, title, bool(attachments)), encoding="utf-8")
-        parts = _rdf_parts(task, ctx, graph, title, authors, license, attachments, config)
-        descr = build_model_descr(parts, folder, lambda m: task.output_descrs(m, ctx, graph), task.name)
-        write_rdf(descr, folder / "rdf.yaml")
-        # the out-of-distribution check's reference needs the package itself: measured on it, then recorded
+
+        def write_description() -> None:
+            parts = _rdf_parts(task, ctx, graph, title, authors, license, attachments, config, written)
+            write_rdf(build_model_descr(parts, folder, lambda m: task.output_descrs(m, ctx, graph), task.name),
+                      folder / "rdf.yaml")
+
+        write_description()
+        test = self_test(folder)
+        # measured on the package itself, then recorded: the out-of-distribution check's reference, and the ONNX
+        # weights' reproduction of the test tensors (the other formats' were checked before writing)
         reference = flip_reference(folder, ctx.run)
         if reference is not None:
             config["training"]["out_of_distribution"] = reference
-            parts = _rdf_parts(task, ctx, graph, title, authors, license, attachments, config)
-            descr = build_model_descr(parts, folder, lambda m: task.output_descrs(m, ctx, graph), task.name)
-            write_rdf(descr, folder / "rdf.yaml")
-        test = self_test(folder)
+        written = with_onnx_test(written, test)
+        config["parity"] = {**config["parity"], "weight_formats": parity_record(written)}
+        (folder / "README.md").write_text(task.readme(ctx, graph, title, bool(attachments))
+                                          + weights_section(written, task.tolerance), encoding="utf-8")
+        write_description()
         write_deterministic_zip(folder, out)
-    return ExportReport(out, file_sha256(out), graph.parity, graph.independence, test)
+    return ExportReport(out, file_sha256(out), graph.parity, graph.independence, test, parity_record(written))
 
 
 def _rdf_parts(task: ExportTask, ctx: ExportContext, graph: Graph, title: str, authors: Sequence[str], license: str,
-               attachments: list[str], config: dict) -> RdfParts:
+               attachments: list[str], config: dict, weights: Sequence[WeightsFile]) -> RdfParts:
     recipe, contract = ctx.recipe, ctx.contract
     return RdfParts(
         name=title, description=recipe.description or task.description, authors=authors, license=license,
@@ -73,8 +86,7 @@ def _rdf_parts(task: ExportTask, ctx: ExportContext, graph: Graph, title: str, a
         in_channels=[f"channel{i}" for i in range(ctx.x.shape[1])], min_size=contract.min_tile,
         size_step=contract.size_step, pixel_size=recipe.data.pixel_size, halo=contract.halo,
         percentiles=tuple(recipe.data.percentiles),
-        test_input="test_input.npy", sample_input="sample_input.tif", onnx_file=graph.weights.name,
-        onnx_sha256=file_sha256(graph.weights), opset=graph.opset, tolerance=task.tolerance, biozoo_config=config,
+        test_input="test_input.npy", sample_input="sample_input.tif", weights=weights, opset=graph.opset, tolerance=task.tolerance, biozoo_config=config,
         timestamp=package_timestamp(ctx.run))
 
 

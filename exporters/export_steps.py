@@ -30,10 +30,12 @@ class ExportReport:
     parity: dict
     batch_independence: dict
     test: dict
+    weight_formats: dict  # per format: its reproduction of the test tensors (config.biozoo.parity.weight_formats)
 
     def as_dict(self) -> dict:
         return {"package": str(self.package), "sha256": self.sha256, "parity": self.parity,
-                "batch_independence": self.batch_independence, "test": self.test}
+                "batch_independence": self.batch_independence, "test": self.test,
+                "weight_formats": self.weight_formats}
 
 
 def normalize(raw: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
@@ -100,7 +102,7 @@ def self_test(folder: Path) -> dict:
     report = load(folder / "rdf.yaml", device="cpu").test()
     if report.get("status") != "passed":
         raise ExportError(f"the written package fails `biozoo test`: {json.dumps(report)[:2000]}")
-    return {"status": report["status"]}
+    return {"status": report["status"], "outputs": report.get("outputs") or {}}
 
 
 def biozoo_config(run: RunDir, contract, parity: dict, independence: dict, object_size: bool) -> dict[str, Any]:

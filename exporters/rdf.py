@@ -38,8 +38,7 @@ class RdfParts:
     percentiles: tuple[float, float]
     test_input: str
     sample_input: str
-    onnx_file: str
-    onnx_sha256: str
+    weights: Sequence[Any]  # weight_formats.WeightsFile, one per format written
     opset: int
     tolerance: dict[str, float]
     biozoo_config: dict[str, Any]
@@ -109,8 +108,7 @@ def build_model_descr(parts: RdfParts, root: Path, outputs: Callable[[Any], list
                         min_percentile=lo, max_percentile=hi))],
                 )],
                 outputs=outputs(m),
-                weights=m.WeightsDescr(onnx=m.OnnxWeightsDescr(
-                    source=Path(parts.onnx_file), sha256=m.Sha256(parts.onnx_sha256), opset_version=parts.opset)),
+                weights=_weights_descr(m, parts),
                 config=m.Config(
                     bioimageio=m.BioimageioConfig(reproducibility_tolerance=[m.ReproducibilityTolerance(
                         **parts.tolerance)]),
@@ -121,6 +119,26 @@ def build_model_descr(parts: RdfParts, root: Path, outputs: Callable[[Any], list
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:10])
         raise ExportError(f"bioimageio.spec refused the {what} description biozoo built: {problems}; this is a "
                           "biozoo bug (please report it with the run's recipe.yaml)") from None
+
+
+def _weights_descr(m: Any, parts: RdfParts) -> Any:
+    """One entry per written format; ``parent`` names the format the entry was converted from (one has none)."""
+    from .weight_formats import pytorch_version
+
+    entries: dict[str, Any] = {}
+    for w in parts.weights:
+        common = {"source": Path(w.source), "sha256": m.Sha256(w.sha256), "parent": w.parent}
+        if w.format == "onnx":
+            entries["onnx"] = m.OnnxWeightsDescr(**common, opset_version=parts.opset)
+        elif w.format == "torchscript":
+            entries["torchscript"] = m.TorchscriptWeightsDescr(**common, pytorch_version=m.Version(pytorch_version()))
+        else:
+            a = w.architecture
+            entries["pytorch_state_dict"] = m.PytorchStateDictWeightsDescr(
+                **common, pytorch_version=m.Version(pytorch_version()),
+                architecture=m.ArchitectureFromFileDescr(source=Path(a["source"]), sha256=m.Sha256(a["sha256"]),
+                                                         callable=m.Identifier(a["callable"]), kwargs=a["kwargs"]))
+    return m.WeightsDescr(**entries)
 
 
 def write_rdf(descr: Any, path: Path) -> None:

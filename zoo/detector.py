@@ -40,7 +40,7 @@ from biozoo.runtime import BiozooError
 from .io_contract import IOContract
 from .receptive_field import contract_with_receptive_field, receptive_field_of
 from .registry import build_config, register_model
-from .unet import ConvBlock
+from .networks import ConvBlock
 
 PADDING = "rows with score 0"  # how the graph marks unused rows (config.biozoo.detection.padding; runtime reads it)
 MAX_LOG_DISTANCE = 8.0  # exp(8) * stride: far beyond any image; keeps exp finite for wild logits

@@ -19,9 +19,9 @@ import torch.nn as nn
 from biozoo.runtime import BiozooError
 
 from .io_contract import IOContract
+from .networks import StarDistNetwork
 from .receptive_field import contract_with_receptive_field, receptive_field_of
 from .registry import build_config, register_model
-from .unet import ConvBlock, UNet, UNetConfig
 
 
 @dataclass(frozen=True)
@@ -56,31 +56,14 @@ class StarDistConfig:
                 raise BiozooError(f"StarDist {name} must be true or false, got {getattr(self, name)!r}")
 
 
-class StarDist2D(nn.Module):
+class StarDist2D(StarDistNetwork):
+    """The StarDist network of zoo/networks.py (the packaged architecture) built from a validated config."""
+
+    network_name = "stardist2d"  # its name in networks.NETWORKS
+
     def __init__(self, config: StarDistConfig) -> None:
-        super().__init__()
-        self.config = c = config
-        stem: list[nn.Module] = []
-        cin = c.in_channels
-        for _ in range(c.grid.bit_length() - 1):
-            stem += [ConvBlock(2, cin, c.base_channels, c.convs_per_block, c.batch_norm, c.residual), nn.MaxPool2d(2)]
-            cin = c.base_channels
-        self.stem = nn.Sequential(*stem)
-        self.body = UNet(UNetConfig(spatial_dims=2, in_channels=cin, out_channels=c.features, depth=c.depth,
-                                    base_channels=c.base_channels, convs_per_block=c.convs_per_block,
-                                    batch_norm=c.batch_norm, residual=c.residual))
-        self.after = nn.Sequential(nn.ReLU(), nn.Conv2d(c.features, c.features, 3, padding=1), nn.ReLU())
-        self.prob = nn.Conv2d(c.features, 1, 1)
-        self.dist = nn.Conv2d(c.features, c.n_rays, 1)
-
-    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(probability logits (B, 1, y, x), distances (B, n_rays, y, x)) on the grid raster."""
-        features = self.after(self.body(self.stem(x)))
-        return self.prob(features), self.dist(features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits, dist = self.heads(x)
-        return torch.cat([torch.sigmoid(logits), dist], dim=1)
+        super().__init__(**dataclasses.asdict(config))
+        self.config = config
 
     def io_contract(self, *, measure: bool = True) -> IOContract:
         """Sizes (multiples of ``2**depth * grid`` from twice that), output stride ``grid`` and, when ``measure``,

@@ -19,13 +19,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
 from biozoo.runtime import BiozooError
 
 from .io_contract import IOContract
+from .networks import UNetNetwork
 from .receptive_field import contract_with_receptive_field, receptive_field_of
 from .registry import build_config, register_model
 
@@ -68,105 +65,14 @@ class UNetConfig:
             raise BiozooError("U-Net final_activation 'softmax' needs out_channels >= 2 (one per class); use 'sigmoid'")
 
 
-def _conv(dims: int, cin: int, cout: int, kernel: int, bias: bool = True) -> nn.Module:
-    cls = nn.Conv2d if dims == 2 else nn.Conv3d
-    return cls(cin, cout, kernel, padding=kernel // 2, bias=bias)
+class UNet(UNetNetwork):
+    """The U-Net of zoo/networks.py (the packaged architecture) built from a validated ``UNetConfig``."""
 
-
-class ConvBlock(nn.Module):
-    """``convs_per_block`` x (conv, [BN], ReLU); residual: the last ReLU acts on body + (1x1-projected) input."""
-
-    def __init__(self, dims: int, cin: int, cout: int, n_convs: int, batch_norm: bool, residual: bool) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        for i in range(n_convs):
-            layers.append(_conv(dims, cin if i == 0 else cout, cout, 3, bias=not batch_norm))
-            if batch_norm:
-                layers.append((nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d)(cout))
-            layers.append(nn.ReLU(inplace=False))
-        self.residual = residual
-        if residual:
-            layers.pop()  # the ReLU comes after the sum
-            self.shortcut: nn.Module = nn.Identity() if cin == cout else _conv(dims, cin, cout, 1)
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.residual:
-            return F.relu(self.body(x) + self.shortcut(x))
-        return self.body(x)
-
-
-class MaxBlurPool(nn.Module):
-    """N2V2's max-blur-pool: max over 2x2 windows at stride 1, then a [1,2,1]-binomial blur at stride 2.
-
-    The stride-1 max is an ``nn.MaxPool`` module (not a functional call) so the receptive-field probe can see it.
-    The blur kernel is a non-persistent buffer: a constant, kept out of checkpoints.
-    """
-
-    def __init__(self, dims: int, channels: int) -> None:
-        super().__init__()
-        self.dims = dims
-        self.max = (nn.MaxPool2d if dims == 2 else nn.MaxPool3d)(2, stride=1)
-        k1 = torch.tensor([1.0, 2.0, 1.0])
-        kernel = k1[:, None] * k1[None, :] if dims == 2 else k1[:, None, None] * k1[None, :, None] * k1[None, None, :]
-        kernel = (kernel / kernel.sum()).expand(channels, 1, *kernel.shape).contiguous()
-        self.kernel: torch.Tensor
-        self.register_buffer("kernel", kernel, persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.max(x)
-        conv = F.conv2d if self.dims == 2 else F.conv3d
-        return conv(x, self.kernel.to(x.dtype), stride=2, padding=1, groups=self.kernel.shape[0])
-
-
-class UNet(nn.Module):
-    """Encoder of ``depth`` pooling levels, bottleneck, decoder with skips, 1x1 head and final activation."""
+    network_name = "unet"  # its name in networks.NETWORKS
 
     def __init__(self, config: UNetConfig) -> None:
-        super().__init__()
+        super().__init__(**dataclasses.asdict(config))
         self.config = config
-        c = config
-        dims = c.spatial_dims
-        ch = [c.base_channels * 2**level for level in range(c.depth + 1)]
-        pool = nn.MaxPool2d if dims == 2 else nn.MaxPool3d
-        self.encoders = nn.ModuleList()
-        self.downs = nn.ModuleList()
-        cin = c.in_channels
-        for level in range(c.depth):
-            self.encoders.append(ConvBlock(dims, cin, ch[level], c.convs_per_block, c.batch_norm, c.residual))
-            self.downs.append(MaxBlurPool(dims, ch[level]) if c.n2v2 else pool(2))
-            cin = ch[level]
-        self.bottom = ConvBlock(dims, cin, ch[c.depth], c.convs_per_block, c.batch_norm, c.residual)
-        up = nn.ConvTranspose2d if dims == 2 else nn.ConvTranspose3d
-        self.ups = nn.ModuleList()
-        self.decoders = nn.ModuleList()
-        for level in reversed(range(c.depth)):
-            self.ups.append(up(ch[level + 1], ch[level], 2, stride=2))
-            skip = 0 if (c.n2v2 and level == 0) else ch[level]
-            block = ConvBlock(dims, ch[level] + skip, ch[level], c.convs_per_block, c.batch_norm, c.residual)
-            self.decoders.append(block)
-        self.head = _conv(dims, ch[0], c.out_channels, 1)
-        self.activation: nn.Module = {
-            "none": nn.Identity(),
-            "sigmoid": nn.Sigmoid(),
-            "softmax": nn.Softmax(dim=1),
-        }[c.final_activation]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for encode, down in zip(self.encoders, self.downs):
-            x = encode(x)
-            skips.append(x)
-            x = down(x)
-        x = self.bottom(x)
-        top = len(self.decoders) - 1
-        for i, (up, decode) in enumerate(zip(self.ups, self.decoders)):
-            x = up(x)
-            skip = skips.pop()
-            if not (self.config.n2v2 and i == top):
-                x = torch.cat([skip, x], dim=1)
-            x = decode(x)
-        return self.activation(self.head(x))
 
     def io_contract(self, *, measure: bool = True) -> IOContract:
         """Axes, sizes (``2**depth`` steps from ``2 * 2**depth``) and, when ``measure``, receptive field and halo.

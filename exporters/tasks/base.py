@@ -18,8 +18,9 @@ import torch
 from ..documents import readme_text
 from ..export_steps import INPUT_ID, TOLERANCE, check_graph, training_rows
 from ..onnx_export import export_onnx
-from ..parity import onnx_forward, torch_forward
+from ..parity import Forward, onnx_forward, torch_forward
 from ..rdf import space_output_axes
+from ..weight_formats import FORMATS
 from ..run_dir import RunDir
 
 Citation = tuple[str, str]
@@ -78,6 +79,8 @@ class ExportTask:
     records_object_size: ClassVar[bool] = False  # config.biozoo.training.object_size (the runtime checks it)
     cover_range: ClassVar[Optional[tuple[float, float]]] = None  # fixed display range of the cover's output half
     notes: ClassVar[tuple[str, ...]] = ()
+    packaged_output: ClassVar[str] = "network"  # the output step of networks.OUTPUTS the exported graph ends with
+    weight_formats: ClassVar[tuple[str, ...]] = FORMATS  # what `--weights` may ask for (default: all of them)
 
     @property
     def description(self) -> str:
@@ -98,8 +101,15 @@ class ExportTask:
         return None
 
     def wrap(self, net: torch.nn.Module) -> torch.nn.Module:
-        """The trained network -> the exported one (e.g. softmax added)."""
-        return net
+        """The trained network -> the exported one (e.g. softmax added), as networks.build rebuilds it."""
+        from biozoo.zoo.networks import wrap
+
+        return wrap(net, self.packaged_output)
+
+    def test_outputs(self, ctx: ExportContext, forward: Forward) -> tuple[np.ndarray, ...]:
+        """The test output tensors that ``forward`` (the exported network in some weight format) gives for the test
+        input, in the order of ``Graph.outputs``: every weight format must reproduce them."""
+        return (forward(ctx.x),)
 
     def graph(self, ctx: ExportContext) -> Graph:
         exported = self.wrap(ctx.net).eval()

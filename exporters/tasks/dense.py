@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from .base import ExportContext, ExportTask
 
@@ -20,17 +19,6 @@ N2V_CITE = ("Krull, Buchholz, Jug: Noise2Void - Learning Denoising from Single N
             "10.1109/CVPR.2019.00223")
 N2V2_CITE = ("Hoeck et al.: N2V2 - Fixing Noise2Void Checkerboard Artifacts with Modified Sampling Strategies and a "
              "Tweaked Network Architecture. ECCV Workshops 2022", "10.1007/978-3-031-25069-9_33")
-
-
-class Softmax(torch.nn.Module):
-    """Logits -> class probabilities inside the graph, so the package outputs what users threshold."""
-
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(x), dim=1)
 
 
 def _segmentation_metrics(m: dict) -> list[str]:
@@ -54,13 +42,11 @@ class SegmentationExport(ExportTask):
     cite = (UNET_CITE,)
     records_object_size = True
     cover_range = (0.0, 1.0)
+    packaged_output = "softmax"
     notes = ("Channel 0 is background; threshold channel 1 (foreground) at 0.5 or take the argmax over channels.",)
 
     def channel_names(self, recipe: Any) -> list[str]:
         return list(recipe.classes)
-
-    def wrap(self, net: torch.nn.Module) -> torch.nn.Module:
-        return Softmax(net)
 
     def cover_image(self, output: np.ndarray) -> np.ndarray:
         return output[1] if output.shape[0] > 1 else output[0]

@@ -34,6 +34,7 @@ DETECTION_CITE = ("Zhou, Wang, Kraehenbuehl: Objects as Points. arXiv 2019 (Cent
 
 class DetectionExport(ExportTask):
     name = "detection"
+    weight_formats = ("onnx",)  # the NMS inside the graph is an ONNX NonMaxSuppression node, no torch op
     output_id = "boxes"
     output_description = "object detector (boxes, scores, labels)"
     tags = ("object-detection", "bounding-boxes", "nuclei", "fluorescence-light-microscopy", "2d", "biozoo")

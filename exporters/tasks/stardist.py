@@ -20,7 +20,7 @@ from biozoo.runtime import ExportError
 
 from ..export_steps import INPUT_ID, check_graph, postprocessing
 from ..onnx_export import export_onnx
-from ..parity import onnx_forward, torch_forward
+from ..parity import Forward, onnx_forward, torch_forward
 from ..rdf import space_output_axes
 from .base import ExportContext, ExportTask, Graph, TestOutput
 
@@ -31,17 +31,6 @@ STARDIST_CITE = ("Schmidt, Weigert, Broaddus, Myers: Cell Detection with Star-co
 # with float differences of ~1e-7, which can move a polygon's border by a pixel (seen: 1 pixel of 750k), while one
 # object missed or added changes hundreds (a 24 px nucleus is ~450 pixels: ~600 per million of a 688x1088 image)
 TOLERANCE = {"absolute_tolerance": 0.0, "relative_tolerance": 0.0, "mismatched_elements_per_million": 100}
-
-
-class ChannelsLast(torch.nn.Module):
-    """(B, C, Y, X) maps -> (B, Y, X, C), the layout bioimageio.core's stardist post-processing produces."""
-
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).permute(0, 2, 3, 1)
 
 
 def _name_output_axes(path: Path) -> None:
@@ -66,6 +55,7 @@ class StarDistExport(ExportTask):
     cite = (STARDIST_CITE,)
     tolerance = TOLERANCE
     records_object_size = True
+    packaged_output = "channels_last"
 
     @property
     def description(self) -> str:
@@ -79,29 +69,34 @@ class StarDistExport(ExportTask):
         return postprocessing(run, "StarDist")
 
     def graph(self, ctx: ExportContext) -> Graph:
-        from biozoo.runtime import stardist_instances  # numba's kernels load only when a StarDist run is exported
-
-        recipe, post, x = ctx.recipe, ctx.post, ctx.x
-        n_maps, g = 1 + recipe.n_rays, ctx.contract.output_stride
-        exported = ChannelsLast(ctx.net).eval()
+        x = ctx.x
+        exported = self.wrap(ctx.net).eval()
         info = export_onnx(exported, torch.from_numpy(x), ctx.folder / "weights.onnx", input_name=INPUT_ID,
                            output_names=(OUTPUT_ID,), opset=ctx.opset)
         _name_output_axes(info.path)
         reference, candidate = torch_forward(exported), onnx_forward(info.path)
         parity, independence = check_graph(reference, candidate, x, ctx.contract)
         independence["note"] = "probability and distance maps"
-        maps = candidate(x)[0]
-        if maps.shape[-1] != n_maps:
-            raise ExportError(f"the network gives {maps.shape[-1]} maps, the recipe's n_rays {recipe.n_rays} needs "
-                              f"{n_maps}")
-        labels = stardist_instances(maps[..., 0], maps[..., 1:], post["prob_threshold"], post["nms_threshold"],
-                                    (g, g), post["border"])[None, :, :, None].astype(np.int32)
+        (labels,) = self.test_outputs(ctx, candidate)
         if labels.max() == 0:
             raise ExportError(f"the model finds no object in the test image '{ctx.run.split['test'][0]}' at its "
-                              f"thresholds {post}; a package needs a test output with objects (check the run's test "
-                              "metrics)")
+                              f"thresholds {ctx.post}; a package needs a test output with objects (check the run's "
+                              "test metrics)")
         return Graph(info.path, ctx.opset, parity, independence,
                      (TestOutput(OUTPUT_ID, labels, "test_labels.npy", "sample_labels.tif"),))
+
+    def test_outputs(self, ctx: ExportContext, forward: Forward) -> tuple[np.ndarray, ...]:
+        """Labels by biozoo's StarDist post-processing of the maps ``forward`` gives (what the rdf describes)."""
+        from biozoo.runtime import stardist_instances  # numba's kernels load only when a StarDist run is exported
+
+        recipe, post, g = ctx.recipe, ctx.post, ctx.contract.output_stride
+        maps = forward(ctx.x)[0]
+        if maps.shape[-1] != 1 + recipe.n_rays:
+            raise ExportError(f"the network gives {maps.shape[-1]} maps, the recipe's n_rays {recipe.n_rays} needs "
+                              f"{1 + recipe.n_rays}")
+        labels = stardist_instances(maps[..., 0], maps[..., 1:], post["prob_threshold"], post["nms_threshold"],
+                                    (g, g), post["border"])
+        return (labels[None, :, :, None].astype(np.int32),)
 
     def cover(self, ctx: ExportContext, graph: Graph) -> tuple[np.ndarray, tuple[float, float]]:
         return _outlines(ctx.x[0, 0], graph.outputs[0].data[0, ..., 0]), (0.0, 1.0)
