@@ -31,9 +31,10 @@ test-instances: $(STAMP)
 test-distributed: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/runtime/test_distributed.py
 
-# Packages must load under the oldest onnxruntime biozoo supports (1.16, in its own venv) and the latest.
+# Packages must load under the oldest onnxruntime biozoo supports (1.16, in its own venv) and the latest, and their
+# architecture file must build the network in a venv with torch alone (no biozoo).
 test-compat: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow tests/exporters/test_ort_compat.py
+	$(BIN)/python -m pytest -q -m slow tests/exporters/test_ort_compat.py tests/exporters/test_architecture_torch_only.py
 
 demo: $(STAMP)
 	$(BIN)/python benchmarks/demo.py demo-output
@@ -42,4 +43,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_runtime.py --size 2048
 
 clean:
-	rm -rf $(VENV) .venv-ort116 demo-output .pytest_cache
+	rm -rf $(VENV) .venv-ort116 .venv-torch-only demo-output .pytest_cache

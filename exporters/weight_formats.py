@@ -101,7 +101,11 @@ def write_state_dict(exported: torch.nn.Module, kwargs: dict[str, Any], folder: 
     torch.save(exported.state_dict(), folder / STATE_DICT_FILE)
     rebuilt = load_architecture(folder)(**kwargs)
     state = torch.load(folder / STATE_DICT_FILE, map_location="cpu", weights_only=True)
-    rebuilt.load_state_dict(state, strict=True)
+    try:
+        rebuilt.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # keys or shapes differ: the kwargs do not describe the exported network
+        raise ExportError(f"the architecture file built with {kwargs} does not take the exported state dict: "
+                          f"{str(e)[:600]}; this is a biozoo bug (please report it with the run's recipe.yaml)") from None
     architecture = {"source": ARCHITECTURE_FILE, "sha256": file_sha256(folder / ARCHITECTURE_FILE),
                     "callable": ARCHITECTURE_CALLABLE, "kwargs": kwargs}
     return torch_forward(rebuilt.eval()), architecture

@@ -100,15 +100,16 @@ def real_unet_package(real_unet_run, tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture
 def assert_package_passes(capsys):
-    """assert_package_passes(package): bioimageio.core's test_model says "passed", and so does `biozoo test --json`."""
-    def check(package) -> None:
+    """assert_package_passes(package, weight_format=None): bioimageio.core's test_model says "passed" (for that weight
+    format, or core's own choice), and so does `biozoo test --json` (ONNX)."""
+    def check(package, weight_format=None) -> None:
         import json
 
         from bioimageio.core import test_model
 
         from biozoo.runtime.cli import main
 
-        summary = test_model(str(package), devices=["cpu"])
+        summary = test_model(str(package), weight_format=weight_format, devices=["cpu"])
         failed = [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status != "passed"]
         assert summary.status == "passed", failed
         capsys.readouterr()  # drop what bioimageio.core printed

@@ -23,6 +23,13 @@ def _record(model) -> dict[str, Any]:
         problems.append("config.biozoo.parity is missing (torch vs onnxruntime parity was not recorded)")
     elif not parity.get("passed") or "max_abs_error" not in parity:
         problems.append(f"recorded parity did not pass or has no error numbers: {parity}")
+    formats = parity.get("weight_formats") if isinstance(parity, dict) else None
+    if formats is not None:  # packages of biozoo >= 0.1 with several weight formats: each reproduced the tensors
+        failed = [f for f, r in formats.items() if not (isinstance(r, dict) and r.get("passed"))] \
+            if isinstance(formats, dict) else ["(not a mapping)"]
+        if failed:
+            problems.append(f"config.biozoo.parity.weight_formats: {', '.join(map(str, failed))} did not reproduce "
+                            "the test tensors at export")
     independence = cfg.get("batch_independence") or {}
     if not independence.get("passed"):
         problems.append(f"recorded batch independence did not pass or is missing: {independence or 'absent'}")
@@ -31,7 +38,8 @@ def _record(model) -> dict[str, Any]:
                 "detail": "; ".join(problems) + ". Re-export the run with `biozoo export`"}
     return {"name": "export-record", "passed": True,
             "detail": f"parity torch vs onnxruntime max abs {parity['max_abs_error']:.3g} (recorded at export), "
-                      f"batch independence max {independence.get('max_abs_difference', 0):.3g}"}
+                      f"batch independence max {independence.get('max_abs_difference', 0):.3g}"
+                      + (f"; test tensors reproduced by {', '.join(formats)}" if formats else "")}
 
 
 def _halo(model) -> dict[str, Any]:
