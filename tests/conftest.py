@@ -113,6 +113,8 @@ def assert_package_passes(capsys):
         failed = [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status != "passed"]
         assert summary.status == "passed", failed
         capsys.readouterr()  # drop what bioimageio.core printed
+        if weight_format not in (None, "onnx"):
+            return  # biozoo runs the ONNX weights whatever the format core tested: once is enough
         assert main(["test", str(package), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["status"] == "passed"
 

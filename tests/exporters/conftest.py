@@ -18,3 +18,21 @@ def tiny_run(tmp_path_factory):
         return cache[task]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def exported(quick_run, tiny_run, tmp_path_factory):
+    """exported(recipe) -> (ExportReport, package.zip) of a quick run of that shipped recipe, or of the tiny
+    StarDist run for "stardist"; each exported at most once per session."""
+    from biozoo.exporters import export_run
+
+    cache: dict = {}
+
+    def get(recipe: str):
+        if recipe not in cache:
+            run = tiny_run("stardist") if recipe == "stardist" else quick_run(recipe)
+            out = tmp_path_factory.mktemp("pkg") / f"{recipe}.zip"
+            cache[recipe] = (export_run(run, out), out)
+        return cache[recipe]
+
+    return get

@@ -23,28 +23,18 @@ from biozoo.zoo.config import load_recipe
 QUICK_EXPORTABLE = [r for r in list_recipes() if load_recipe(recipe_path(r)).task not in ("detection", "stardist")]
 
 
-@pytest.fixture(scope="module")
-def exported(quick_run, tmp_path_factory):
-    cache: dict = {}
-
-    def get(recipe: str):
-        if recipe not in cache:
-            out = tmp_path_factory.mktemp("pkg") / f"{recipe}.zip"
-            cache[recipe] = (export_run(quick_run(recipe), out), out)
-        return cache[recipe]
-
-    return get
-
-
 def _rdf(package) -> dict:
     with zipfile.ZipFile(package) as zf:
         return yaml.safe_load(zf.read("rdf.yaml"))
 
 
+@pytest.mark.parametrize("weight_format", ["onnx", "torchscript", "pytorch_state_dict"])
 @pytest.mark.parametrize("recipe", QUICK_EXPORTABLE)
-def test_every_recipe_exports_a_package_that_bioimageio_core_and_biozoo_pass(recipe, exported, assert_package_passes):
-    report, package = exported(recipe)
-    assert_package_passes(package)
+def test_every_recipe_exports_a_package_that_bioimageio_core_and_biozoo_pass(recipe, weight_format, exported,
+                                                                          assert_package_passes):
+    report, package = exported(recipe)  # one weight format per test_model call
+    assert weight_format in _rdf(package)["weights"]
+    assert_package_passes(package, weight_format=weight_format)
     assert report.parity["max_abs_error"] <= report.parity["abs_tolerance"]
 
 

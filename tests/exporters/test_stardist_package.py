@@ -22,11 +22,8 @@ def run(tiny_run):
 
 
 @pytest.fixture(scope="module")
-def package(run, tmp_path_factory):
-    from biozoo.exporters import export_run
-
-    out = tmp_path_factory.mktemp("pkg") / "tiny-stardist.zip"
-    report = export_run(run[0], out)
+def package(exported):
+    report, out = exported("stardist")
     assert report.test["status"] == "passed"
     return out
 
@@ -47,9 +44,10 @@ def test_run_dir_holds_thresholds_metrics_and_baseline(run):
     assert result["accuracy_iou50"] >= 0.5  # separated disks: even seconds of training find most of them
 
 
-def test_package_passes_bioimageio_core_and_biozoo_test(package, assert_package_passes):
+@pytest.mark.parametrize("weight_format", ["onnx", "torchscript", "pytorch_state_dict"])
+def test_package_passes_bioimageio_core_and_biozoo_test(package, weight_format, assert_package_passes):
     pytest.importorskip("stardist")  # bioimageio.core runs stardist_postprocessing with the stardist package
-    assert_package_passes(package)
+    assert_package_passes(package, weight_format=weight_format)  # one weight format per test_model call
 
 
 def test_predict_writes_a_label_tiff(package, tmp_path, capsys):
