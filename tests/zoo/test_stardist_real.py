@@ -49,7 +49,8 @@ def test_package_passes_core_and_biozoo_and_predicts_label_tiffs(package, tmp_pa
     from biozoo.runtime.cli import main
 
     pytest.importorskip("stardist")
-    assert_package_passes(package)
+    for weight_format in ("onnx", "torchscript", "pytorch_state_dict"):  # the shipped recipe, one format per call
+        assert_package_passes(package, weight_format=weight_format)
     from biozoo.zoo.data import fetch_dataset
 
     frame = sorted((fetch_dataset("hela-nuclei-2d") / "images").glob("*.tif"))[-1]
