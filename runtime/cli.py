@@ -102,12 +102,21 @@ def cmd_test(args) -> int:
 
 def cmd_validate(args) -> int:
     from .commands.validate import validate_package
+    from .format.consumers import parse_consumers
 
-    report = validate_package(Path(args.package), skip_checks=args.no_check)
+    required = parse_consumers(args.require_consumers) if args.require_consumers else ()
+    report = validate_package(Path(args.package), skip_checks=args.no_check, consumers=args.consumers,
+                              require_consumers=required)
     lines = [f"{args.package}: {report['status'].upper()}"]
     for c in report["checks"]:
         lines.append(f"  {'ok' if c['passed'] else 'FAILED'} {c['name']}: {c['detail']}")
         lines += [f"      {e}" for e in c.get("errors", [])]
+    if "consumers" in report:
+        lines.append("  consumers (what each one's documented requirements allow; --json has the sources):")
+        for name, r in _printable_values(report["consumers"]).items():
+            runs = f" with {', '.join(r['weights'])}" if r["weights"] else ""
+            lines.append(f"    {'ok' if r['ok'] else 'no'} {name}: " + (
+                f"can run it{runs} ({r['rules_checked']} rules)" if r["ok"] else "; ".join(r["reasons"])))
     _emit(args, report, "\n".join(lines))
     return 0 if report["status"] == "passed" else 1
 
@@ -168,8 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"turn one check off (repeatable): {', '.join(CHECKS)}")
 
     command("info", cmd_info, "show a package's tensors, axes, sizes, ops, weights, license and citation")
-    no_check(command("validate", cmd_validate, "bioimageio.spec validation plus biozoo's own checks (incl. batch "
-                                               "independence)", device=False))
+    p = command("validate", cmd_validate, "bioimageio.spec validation plus biozoo's own checks (incl. batch "
+                                          "independence)", device=False)
+    no_check(p)
+    p.add_argument("--consumers", action="store_true", help="also report, per consumer (biozoo, bioimageio.core, "
+                   "ilastik, deepImageJ, BiaPy), whether the package meets its documented requirements, and why not; "
+                   "a report: the exit status does not depend on it")
+    p.add_argument("--require-consumers", metavar="NAMES", help="comma-separated consumers that must be able to run "
+                   "the package (implies --consumers); exit 1 when one cannot, e.g. --require-consumers biapy,ilastik")
     no_check(command("test", cmd_test, "reproduce the package's test tensors within its tolerance; probe other sizes; "
                                        "check batch independence; report the input checks on the test tensors"))
     p = command("predict", cmd_predict, "run a model on TIFF/NPY/PNG files; write TIFF or NPY. Every input is checked "

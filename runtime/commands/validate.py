@@ -34,7 +34,30 @@ def _file_references(model) -> str:
     refs += [(f"attachments[{i}]", a) for i, a in enumerate(rdf.get("attachments") or [])]
     for where, entry in refs:
         pkg.file(entry, where)
-    return f"{len(refs)} referenced files present" + (", sha256 verified" if refs else "")
+    return f"{len(refs)} referenced files present" + (", sha256 verified" if refs else "") + _other_weights(model)
+
+
+def _other_weights(model) -> str:
+    """The other weight formats' files (and a format 0.5 architecture file): biozoo never runs or imports them, but
+    one that is in the package must be intact (a sha256 mismatch fails); a missing one is only noted, as real zoo
+    packages name files they do not ship (`--consumers` says who is affected)."""
+    missing, checked = [], 0
+    for fmt, entry in (model.package.rdf.get("weights") or {}).items():
+        if fmt == "onnx" or not isinstance(entry, dict):
+            continue
+        arch = entry.get("architecture")
+        for where, ref in ((f"weights.{fmt}", entry), (f"weights.{fmt}.architecture", arch)):
+            if not isinstance(ref, dict) or not isinstance(ref.get("source"), str) or "://" in ref["source"]:
+                continue
+            try:
+                model.package.file(ref, where)
+                checked += 1
+            except BiozooError as e:
+                if "sha256 mismatch" in str(e):
+                    raise
+                missing.append(f"{where} ({ref['source']})")
+    note = f"; other weight formats: {checked} file(s) intact" if checked else ""
+    return note + (f"; not in the package (biozoo does not need them): {', '.join(missing)}" if missing else "")
 
 
 def _onnx_compat(model) -> str:
@@ -163,7 +186,11 @@ def _batch_independence(model) -> dict[str, Any]:
     return {**result.as_dict(), "passed": result.status != "error", "detail": result.message}
 
 
-def validate_package(source: Path, device: str = "cpu", skip_checks: Iterable[str] = ()) -> dict[str, Any]:
+def validate_package(source: Path, device: str = "cpu", skip_checks: Iterable[str] = (), consumers: bool = False,
+                     require_consumers: Iterable[str] = ()) -> dict[str, Any]:
+    """The checks (status failed when one fails) and, with `consumers`, the report of which bioimage.io consumers
+    can run the package (format/consumers.py). The report is information: it changes the status only for the
+    consumers named in `require_consumers` (a check "consumers" that fails when one of them cannot run it)."""
     from ..checks.report import parse_no_check
     from ..model import load
 
@@ -184,5 +211,16 @@ def validate_package(source: Path, device: str = "cpu", skip_checks: Iterable[st
     if not source.exists():  # bioimageio.spec would take a missing path for a bioimage.io id and go online
         raise InputError(f"package '{source}' does not exist; expected a .zip, a folder, or an rdf.yaml path")
     checks.append(spec_validation(source))
-    return {"source": str(source), "status": "passed" if all(c["passed"] for c in checks) else "failed",
-            "checks": checks}
+    required, report = tuple(require_consumers), None
+    if consumers or required:
+        from ..format.consumers import consumer_report
+
+        report = consumer_report(source)
+        if required:
+            unable = [c for c in required if not report[c]["ok"]]
+            checks.append({"name": "consumers", "passed": not unable,
+                           "detail": f"{', '.join(unable)} cannot run the package (see consumers)" if unable else
+                           f"{', '.join(required)} can run the package"})
+    result = {"source": str(source), "status": "passed" if all(c["passed"] for c in checks) else "failed",
+              "checks": checks}
+    return result if report is None else {**result, "consumers": report}
