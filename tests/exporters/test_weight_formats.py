@@ -110,3 +110,19 @@ def test_an_architecture_that_does_not_take_the_state_dict_is_refused(quick_run,
     with pytest.raises(ExportError, match="does not take the exported state dict"):
         export_run(quick_run("care-nuclei-2d"), tmp_path / "refused.zip")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("recipe", [*DENSE_RECIPES, "stardist"])
+def test_validate_consumers_on_the_recipes_packages(recipe, exported, capsys):
+    import json
+
+    _, package = exported(recipe)
+    assert main(["validate", str(package), "--consumers", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["consumers"]
+    unable = {name: r["reasons"] for name, r in report.items() if not r["ok"]}
+    if recipe == "stardist":  # documented: JDLL implements no stardist_postprocessing op
+        assert list(unable) == ["deepImageJ"] and "stardist_postprocessing" in " ".join(unable["deepImageJ"])
+    else:
+        assert unable == {}
+    assert set(report) == {"biozoo", "bioimageio.core", "ilastik", "deepImageJ", "BiaPy"}
+    assert report["BiaPy"]["weights"] == ["pytorch_state_dict"] and report["biozoo"]["weights"] == ["onnx"]
