@@ -30,6 +30,7 @@ import torch
 
 from biozoo.runtime import ExportError
 
+from .export_steps import file_sha256
 from .parity import Forward, torch_forward
 
 FORMATS = ("onnx", "torchscript", "pytorch_state_dict")
@@ -195,9 +196,3 @@ def check_against_test_tensors(fmt: str, produced: Sequence[np.ndarray], expecte
 
 def pytorch_version() -> str:
     return torch.__version__
-
-
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
