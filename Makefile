@@ -3,8 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+NAPARI_STAMP := $(VENV)/.napari-stamp
 
-.PHONY: install test test-slow test-compat test-instances test-distributed demo bench clean
+.PHONY: install install-napari test test-slow test-compat test-instances test-distributed test-napari demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,14 +17,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# napari, Qt (PyQt6) and pytest-qt beside [dev], for the plugin's tests (about 1 minute).
+$(NAPARI_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,napari-test]"
+	touch $(NAPARI_STAMP)
+
+install-napari: $(NAPARI_STAMP)
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-# Real-data acceptance of the instance models (StarDist accuracy@0.5, detector mAP50), with their margins (~8 min).
-test-instances: $(STAMP)
+# Real-data acceptance of the instance models (StarDist accuracy@0.5, detector mAP50), with their margins, and the
+# napari widget on the trained StarDist package (~15 min).
+test-instances: $(NAPARI_STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/zoo/test_stardist_real.py tests/exporters/test_detector_export.py
 
 # Dask faults (a worker killed mid-run, a crashed run resumed: real processes killed) and StarDist block by block
@@ -35,6 +44,10 @@ test-distributed: $(STAMP)
 # architecture file must build the network in a venv with torch alone (no biozoo).
 test-compat: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/exporters/test_ort_compat.py tests/exporters/test_architecture_torch_only.py
+
+# The napari plugin in a real viewer: Qt on $$DISPLAY, or on an Xvfb the tests start (~30 s).
+test-napari: $(NAPARI_STAMP)
+	$(BIN)/python -m pytest -q -m napari tests/napari_plugin
 
 demo: $(STAMP)
 	$(BIN)/python benchmarks/demo.py demo-output

@@ -18,6 +18,15 @@ class InputError(BiozooError, ValueError):
     """The caller's data or arguments do not fit the model."""
 
 
+class PixelSizeError(InputError):
+    """The input's pixel size differs from the training one; resampling (`rescale`) would fix it. Its own class so
+    that front ends (the napari widget) can offer that fix instead of only showing the message."""
+
+    def __init__(self, message: str, ratios: "dict[str, float]"):
+        super().__init__(message)
+        self.ratios = dict(ratios)  # input / training pixel size, per space axis
+
+
 class ExportError(BiozooError):
     """A trained model could not be turned into a valid package."""
 

@@ -119,3 +119,43 @@ def assert_package_passes(capsys):
         assert json.loads(capsys.readouterr().out)["status"] == "passed"
 
     return check
+
+
+# ---------------------------------------------------------------- a screen for napari tests (marker `napari`)
+@pytest.fixture(scope="session")
+def virtual_screen():
+    """A display for Qt and napari's OpenGL canvas: the existing $DISPLAY, else an Xvfb started here (Qt's
+    offscreen platform has no OpenGL context, so napari's canvas cannot draw there)."""
+    import os
+    import shutil
+    import subprocess
+    import time
+
+    if os.environ.get("DISPLAY"):
+        yield os.environ["DISPLAY"]
+        return
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        pytest.fail("the napari tests need a screen: no $DISPLAY and no Xvfb. Install Debian's xvfb (and Qt's xcb "
+                    "libraries: libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-shape0 "
+                    "libxcb-xinerama0 libxcb-randr0 libxcb-xkb1 libxkbcommon-x11-0 libxcb-cursor0)")
+    for number in range(90, 190):
+        if not os.path.exists(f"/tmp/.X11-unix/X{number}") and not os.path.exists(f"/tmp/.X{number}-lock"):
+            break
+    process = subprocess.Popen([xvfb, f":{number}", "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not os.path.exists(f"/tmp/.X11-unix/X{number}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.environ["DISPLAY"], os.environ["QT_QPA_PLATFORM"] = f":{number}", "xcb"
+    try:
+        yield os.environ["DISPLAY"]
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def qapp_args(virtual_screen):
+    """pytest-qt's QApplication arguments; depending on virtual_screen makes the screen exist before Qt starts."""
+    return []

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, PixelSizeError
 from ..format.description import Axis, Tensor
 from . import pixelsize
 from .estimates import PixelSample
@@ -85,8 +85,8 @@ def pixel_size(report: CheckReport, training: Mapping[str, Any], space_axes: Seq
                                "(linear for images, nearest neighbour for labels)", rescaled=True, **numbers)
         return ratios
     report.add(name, "error", detail, **numbers)
-    raise InputError(f"{detail}. Pass --rescale to resample to the training resolution and back, --pixel-size Y,X "
-                     "if the file's metadata is wrong, or --no-check pixel-size to predict anyway")
+    raise PixelSizeError(f"{detail}. Pass --rescale to resample to the training resolution and back, --pixel-size "
+                         "Y,X if the file's metadata is wrong, or --no-check pixel-size to predict anyway", ratios)
 
 
 # ---- memory -----------------------------------------------------------------------------------------------------

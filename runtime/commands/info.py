@@ -23,7 +23,7 @@ def describe_size(axis: Axis) -> str:
     return str(size)
 
 
-def _tensor_info(t: Tensor) -> dict[str, Any]:
+def tensor_info(t: Tensor) -> dict[str, Any]:
     return {
         "id": t.id,
         "axes": t.letters,
@@ -47,8 +47,8 @@ def model_info(model: Model) -> dict[str, Any]:
         "license": d.license,
         "authors": list(d.authors),
         "cite": list(d.cite),
-        "inputs": [_tensor_info(t) for t in d.inputs],
-        "outputs": [_tensor_info(t) for t in d.outputs],
+        "inputs": [tensor_info(t) for t in d.inputs],
+        "outputs": [tensor_info(t) for t in d.outputs],
         "weights": {"formats": list(d.weights_formats), "runs": "onnx", "opset": d.onnx.get("opset_version")},
         "provider": model.provider,
         "source": str(model.package.source),

@@ -48,17 +48,22 @@ def in_zarr(path: Path) -> bool:
     return any(is_zarr(p) for p in (Path(path), *Path(path).parents))
 
 
+def _open_node(path: Path) -> tuple[Any, Any, Any]:
+    """(zarr module, read-only local store, root array or group) of a Zarr folder."""
+    zarr, LocalStore = _libraries()
+    if not path.is_dir():
+        raise InputError(f"'{path}' does not exist (a Zarr image is a folder)")
+    store = LocalStore(path.absolute(), read_only=True)
+    try:
+        return zarr, store, zarr.open(store=store, mode="r")
+    except Exception as e:  # missing or damaged zarr.json / .zarray / .zgroup
+        raise InputError(f"cannot read '{path}': {e}; expected a Zarr array or an OME-Zarr image folder") from None
+
+
 def open_zarr(path: Path, target_pixel_size: Optional[Mapping[str, float]] = None):
     """(array, axes, pixel size, note) of a plain Zarr array or of the OME-Zarr level whose pixel size is nearest
     `target_pixel_size`; `note` says which level was chosen and why ('' for a single level)."""
-    zarr, LocalStore = _libraries()
-    if not path.is_dir():
-        raise InputError(f"input '{path}' does not exist (a Zarr image is a folder)")
-    store = LocalStore(path.absolute(), read_only=True)
-    try:
-        node = zarr.open(store=store, mode="r")
-    except Exception as e:  # missing or damaged zarr.json / .zarray / .zgroup
-        raise InputError(f"cannot read '{path}': {e}; expected a Zarr array or an OME-Zarr image folder") from None
+    zarr, store, node = _open_node(path)
     if isinstance(node, zarr.Array):
         return node, None, None, ""
     levels, axes, sizes = _multiscales(path, store, node.metadata.zarr_format)
@@ -75,6 +80,28 @@ def open_zarr(path: Path, target_pixel_size: Optional[Mapping[str, float]] = Non
     except Exception as e:
         raise InputError(f"cannot read level '{levels[chosen]}' of '{path}': {e}; is the OME-Zarr complete?") from None
     return array, axes, sizes[chosen], note
+
+
+def open_pyramid(path: Path) -> tuple[list[Any], Optional[str], list[Optional[dict[str, float]]], list[str]]:
+    """Every level of an OME-Zarr image, opened lazily (zarr arrays: nothing is read before a slice asks), with
+    its axes, each level's pixel size (µm per space axis) and the names of its NGFF label images (viewers). A
+    group holding only label images (biozoo's labels of an input not on their grid) has no levels of its own."""
+    zarr, store, node = _open_node(path)
+    if isinstance(node, zarr.Array):
+        raise InputError(f"'{path}' is a plain Zarr array; expected an OME-Zarr image folder (NGFF multiscales)")
+    attrs = dict(node.attrs)
+    only_labels = "multiscales" not in dict(attrs.get("ome") or attrs) and "labels" in node  # labels, no image
+    levels, axes, sizes = ([], None, []) if only_labels else _multiscales(path, store, node.metadata.zarr_format)
+    try:
+        arrays = [zarr.open_array(store=store, path=level, mode="r") for level in levels]
+    except Exception as e:
+        raise InputError(f"cannot read the levels {levels} of '{path}': {e}; is the OME-Zarr complete?") from None
+    labels: list[str] = []
+    if "labels" in node:
+        attrs = dict(node["labels"].attrs)
+        listed = attrs.get("labels") or (attrs.get("ome") or {}).get("labels") or []
+        labels = [str(name) for name in listed if isinstance(name, str) and "/" not in name and name not in ("..", ".")]
+    return arrays, axes, sizes, labels
 
 
 def _multiscales(path: Path, store, zarr_format: int) -> tuple[list[str], Optional[str], list[Optional[dict[str, float]]]]:

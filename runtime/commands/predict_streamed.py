@@ -23,7 +23,7 @@ import numpy as np
 from ..checks import input_checks, reliability
 from ..checks.pixelsize import parse_pixel_size
 from ..checks.report import CheckReport, training_conditions
-from ..engine.engine import _check_fixed_sizes, _guess_axes
+from ..engine.engine import _check_fixed_sizes, guess_axes
 from ..engine.blocks import block_plan, index_maps, tile_combos
 from ..engine.instance_blocks import Objects, block_objects, stardist_step
 from ..engine.streaming import (CallerSink, LazyView, caller_layout, lazy_model_layout, model_view, predict_streamed,
@@ -152,7 +152,7 @@ def open_sample(model: Model, sample: Mapping[str, Path], axes: Optional[str],
         if math.prod(data.shape) == 0:
             raise InputError(f"input '{tid}' ('{path}') is empty (shape {tuple(data.shape)}); expected an image "
                              "with pixels")
-        caller[tid] = axes.lower() if axes else image.axes or _guess_axes(np.empty((1,) * len(data.shape)), t)
+        caller[tid] = axes.lower() if axes else image.axes or guess_axes(tuple(data.shape), t)
         arrays[tid] = lazy_model_layout(data, caller[tid], t)
         _check_fixed_sizes(arrays[tid], t)
         _check_finite(data, tid)

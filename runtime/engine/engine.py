@@ -88,9 +88,8 @@ class Engine:
                 continue
             data = _check_array(inputs[t.id], t.id)
             given = axes.get(t.id) if isinstance(axes, Mapping) else axes
-            caller[t.id] = axes_mod.check_axes_string(given, data.ndim, f"input '{t.id}'") if given else _guess_axes(
-                data, t
-            )
+            caller[t.id] = (axes_mod.check_axes_string(given, data.ndim, f"input '{t.id}'") if given else
+                            guess_axes(data.shape, t))
             x = axes_mod.to_model_layout(data, caller[t.id], t)
             _check_fixed_sizes(x, t)
             arrays[t.id] = x.astype(np.float32, copy=False)
@@ -183,18 +182,19 @@ def _check_array(data: Any, tensor_id: str) -> np.ndarray:
     return array
 
 
-def _guess_axes(data: np.ndarray, tensor) -> str:
-    """The model's letters, minus batch, minus a singleton channel: whichever matches the array's ndim."""
+def guess_axes(shape: tuple[int, ...], tensor) -> str:
+    """The axes of an array given without any: the model's letters, minus batch, minus a singleton channel,
+    whichever matches the array's ndim (front ends prefill their axes field with it)."""
     letters = tensor.letters
     candidates = [letters, letters.replace("b", "")]
     channel = next((a for a in tensor.axes if a.type == "channel"), None)
     if channel is None or channel.size == 1:
         candidates.append(letters.replace("b", "").replace("c", ""))
     for c in candidates:
-        if len(c) == data.ndim:
+        if len(c) == len(shape):
             return c
     raise InputError(
-        f"cannot tell the axes of input '{tensor.id}' with shape {data.shape}: the model's axes are '{letters}'; "
+        f"cannot tell the axes of input '{tensor.id}' with shape {tuple(shape)}: the model's axes are '{letters}'; "
         "pass axes explicitly (e.g. axes='yx' or --axes yx)"
     )
 

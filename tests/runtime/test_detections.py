@@ -205,8 +205,14 @@ def _as_data_dependent(path: Path) -> None:
 
 @pytest.fixture(scope="module", params=["fixed-capacity", "data-dependent"])
 def package(request, tmp_path_factory) -> Path:
-    """A detection package around an in-graph-NMS graph whose 'detector' is a steep function of local brightness,
-    in both box-list forms: K = 1000 rows with padding (what biozoo exports) and the older data-dependent length."""
+    """A detection package in both box-list forms: K = 1000 rows with padding (what biozoo exports) and the older
+    data-dependent length."""
+    return build_detection_package(tmp_path_factory.mktemp("detpkg"), request.param == "fixed-capacity")
+
+
+def build_detection_package(root: Path, fixed: bool) -> Path:
+    """A detection package around an in-graph-NMS graph whose 'detector' is a steep function of local brightness
+    (one 'blob' per bright square of _image); returns its rdf.yaml."""
     torch = pytest.importorskip("torch")
     from biozoo.zoo.detector import DetectorConfig, DetectorWithNMS, export_detector_onnx
 
@@ -219,9 +225,7 @@ def package(request, tmp_path_factory) -> Path:
             p = torch.nn.functional.avg_pool2d(x, 20, stride=4, padding=8)  # one smooth bump per blob
             return torch.cat([12 * p - 4, *(torch.log(torch.full_like(p, 2.0 + k / 20)) for k in range(4))], 1)
 
-    root = tmp_path_factory.mktemp("detpkg")
     export_detector_onnx(DetectorWithNMS(Pooled(), 0.5, 0.5), torch.zeros(1, 1, 32, 32), root / "weights.onnx")
-    fixed = request.param == "fixed-capacity"
     if not fixed:
         _as_data_dependent(root / "weights.onnx")
     x = _image((64, 96), [(20, 24), (44, 72)])

@@ -101,3 +101,38 @@ def test_out_of_distribution_check_warns_on_the_dsb_image_and_is_quiet_on_held_o
         assert result(tifffile.imread(hela / name))["status"] == "ok", name
     dsb = result(tifffile.imread(fetch_dataset("stardist-nuclei-2d") / "images" / "img2d.tif"))
     assert dsb["status"] == "warning" and f"{dsb['agreement']:.3f}" in dsb["message"]
+
+
+@pytest.mark.napari
+def test_napari_widget_segments_a_held_out_frame_and_saves_a_screenshot(trained, package, make_napari_viewer,
+                                                                          virtual_screen, qtbot, tmp_path):
+    """What a biologist sees: the shipped StarDist package in biozoo's napari widget on a held-out HeLa frame.
+    The screenshot goes to $BIOZOO_SCREENSHOTS (the README's docs/napari-stardist.png) when set."""
+    import json
+    import os
+    from pathlib import Path
+
+    import tifffile
+
+    pytest.importorskip("napari")
+    from biozoo.napari_plugin.reader import WIDGET
+    from biozoo.runtime import load
+    from biozoo.zoo.data import fetch_dataset
+
+    name = json.loads((trained[0] / "split.json").read_text())["test"][0]
+    frame = tifffile.imread(fetch_dataset("hela-nuclei-2d") / "images" / name)
+    viewer = make_napari_viewer()
+    viewer.window._qt_window.resize(1500, 950)
+    viewer.add_image(frame, name=f"HeLa {name}")
+    _, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
+    assert widget.load_package(str(package))
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    labels = viewer.layers[-1]
+    assert type(labels).__name__ == "Labels"
+    np.testing.assert_array_equal(labels.data, load(package, device="cpu").predict(frame, axes="yx"))
+    assert labels.data.max() >= 50 and {row[0] for row in widget.checks()} >= {"pixel-size", "out-of-distribution"}
+    folder = Path(os.environ.get("BIOZOO_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    shot = viewer.screenshot(str(folder / "napari-stardist.png"), canvas_only=False, flash=False)
+    assert shot.shape[0] >= 600 and shot.std() > 10  # a drawn window, not a blank one
