@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -82,17 +83,63 @@ def sliced_axes(axes: str, tensor: Any) -> str:
 
 @dataclass
 class LayerPrediction:
-    """What one run gives back: outputs by id as (array, axes) in the layer's conventions, the check results."""
+    """What one run gives back: outputs by id as (array, axes) in the layer's conventions, or as OME-Zarr paths
+    (`written`, a file predicted in bounded memory), and the check results."""
 
     outputs: dict[str, tuple[np.ndarray, str]]
     checks: list[dict[str, Any]]
     slices: int = 1
     detections: list[tuple[tuple[int, ...], Any]] = field(default_factory=list)  # (slice index, Detections)
+    written: dict[str, str] = field(default_factory=dict)
+    streamed: bool = False  # tile by tile (or block by block) into the written files, not held in memory
+
+
+def why_not_from_file(model: Any, data: Any, source: Optional[str], axes: str, mask: Any) -> Optional[str]:
+    """None when a layer is better predicted from its file, block by block into an OME-Zarr (bounded memory, as
+    `biozoo predict` does), than from its data in memory; else why not. Only lazily loaded layers (OME-Zarr and
+    other arrays napari reads slice by slice) qualify: a layer in memory is predicted in memory."""
+    from biozoo.runtime.commands.omezarr import in_zarr
+    from biozoo.runtime.engine.instance_blocks import why_not_blockwise
+
+    if isinstance(data, np.ndarray):
+        return "the layer is in memory"
+    if not source or not in_zarr(Path(source)):
+        return "the layer does not come from a Zarr / OME-Zarr file"
+    if mask is not None:
+        return "a mask is given (masks apply to layers in memory)"
+    if sliced_axes(axes, model.description.inputs[0]) or len(model.description.inputs) > 1:
+        return "the layer has axes the model lacks, or the model takes several inputs"
+    return why_not_blockwise(model.engine)
+
+
+def predict_from_file(package: str, source: str, axes: str, folder: Path, *, pixel_size: Any = None,
+                      rescale: bool = False, skip_checks: Sequence[str] = (), memory: Optional[str] = None,
+                      progress: Optional[Callable[[int, int], None]] = None,
+                      cancel: Optional[threading.Event] = None) -> LayerPrediction:
+    """`biozoo predict SOURCE -o FOLDER/NAME.ome.zarr`: tiles or blocks sized by the memory available, written as
+    they are computed (a huge layer never has to fit in memory); the outputs open lazily. Files in `folder` from
+    an earlier run of the same input are replaced; cancelling leaves none behind."""
+    from biozoo.runtime.commands.predict_files import predict_files
+
+    def tick(done: int, total: int) -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        if progress is not None:
+            progress(done, total)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = Path(source).name.split(".")[0] or "layer"
+    summary = predict_files(package, [source], folder / f"{stem}.ome.zarr", axes=axes, pixel_size=pixel_size,
+                            rescale=rescale, no_check=skip_checks, overwrite=True, quiet=True, memory=memory,
+                            progress=tick)
+    item = summary["items"][0]
+    return LayerPrediction({}, summary["checks"], written=dict(item["written"]), streamed=bool(item.get("streamed")))
 
 
 def predict_layers(model: Any, arrays: Mapping[str, np.ndarray], axes: Mapping[str, str], *,
                    pixel_size: Any = None, rescale: bool = False, mask: Optional[np.ndarray] = None,
-                   skip_checks: Sequence[str] = (), progress: Optional[Callable[[int, int], None]] = None,
+                   skip_checks: Sequence[str] = (), memory: Optional[str] = None,
+                   progress: Optional[Callable[[int, int], None]] = None,
                    cancel: Optional[threading.Event] = None) -> LayerPrediction:
     """Predict layers' data with `Model.predict_with_report`, one slice at a time along axes the model lacks.
 
@@ -141,7 +188,8 @@ def predict_layers(model: Any, arrays: Mapping[str, np.ndarray], axes: Mapping[s
             inputs[tid], inputs_axes[tid] = take(arrays[tid], axes[tid], index)
         slice_mask = take(mask, axes[primary], index)[0] if full_mask else mask
         prediction = model.predict_with_report(inputs, inputs_axes, pixel_size=pixel_size, rescale=rescale,
-                                               mask=slice_mask, skip_checks=skip_checks, progress=tick)
+                                               mask=slice_mask, skip_checks=skip_checks, progress=tick,
+                                               memory=memory)
         where = ", ".join(f"{a}={i}" for a, i in zip(loop, index))
         checks.extend({**c, "slice": where} if where else c for c in prediction.report.as_list())
         if boxes is not None:
@@ -235,11 +283,16 @@ def box_layer(name: str, result: LayerPrediction, source: LayerGeometry) -> Laye
 
 def merged_checks(checks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per check for the widget: its worst status over the slices, with that slice's message and how many
-    slices share it (a time-lapse of 100 frames must not give 100 rows per check)."""
+    slices share it (a time-lapse of 100 frames must not give 100 rows per check). A check reported several times
+    in one slice (once per output) keeps its rows."""
     rank = {"error": 0, "warning": 1, "ok": 2, "skipped": 3}
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    rows: dict[tuple[str, str, int], dict[str, Any]] = {}
+    seen: dict[tuple[str, str, str], int] = {}
     for c in checks:
-        key = (str(c.get("name")), str(c.get("input") or ""))
+        name, where = str(c.get("name")), str(c.get("input") or "")
+        occurrence = seen.get((name, where, str(c.get("slice"))), 0)
+        seen[(name, where, str(c.get("slice")))] = occurrence + 1
+        key = (name, where, occurrence)
         row = rows.get(key)
         if row is None or rank.get(c["status"], 4) < rank.get(row["status"], 4):
             rows[key] = {**c, "count": 1 if row is None else row["count"] + 1}

@@ -16,6 +16,7 @@ _CACHE: dict[tuple[str, int, int], Any] = {}
 _LOCK = threading.Lock()
 PACKAGE_KEY = "biozoo_package"  # layer metadata: the package a layer's data came from (the reader sets it)
 INPUT_KEY = "biozoo_input"  # ... and the input tensor it is the test input of
+SOURCE_KEY = "biozoo_source"  # the OME-Zarr a lazily read layer shows (predicted from there, block by block)
 
 
 def load_model(source: str | os.PathLike[str]) -> Any:

@@ -76,11 +76,15 @@ def read_ome_zarr(path: PathArg) -> list:
     from biozoo.runtime.commands.omezarr import open_pyramid
     from biozoo.runtime.errors import BiozooError
 
+    from .models import SOURCE_KEY
+
     root = _one(path)
     try:
         arrays, axes, sizes, labels = open_pyramid(root)
         name = root.name.removesuffix(".zarr").removesuffix(".ome")
         layers = [_pyramid_layer(name, arrays, axes, sizes, "image")] if arrays else []
+        for _, kwargs, _ in layers:
+            kwargs["metadata"] = {SOURCE_KEY: str(root)}
         for name in labels:
             label_arrays, label_axes, label_sizes, _ = open_pyramid(root / "labels" / name)
             layers.append(_pyramid_layer(name, label_arrays, label_axes, label_sizes, "labels"))

@@ -18,8 +18,9 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGridLayout, QH
 
 from biozoo.runtime.errors import BiozooError, InputError, PixelSizeError
 
-from .layers import Cancelled, LayerGeometry, layer_axes, merged_checks, output_layers, predict_layers
-from .models import INPUT_KEY, PACKAGE_KEY, load_model, summary, summary_html
+from .layers import (Cancelled, LayerGeometry, layer_axes, merged_checks, output_layers, predict_from_file,
+                     predict_layers, why_not_from_file)
+from .models import INPUT_KEY, PACKAGE_KEY, SOURCE_KEY, load_model, summary, summary_html
 
 log = logging.getLogger("biozoo")
 NO_MASK = "(no mask)"
@@ -57,6 +58,9 @@ class ModelWidget(QWidget):
         self.inputs_form = QFormLayout()
         self.pixel_edit = QLineEdit(placeholderText="µm, e.g. 0.65 or 0.65,0.65 (empty: from the layer's scale)")
         self.mask_combo = QComboBox()
+        self.memory_edit = QLineEdit(placeholderText="e.g. 2GB (empty: the memory available)")
+        self.memory_edit.setToolTip("like biozoo predict --memory: tiles are sized to fit; a layer read lazily from "
+                                    "an OME-Zarr is predicted block by block into a file when it does not fit")
         self.run_button = QPushButton("Run")
         self.rescale_button = QPushButton("Rescale and run")
         self.rescale_button.setToolTip("Resample to the training pixel size, predict, and resample back")
@@ -64,10 +68,13 @@ class ModelWidget(QWidget):
         self.progress_bar = QProgressBar()
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
-        self.checks_table = QTableWidget(0, 3)
-        self.checks_table.setHorizontalHeaderLabels(["check", "status", "message"])
+        self.checks_table = QTableWidget(0, 2)  # check and status | message (wrapped: the dock is narrow)
+        self.checks_table.setHorizontalHeaderLabels(["check", "message"])
         self.checks_table.horizontalHeader().setStretchLastSection(True)
+        self.checks_table.verticalHeader().setVisible(False)
+        self.checks_table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.checks_table.setWordWrap(True)
+        self.setMinimumWidth(420)
 
         row = QHBoxLayout()
         for w in (self.path_edit, self.browse_button, self.load_button):
@@ -75,6 +82,7 @@ class ModelWidget(QWidget):
         options = QFormLayout()
         options.addRow("pixel size", self.pixel_edit)
         options.addRow("mask", self.mask_combo)
+        options.addRow("memory", self.memory_edit)
         buttons = QGridLayout()
         buttons.addWidget(self.run_button, 0, 0)
         buttons.addWidget(self.rescale_button, 0, 1)
@@ -273,13 +281,29 @@ class ModelWidget(QWidget):
                 geometry = LayerGeometry(letters, tuple(layer.scale), tuple(layer.translate))
                 shape = tuple(data.shape)
                 mask = self._mask(shape, letters)
+        primary = self._layer(next(iter(self._inputs.values()))[0].currentText())
+        source = primary.metadata.get(SOURCE_KEY) or getattr(primary.source, "path", None)
+        letters = next(iter(axes.values()))
+        lazy = why_not_from_file(self.model, next(iter(arrays.values())), source, letters, mask)
         return {"arrays": arrays, "axes": axes, "geometry": geometry, "shape": shape, "mask": mask,
-                "pixel_size": self.pixel_edit.text().strip() or None, "rescale": rescale}
+                "pixel_size": self.pixel_edit.text().strip() or None, "rescale": rescale,
+                "memory": self.memory_edit.text().strip() or None,
+                "from_file": str(source) if lazy is None else None}
 
     def _predict(self, job: dict[str, Any]) -> Any:
+        def progress(done: int, total: int) -> None:
+            self._progress.changed.emit(done, total)
+
+        if job["from_file"]:  # a lazily read layer: block by block from its file, outputs opened lazily
+            from biozoo.runtime.format.package import cache_dir
+
+            return predict_from_file(self.package_path, job["from_file"], next(iter(job["axes"].values())),
+                                     cache_dir() / "napari-outputs", pixel_size=job["pixel_size"],
+                                     rescale=job["rescale"], memory=job["memory"], progress=progress,
+                                     cancel=self._cancel)
         return predict_layers(self.model, job["arrays"], job["axes"], pixel_size=job["pixel_size"],
-                              rescale=job["rescale"], mask=job["mask"], cancel=self._cancel,
-                              progress=lambda done, total: self._progress.changed.emit(done, total))
+                              rescale=job["rescale"], mask=job["mask"], memory=job["memory"], cancel=self._cancel,
+                              progress=progress)
 
     def cancel(self) -> None:
         """Stop the run at its next tile; nothing is added."""
@@ -291,10 +315,19 @@ class ModelWidget(QWidget):
         self.progress_bar.setValue(done)
 
     def _done(self, result: Any, job: dict[str, Any]) -> None:
+        try:
+            self._add_outputs(result, job)
+        except Exception as e:  # napari would show a traceback dialog for what escapes a slot
+            log.error("biozoo could not add the outputs", exc_info=e)
+            self._error(f"biozoo could not add the outputs as layers: {type(e).__name__}: {e}")
+
+    def _add_outputs(self, result: Any, job: dict[str, Any]) -> None:
         self.last_result = result
         self._show_checks(merged_checks(result.checks))
         added = []
-        for data, kwargs, kind in output_layers(self.model, result, job["geometry"], job["shape"]):
+        made = output_layers(self.model, result, job["geometry"], job["shape"]) if not result.written else \
+            written_layers(self.model.description.name, result.written)
+        for data, kwargs, kind in made:
             names = kwargs["name"] if isinstance(kwargs["name"], list) else [kwargs["name"]]
             for name in names:  # a rerun replaces the layers of the previous run
                 if name in self.viewer.layers:
@@ -302,7 +335,8 @@ class ModelWidget(QWidget):
             layers = getattr(self.viewer, f"add_{kind}")(data, **kwargs)
             added.extend(layers if isinstance(layers, list) else [layers])
         warned = [c for c in result.checks if c["status"] in ("warning", "error")]
-        where = f" ({result.slices} slices)" if result.slices > 1 else ""
+        where = f" ({result.slices} slices)" if result.slices > 1 else (
+            f" (block by block into {', '.join(result.written.values())})" if result.written else "")
         self.status_label.setText(f"done{where}: {len(added)} layer(s) added"
                                   + (f"; {len(warned)} check warning(s), see below" if warned else ""))
         if warned:
@@ -345,13 +379,16 @@ class ModelWidget(QWidget):
         self.checks_table.setRowCount(len(checks))
         for i, c in enumerate(checks):
             where = f"{c['input']}: " if c.get("input") else ""
-            many = f" ({c['count']} slices; the worst shown: {c['slice']})" if c.get("count", 1) > 1 else ""
-            for j, text in enumerate((str(c["name"]), str(c["status"]), where + str(c["message"]) + many)):
-                item = QTableWidgetItem(text)
-                item.setToolTip(text)
-                if j == 1:
-                    item.setForeground(QColor(STATUS_COLOURS.get(c["status"], "#c0c0c0")))
-                self.checks_table.setItem(i, j, item)
+            many = f" ({c['count']} slices; the worst shown: {c['slice']})" if c.get("count", 1) > 1 and c.get(
+                "slice") else ""
+            name = QTableWidgetItem(f"{c['name']}\n{c['status']}")
+            name.setData(Qt.ItemDataRole.UserRole, (str(c["name"]), str(c["status"])))
+            name.setForeground(QColor(STATUS_COLOURS.get(c["status"], "#c0c0c0")))
+            message = QTableWidgetItem(where + str(c["message"]) + many)
+            message.setToolTip(message.text())
+            self.checks_table.setItem(i, 0, name)
+            self.checks_table.setItem(i, 1, message)
+        self.checks_table.resizeColumnToContents(0)
         self.checks_table.resizeRowsToContents()
 
     def _error(self, message: str) -> None:
@@ -363,6 +400,23 @@ class ModelWidget(QWidget):
 
     def checks(self) -> list[tuple[str, str, str]]:
         """The checks table as (check, status, message) rows."""
-        return [tuple(self.checks_table.item(i, j).text() for j in range(3))
+        return [(*self.checks_table.item(i, 0).data(Qt.ItemDataRole.UserRole), self.checks_table.item(i, 1).text())
                 for i in range(self.checks_table.rowCount())]
 
+
+def written_layers(model_name: str, written: dict[str, str]) -> list[tuple[Any, dict[str, Any], str]]:
+    """The OME-Zarr outputs of a run from a file, opened lazily (the reader's layers), named and tagged like the
+    in-memory ones."""
+    from .reader import read_ome_zarr
+
+    layers = []
+    for tid, path in written.items():
+        for data, kwargs, kind in read_ome_zarr(path):
+            title = f"{model_name}: {tid}" if len(written) > 1 else model_name
+            kwargs["name"] = [f"{title} [{i}]" for i in range(len(kwargs["name"]))] if isinstance(
+                kwargs.get("name"), list) else title
+            kwargs["metadata"] = {"biozoo": {"output": tid, "model": model_name, "path": path}}
+            layers.append((data, kwargs, kind))
+    if any(kind == "labels" for _, _, kind in layers):  # the file also holds the input image, for other viewers
+        layers = [layer for layer in layers if layer[2] == "labels"]
+    return layers

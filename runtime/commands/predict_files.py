@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -100,6 +100,7 @@ def predict_files(
     scheduler: Optional[str] = None,
     resume: bool = False,
     threads: Optional[int] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
 ) -> dict[str, Any]:
     """Predict every input file and write its outputs; returns a summary with `checks` (one list for all files,
     each result naming its input). Everything that can refuse (output paths, pixel size, memory) runs on every
@@ -107,7 +108,8 @@ def predict_files(
     (e.g. "2GB"; default: the memory available) bounds the process: tiles are sized from it (see memory_plan).
     `workers` (a LocalCluster of that many processes) or `scheduler` (a dask.distributed address) predict block by
     block on Dask (commands/predict_distributed.py); `resume` continues such a run that did not finish; `threads`:
-    onnxruntime threads (of each worker on Dask)."""
+    onnxruntime threads (of each worker on Dask); `progress(done, total)`: called per tile or block instead of the
+    terminal's progress bar (front ends; an exception raised there stops the run, leaving no output)."""
     if threads is not None and threads < 1:
         raise InputError(f"--threads {threads}: expected at least 1 onnxruntime thread")
     distributed = _check_distributed(workers, scheduler, resume, rescale, mask, ignore_value)
@@ -175,7 +177,7 @@ def predict_files(
         if streamed:  # larger than the budget (or on Dask): read lazily, written tile by tile
             sample_report = CheckReport(skip)
             common = dict(tile=tile_sizes, tile_budget=sample_budget, report=sample_report, pixel_size=pixel_size,
-                          progress=ProgressBar(f"{next(iter(sample.values())).name}", enabled=not quiet),
+                          progress=progress or ProgressBar(f"{next(iter(sample.values())).name}", enabled=not quiet),
                           level_target=level_target, output_pixel_size=lambda tid, sample=sample: _output_pixel_size(
                               model.description, tid, parse_pixel_size(pixel_size, list(space))
                               or read_pixel_size(sample[primary], level_target)))
@@ -195,7 +197,7 @@ def predict_files(
         opts = options(sample)
         prediction = model.predict_with_report(
             arrays, sample_axes or None, tile=tile_sizes, tile_budget=sample_budget, dataset_stats=dataset_stats,
-            progress=ProgressBar(f"{next(iter(sample.values())).name}", enabled=not quiet),
+            progress=progress or ProgressBar(f"{next(iter(sample.values())).name}", enabled=not quiet),
             pixel_size=opts.pixel_size, file_pixel_size=opts.file_pixel_size, rescale=rescale, mask=mask_array,
             ignore_value=ignore_value, skip_checks=skip, batch_effects=dataset_stats is None,
         )

@@ -90,6 +90,7 @@ def test_merged_checks_keep_the_worst_status_per_check():
     rows = merged_checks([{"name": "pixel-size", "status": "ok", "message": "a", "slice": "t=0"},
                           {"name": "pixel-size", "status": "warning", "message": "b", "slice": "t=1"},
                           {"name": "pixel-size", "status": "ok", "message": "c", "slice": "t=2"},
-                          {"name": "other", "status": "skipped", "message": "d"}])
+                          {"name": "other", "status": "skipped", "message": "d"},
+                          {"name": "other", "status": "ok", "message": "e"}])  # twice in one run: two rows
     assert [(r["name"], r["status"], r["message"], r["count"]) for r in rows] == [
-        ("pixel-size", "warning", "b", 3), ("other", "skipped", "d", 1)]
+        ("pixel-size", "warning", "b", 3), ("other", "skipped", "d", 1), ("other", "ok", "e", 1)]

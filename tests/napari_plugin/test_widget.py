@@ -205,3 +205,70 @@ def detection_package(tmp_path_factory):
     from tests.runtime.test_detections import build_detection_package
 
     return build_detection_package(tmp_path_factory.mktemp("detector"), fixed=True)
+
+
+THIRDPARTY = sorted((packages.pathlib.Path(__file__).resolve().parents[3] / "shared" / "thirdparty").glob("*.zip"))
+
+
+@pytest.mark.parametrize("package", THIRDPARTY, ids=lambda p: p.stem)
+def test_third_party_packages_open_run_and_overlay(make_napari_viewer, virtual_screen, package, tmp_path, qtbot):
+    """Real packages biozoo did not write (format 0.4, two inputs, outputs x4 or half the input size, a new output
+    axis): dropped into napari, their test inputs open, each in its input's row, and the outputs equal
+    Model.predict and lie on the input's grid."""
+    from biozoo.napari_plugin.reader import WIDGET
+    from biozoo.runtime import load
+
+    local = tmp_path / package.name
+    shutil.copy(package, local)
+    viewer = make_napari_viewer()
+    opened = viewer.open(str(local), plugin="biozoo")
+    _, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
+    model = load(local, device="cpu")
+    assert [layer.metadata["biozoo_input"] for layer in opened] == [t.id for t in model.description.inputs]
+    for layer in opened:
+        assert widget._inputs[layer.metadata["biozoo_input"]][0].currentText() == layer.name
+    _run(qtbot, widget, timeout=120_000)
+    assert widget.last_result is not None, widget.status_label.text()
+    arrays = {layer.metadata["biozoo_input"]: layer.data for layer in opened}
+    axes = {tid: widget._inputs[tid][1].text() for tid in arrays}
+    expected = model.predict_with_axes(arrays, axes)
+    primary = opened[0]
+    for tid, (data, out_axes) in expected.items():
+        layer = next(layer for layer in viewer.layers if layer.metadata.get("biozoo", {}).get("output") == tid)
+        np.testing.assert_allclose(np.asarray(layer.data), np.squeeze(data) if layer.data.ndim < data.ndim else data,
+                                   rtol=1e-5, atol=1e-6)
+        for letter in "yx":
+            if letter in out_axes:
+                ratio = primary.data.shape[axes[opened[0].metadata["biozoo_input"]].index(letter)] / \
+                    data.shape[out_axes.index(letter)]
+                kept = [a for a in layer.metadata["biozoo"]["axes"]]
+                assert layer.scale[kept.index(letter)] == pytest.approx(ratio)
+
+
+def test_a_lazily_read_ome_zarr_layer_is_predicted_block_by_block_into_a_file(viewer_widget, rdf, models, tmp_path,
+                                                                              qtbot):
+    """A layer napari reads from an OME-Zarr slice by slice: predicted from its file under the memory budget (tile
+    by tile into an OME-Zarr, as `biozoo predict --memory`), the output opened lazily, equal to Model.predict."""
+    pytest.importorskip("ome_zarr")
+    from biozoo.runtime.commands.imageio import write_image
+
+    viewer, widget = viewer_widget
+    x = np.random.default_rng(6).random((600, 520)).astype(np.float32)
+    write_image(tmp_path / "big.ome.zarr", x, "yx", pixel_size={"y": 0.5, "x": 0.5})
+    (layer,) = viewer.open(str(tmp_path / "big.ome.zarr"), plugin="biozoo")
+    assert not isinstance(layer.data[0] if layer.multiscale else layer.data, np.ndarray)
+    assert widget.load_package(str(rdf("unet2d")))
+    widget._inputs["raw"][0].setCurrentText(layer.name)
+    assert widget.pixel_edit.text() == "0.5,0.5"  # the layer's scale in micrometers
+    from biozoo.runtime.engine.memory import resident_bytes
+
+    # the process (Qt, napari) and 12 MB: the 1.2 MB image fits, its in-memory prediction (activations) does not
+    widget.memory_edit.setText(f"{(resident_bytes() >> 20) + 12}MB")
+    _run(qtbot, widget)
+    result = widget.last_result
+    assert result is not None and result.written and result.streamed, widget.status_label.text()
+    out = viewer.layers[-1]
+    data = out.data[0] if out.multiscale else out.data
+    assert not isinstance(data, np.ndarray)  # opened lazily from the written file
+    np.testing.assert_allclose(np.asarray(data), models("unet2d").predict(x, axes="yx"), atol=1e-5)
+    assert tuple(out.scale)[-2:] == tuple(layer.scale)[-2:]
