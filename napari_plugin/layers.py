@@ -43,15 +43,18 @@ class LayerGeometry:
 
 def layer_axes(shape: Sequence[int], tensor: Any, *, rgb: bool = False, axis_labels: Sequence[str] = ()) -> str:
     """The axes to prefill for a layer: its axis labels when they are axis letters (OME-Zarr layers carry them),
-    else the runtime's own guess, else a leading time axis before that guess (a time-lapse for a 2D model).
-    Raises InputError with the runtime's message when none fits: the user then types them."""
+    else the runtime's own guess, else a leading time axis before that guess (a time-lapse for a 2D model), keeping
+    only guesses whose fixed sizes (channels) fit. Raises InputError when none fits: the user then types them."""
     from biozoo.runtime.engine.engine import guess_axes
 
     labels = "".join(str(a).lower() for a in axis_labels)
     if len(labels) == len(shape) and len(set(labels)) == len(labels) and set(labels) <= KNOWN_LETTERS:
         return labels
-    if rgb:  # napari's RGB(A) layers keep colour last
-        return layer_axes(tuple(shape)[:-1], tensor) + "c" if len(shape) > 2 else "yxc"
+    if rgb:  # napari's RGB(A) layers keep colour last, after the model's space axes (and a time axis)
+        space = "".join(a for a in tensor.letters if a in "zyx")
+        for letters in (space + "c", "t" + space + "c"):
+            if len(letters) == len(shape):
+                return letters
     candidates = []
     for lead, rest in (("", tuple(shape)), ("t", tuple(shape)[1:])):
         if not lead or ("t" not in tensor.letters and rest):
@@ -98,8 +101,9 @@ def why_not_from_file(model: Any, data: Any, source: Optional[str], axes: str, m
     """None when a layer is better predicted from its file, block by block into an OME-Zarr (bounded memory, as
     `biozoo predict` does), than from its data in memory; else why not. Only lazily loaded layers (OME-Zarr and
     other arrays napari reads slice by slice) qualify: a layer in memory is predicted in memory."""
-    from biozoo.runtime.commands.omezarr import in_zarr
+    from biozoo.runtime.commands.omezarr import in_zarr, open_pyramid
     from biozoo.runtime.engine.instance_blocks import why_not_blockwise
+    from biozoo.runtime.errors import BiozooError
 
     if isinstance(data, np.ndarray):
         return "the layer is in memory"
@@ -109,6 +113,12 @@ def why_not_from_file(model: Any, data: Any, source: Optional[str], axes: str, m
         return "a mask is given (masks apply to layers in memory)"
     if sliced_axes(axes, model.description.inputs[0]) or len(model.description.inputs) > 1:
         return "the layer has axes the model lacks, or the model takes several inputs"
+    try:
+        levels = open_pyramid(Path(source))[0]
+    except BiozooError as e:
+        return f"its file is not an OME-Zarr biozoo reads ({e})"
+    if not levels or tuple(levels[0].shape) != tuple(np.shape(data)):
+        return "the layer is a part of its file (one channel of it)"
     return why_not_blockwise(model.engine)
 
 

@@ -74,8 +74,7 @@ def test_input_layers(model: Any, source: str | os.PathLike[str]) -> list[tuple[
         drop = tuple(i for i, a in enumerate(letters) if a in "bc" and data.shape[i] == 1)
         kept = "".join(a for i, a in enumerate(letters) if i not in drop)
         data = data.squeeze(axis=drop) if drop else data
-        rgb = False
         layers.append((data, {"name": f"{model.description.name}: {tid} (test input)", "axis_labels": tuple(kept),
-                              "rgb": rgb, "metadata": {PACKAGE_KEY: str(Path(source).resolve()), INPUT_KEY: tid}},
-                       "image"))
+                              "rgb": False,  # napari would take a last axis of 3 for colour; the axes say what it is
+                              "metadata": {PACKAGE_KEY: str(Path(source).resolve()), INPUT_KEY: tid}}, "image"))
     return layers

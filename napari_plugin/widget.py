@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -25,6 +26,21 @@ from .models import INPUT_KEY, PACKAGE_KEY, SOURCE_KEY, load_model, summary, sum
 log = logging.getLogger("biozoo")
 NO_MASK = "(no mask)"
 STATUS_COLOURS = {"error": "#e05555", "warning": "#e0a040", "ok": "#60b060", "skipped": "#909090"}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run, read from the widget in the GUI thread: the worker thread touches no widget."""
+
+    arrays: dict[str, Any]  # layer data by input id (full resolution)
+    axes: dict[str, str]
+    geometry: LayerGeometry  # of the primary input's layer: outputs overlay it
+    shape: tuple[int, ...]
+    mask: Optional[np.ndarray]
+    pixel_size: Optional[str]
+    rescale: bool
+    memory: Optional[str]
+    from_file: Optional[str]  # the OME-Zarr to predict from, block by block (a lazily read layer)
 
 
 class _Progress(QObject):
@@ -47,6 +63,7 @@ class ModelWidget(QWidget):
         self._progress = _Progress()
         self._progress.changed.connect(self._on_progress)
         self._inputs: dict[str, tuple[QComboBox, QLineEdit]] = {}
+        self._prefilled: dict[str, str] = {}  # input id -> the layer its axes were prefilled from
 
         self.path_edit = QLineEdit(placeholderText="package .zip, folder or rdf.yaml")
         self.browse_button = QPushButton("Browse…")
@@ -74,6 +91,7 @@ class ModelWidget(QWidget):
         self.checks_table.verticalHeader().setVisible(False)
         self.checks_table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.checks_table.setWordWrap(True)
+        self.checks_table.horizontalHeader().sectionResized.connect(self.checks_table.resizeRowsToContents)
         self.setMinimumWidth(420)
 
         row = QHBoxLayout()
@@ -145,7 +163,7 @@ class ModelWidget(QWidget):
     def _build_inputs(self) -> None:
         while self.inputs_form.rowCount():
             self.inputs_form.removeRow(0)
-        self._inputs = {}
+        self._inputs, self._prefilled = {}, {}
         for t in self.model.description.inputs:
             combo, axes = QComboBox(), QLineEdit(placeholderText=f"model: {t.letters}")
             axes.setToolTip("one letter per layer dimension (b, c, t, i, z, y, x), as biozoo predict --axes; letters "
@@ -181,10 +199,13 @@ class ModelWidget(QWidget):
             self.mask_combo.setCurrentText(current)
 
     def _prefill_axes(self, tid: str) -> None:
+        """Axes (and the pixel size) from the chosen layer, once per choice: what the user typed for that layer
+        stays when other layers come and go."""
         combo, edit = self._inputs[tid]
         layer = self._layer(combo.currentText())
-        if layer is None:
+        if layer is None or self._prefilled.get(tid) == layer.name:
             return
+        self._prefilled[tid] = layer.name
         try:
             letters = layer_axes(self._layer_data(layer).shape, self.model.description.input(tid), rgb=layer.rgb,
                                  axis_labels=layer.axis_labels)
@@ -264,7 +285,7 @@ class ModelWidget(QWidget):
         self._set_running(True)
         self.worker.start()
 
-    def _job(self, rescale: bool) -> dict[str, Any]:
+    def _job(self, rescale: bool) -> "Job":
         arrays, axes, geometry, shape, mask = {}, {}, None, (), None
         for tid, (combo, edit) in self._inputs.items():
             layer = self._layer(combo.currentText())
@@ -285,25 +306,21 @@ class ModelWidget(QWidget):
         source = primary.metadata.get(SOURCE_KEY) or getattr(primary.source, "path", None)
         letters = next(iter(axes.values()))
         lazy = why_not_from_file(self.model, next(iter(arrays.values())), source, letters, mask)
-        return {"arrays": arrays, "axes": axes, "geometry": geometry, "shape": shape, "mask": mask,
-                "pixel_size": self.pixel_edit.text().strip() or None, "rescale": rescale,
-                "memory": self.memory_edit.text().strip() or None,
-                "from_file": str(source) if lazy is None else None}
+        return Job(arrays, axes, geometry, shape, mask, self.pixel_edit.text().strip() or None, rescale,
+                   self.memory_edit.text().strip() or None, str(source) if lazy is None else None)
 
-    def _predict(self, job: dict[str, Any]) -> Any:
+    def _predict(self, job: "Job") -> Any:
         def progress(done: int, total: int) -> None:
             self._progress.changed.emit(done, total)
 
-        if job["from_file"]:  # a lazily read layer: block by block from its file, outputs opened lazily
+        if job.from_file:  # a lazily read layer: block by block from its file, outputs opened lazily
             from biozoo.runtime.format.package import cache_dir
 
-            return predict_from_file(self.package_path, job["from_file"], next(iter(job["axes"].values())),
-                                     cache_dir() / "napari-outputs", pixel_size=job["pixel_size"],
-                                     rescale=job["rescale"], memory=job["memory"], progress=progress,
-                                     cancel=self._cancel)
-        return predict_layers(self.model, job["arrays"], job["axes"], pixel_size=job["pixel_size"],
-                              rescale=job["rescale"], mask=job["mask"], memory=job["memory"], cancel=self._cancel,
-                              progress=progress)
+            return predict_from_file(self.package_path, job.from_file, next(iter(job.axes.values())),
+                                     cache_dir() / "napari-outputs", pixel_size=job.pixel_size,
+                                     rescale=job.rescale, memory=job.memory, progress=progress, cancel=self._cancel)
+        return predict_layers(self.model, job.arrays, job.axes, pixel_size=job.pixel_size, rescale=job.rescale,
+                              mask=job.mask, memory=job.memory, cancel=self._cancel, progress=progress)
 
     def cancel(self) -> None:
         """Stop the run at its next tile; nothing is added."""
@@ -314,18 +331,18 @@ class ModelWidget(QWidget):
         self.progress_bar.setRange(0, max(total, 1))
         self.progress_bar.setValue(done)
 
-    def _done(self, result: Any, job: dict[str, Any]) -> None:
+    def _done(self, result: Any, job: "Job") -> None:
         try:
             self._add_outputs(result, job)
         except Exception as e:  # napari would show a traceback dialog for what escapes a slot
             log.error("biozoo could not add the outputs", exc_info=e)
             self._error(f"biozoo could not add the outputs as layers: {type(e).__name__}: {e}")
 
-    def _add_outputs(self, result: Any, job: dict[str, Any]) -> None:
+    def _add_outputs(self, result: Any, job: "Job") -> None:
         self.last_result = result
         self._show_checks(merged_checks(result.checks))
         added = []
-        made = output_layers(self.model, result, job["geometry"], job["shape"]) if not result.written else \
+        made = output_layers(self.model, result, job.geometry, job.shape) if not result.written else \
             written_layers(self.model.description.name, result.written)
         for data, kwargs, kind in made:
             names = kwargs["name"] if isinstance(kwargs["name"], list) else [kwargs["name"]]

@@ -29,6 +29,10 @@ def test_layer_axes_use_letters_labels_then_the_runtime_guess_then_a_time_axis(m
     assert layer_axes((5, 64, 64), tensor, axis_labels=("z", "y", "x")) == "zyx"
     assert layer_axes((5, 64, 64), tensor, axis_labels=("-2", "-1", "0")) == "tyx"  # napari's default labels
     assert layer_axes((64, 64, 3), tensor, rgb=True) == "yxc"
+    two_channels = models("softmax3").description.inputs[0]  # b c y x with 2 channels
+    assert layer_axes((2, 64, 64), two_channels) == "cyx"
+    assert layer_axes((5, 2, 64, 64), two_channels) == "bcyx"  # the runtime's own rule: a batch
+    assert layer_axes((5, 64, 64, 3), two_channels, rgb=True) == "tyxc"
     with pytest.raises(InputError, match="cannot tell the axes"):
         layer_axes((2, 3, 64, 64, 9), tensor)
 

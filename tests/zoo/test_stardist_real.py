@@ -132,6 +132,8 @@ def test_napari_widget_segments_a_held_out_frame_and_saves_a_screenshot(trained,
     assert type(labels).__name__ == "Labels"
     np.testing.assert_array_equal(labels.data, load(package, device="cpu").predict(frame, axes="yx"))
     assert labels.data.max() >= 50 and {row[0] for row in widget.checks()} >= {"pixel-size", "out-of-distribution"}
+    viewer.reset_view()
+    qtbot.wait(500)  # let the dock lay out its table before the picture
     folder = Path(os.environ.get("BIOZOO_SCREENSHOTS") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     shot = viewer.screenshot(str(folder / "napari-stardist.png"), canvas_only=False, flash=False)
