@@ -121,7 +121,7 @@ def test_napari_widget_segments_a_held_out_frame_and_saves_a_screenshot(trained,
 
     name = json.loads((trained[0] / "split.json").read_text())["test"][0]
     frame = tifffile.imread(fetch_dataset("hela-nuclei-2d") / "images" / name)
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer(show=True)  # shown (on the virtual screen): laid out as a user sees it
     viewer.window._qt_window.resize(1500, 950)
     viewer.add_image(frame, name=f"HeLa {name}")
     _, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
