@@ -91,6 +91,9 @@ def main() -> None:
         blocks = f", blocks {summary['seconds']:.1f} s ({summary['blocks']} blocks, {summary['mpx_per_s']} MPx/s)" \
             if summary else ""
         print(f"{name:>10}: {result['wall']:.1f} s wall{blocks}, peak RSS {result['maxrss_kib'] / 2**20:.2f} GiB")
+        if summary:
+            phases = ", ".join(f"{k} {v:.1f} s" for k, v in summary["driver_seconds"].items())
+            print(f"            driver: {phases}")
     (one, s1, o1), (two, s2, o2), (inproc, _, o0) = runs["1 worker"], runs["2 workers"], runs["in-process"]
     print(f"2 workers / 1 worker: {one['wall'] / two['wall']:.2f}x wall, {s1['seconds'] / s2['seconds']:.2f}x blocks")
     print(f"1 worker vs in-process: {one['wall'] / inproc['wall']:.3f}x wall (Dask overhead "

@@ -219,6 +219,7 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
         raise InputError(f"--workers/--scheduler predict block by block, but {why}; run without them")
     engine, desc = model.engine, model.description
     primary = desc.inputs[0].id
+    phases = _Phases()
     with ExitStack() as stack:
         if threads is None:  # a local cluster shares this machine's cores; a remote worker knows its own
             threads = max(1, (os.cpu_count() or 1) // max(1, workers or 1)) if scheduler is None else 0
@@ -227,6 +228,7 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
         arrays, caller, file_size = open_sample(model, sample, axes, level_target, stack)
         stats = whole_image_statistics(engine, arrays)
         input_checks_streamed(engine, arrays[primary], stats, report, pixel_size, file_size)
+        phases.mark("statistics and input checks")
         shapes = {tid: tuple(x.shape) for tid, x in arrays.items()}
         step = stardist_step(engine)
         context = stardist_context(model) if step else 0
@@ -251,15 +253,17 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
             job = BlockJob(uuid.uuid4().hex, package, device, threads,
                            {tid: str(p.resolve()) for tid, p in sample.items()}, caller, level_target, plan, stats,
                            {} if step else sinks, str(journal.folder), context)
+            phases.mark("outputs created")
             ready = client()  # the cluster, started while the statistics were computed
-            started = time.perf_counter()
+            phases.mark("waiting for the workers")
             results = _run_blocks(ready, run_objects if step else run_block, job, todo, len(combos), progress,
                                   journal.folder)
-            seconds = time.perf_counter() - started
+            seconds = phases.mark("blocks")
             found = _render_objects(model, step, sinks[step.tensor_id], wanted[step.tensor_id], journal,
                                     len(combos), context) if step else None
             receptive_field_on_crops(report, engine, sinks)
             flip_check_streamed(report, engine, arrays, stats, {"tile": tile, "tile_budget": tile_budget})
+            phases.mark("labels and checks on the output" if step else "checks on the output")
         except BaseException:
             if not journal.done():  # nothing to resume: nothing stays behind
                 journal.finish()
@@ -267,10 +271,27 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
         for tid, out in outputs.items():
             out.close()
         journal.finish()
+        phases.mark("outputs written (pyramid levels)")
+    phases.mark("cluster closed")
     summary = _summary(results, len(combos), len(finished), seconds, scheduler or f"{workers} local worker(s)")
+    summary["driver_seconds"] = phases.seconds
     return {"written": {tid: str(targets[tid]) for tid in outputs},
             "shapes": {tid: list(out.shape) for tid, out in outputs.items()}, "axes": layouts,
             "distributed": {**summary, **(found or {})}}
+
+
+class _Phases:
+    """Wall seconds of the driver's phases, in order (the run's summary): what the blocks wait for, and after."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def mark(self, phase: str) -> float:
+        now = time.perf_counter()
+        elapsed, self._last = now - self._last, now
+        self.seconds[phase] = round(elapsed, 3)
+        return elapsed
 
 
 def _render_objects(model: Model, step, sink, shape, journal: Journal, total: int, context: int) -> dict:
@@ -363,8 +384,10 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
     peaks = ", ".join(format_bytes(v) for v in summary["peak_memory_per_worker"].values()) or "n/a"
     rate = f"{summary['mpx_per_s']} MPx/s" if summary["mpx_per_s"] is not None else "no blocks run"
+    phases = ", ".join(f"{k} {v:g} s" for k, v in summary.get("driver_seconds", {}).items() if k != "blocks")
     return (f"  {summary['blocks']} blocks on {summary['cluster']}: {summary['run']} run, {summary['skipped']} "
-            f"skipped (--resume), {summary['seconds']} s, {rate}; peak memory per worker: {peaks}")
+            f"skipped (--resume), {summary['seconds']} s, {rate}; peak memory per worker: {peaks}"
+            + (f"\n  around the blocks: {phases}" if phases else ""))
 
 
 __all__ = ["format_summary", "journal_folder", "predict_sample_distributed", "why_not_distributable"]

@@ -66,6 +66,9 @@ def test_two_local_workers_equal_the_in_memory_prediction(rdf, models, tmp_path)
     item = summary["items"][0]["distributed"]
     assert item["blocks"] > 4 and item["run"] == item["blocks"] and item["skipped"] == 0
     assert len(item["peak_memory_per_worker"]) == 2, "both workers should have run blocks"
+    phases = item["driver_seconds"]
+    assert list(phases)[:2] == ["statistics and input checks", "outputs created"] and phases["blocks"] == item["seconds"]
+    assert all(v >= 0 for v in phases.values())
     import zarr
 
     written = np.asarray(zarr.open_group(tmp_path / "out.ome.zarr", mode="r")["s0"])
@@ -333,4 +336,5 @@ def test_a_local_cluster_connects_nowhere_beyond_this_machine(rdf, tmp_path):
     assert done.returncode == 0, done.stderr
     assert not log.exists(), log.read_text()
     assert "Traceback" not in done.stderr and "ERROR" not in done.stderr, done.stderr  # workers say nothing
+    assert "Nanny" not in done.stderr and "Scheduler at" not in done.stderr, done.stderr  # nor does Dask's start
 
