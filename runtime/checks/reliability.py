@@ -6,11 +6,13 @@ its depth (another microscope, texture, density) its prediction turns arbitrary 
 checks on the input see nothing wrong. Measured with the HeLa-trained StarDist package (one run, see the README):
 0.915-0.948 on held-out HeLa frames, 0.843 on the DSB nuclei image where its accuracy@0.5 falls from 0.85 to 0.62.
 
-How: the normalized input is flipped along y and x (3D: z kept), predicted, flipped back and compared
-(agreement.py: instance F1 + foreground IoU for labels, foreground IoU for masks and probabilities, 1 - normalized
-error for images). Up to MIN_RUN_PIXELS the whole image is flipped and compared with the prediction itself (one
-extra run); above, crops of CROP_SIDE are predicted both as they are and flipped (two runs each, so that both see
-the same context), COST_FRACTION of the image at least two crops, at most MAX_CROPS. Streamed images give their
+How: the normalized input is flipped along y and x (3D: z kept), predicted, flipped back and compared with the
+prediction (agreement.py: instance F1 + foreground IoU for labels, foreground IoU for masks and probabilities,
+1 - normalized error for images). Up to MIN_RUN_PIXELS the whole image is flipped (one extra run); above, crops
+of CROP_SIDE plus the halo on each side are predicted flipped (one run each), and their central CROP_SIDE region,
+where the network saw all it needs, is compared with the prediction there: COST_FRACTION of the image, at least
+two crops, at most MAX_CROPS. Where the prediction cannot stand for the crop (changed after the network by a
+mask, or post-processed with statistics of the whole batch) each crop is also predicted as it is (two runs). Streamed images give their
 crops read lazily and normalized with the whole image's statistics, as their tiles were. The reference is the
 same measure on training-like data: recorded by biozoo's exporter over the held-out test images
 (``config.biozoo.training.out_of_distribution``), otherwise taken once per loaded package on its own test tensors
@@ -65,17 +67,42 @@ def _step(axis: Any) -> int:
     return int(step) if step > 1 else 1
 
 
-def plan_crops(engine: "Engine", shape: tuple[int, ...], budget_fraction: Optional[float] = COST_FRACTION
-               ) -> list[tuple[slice, ...]]:
+def crop_margins(engine: "Engine", shape: tuple[int, ...]) -> Optional[dict[int, int]]:
+    """margins() when a crop with them costs less than CROP_SIDE crops run twice (as they are and flipped), else
+    None: a halo of 56 px makes a 368^2 crop, more than two of 256^2."""
+    margin = margins(engine)
+    side = {i: min(shape[i], CROP_SIDE) for i in _flip_axes(engine)}
+    grown = math.prod(min(shape[i], n + 2 * margin.get(i, 0)) for i, n in side.items())
+    return margin if grown < 2 * math.prod(side.values()) else None
+
+
+def margins(engine: "Engine") -> dict[int, int]:
+    """Per space axis of the primary input, the pixels a crop reaches past its compared region on each side: the
+    halo, rounded up to the axis step (the network's output there depends on pixels the crop does not have)."""
+    from ..engine.tiling import halo_in_input_pixels
+
+    primary = engine.description.inputs[0]
+    found = {}
+    for i in (i for i, a in enumerate(primary.axes) if a.type == "space"):
+        step = _step(primary.axes[i])
+        found[i] = -(-halo_in_input_pixels(engine.description, primary, primary.axes[i]) // step) * step
+    return found
+
+
+def plan_crops(engine: "Engine", shape: tuple[int, ...], budget_fraction: Optional[float] = COST_FRACTION,
+               margin: Optional[Mapping[int, int]] = None) -> list[tuple[slice, ...]]:
     """The crops of the primary input (model layout) to predict flipped, along the image's diagonal. [] means the
-    whole image (flipped once, compared with the prediction itself). A crop costs two runs (as it is and flipped),
-    the whole image one. `budget_fraction=None`: up to MAX_CROPS crops whatever they cost (test tensors)."""
+    whole image (flipped once, compared with the prediction itself). A crop is CROP_SIDE long plus `margin` on each
+    side (margins(); none: the crop is predicted as it is too), and the budget counts two runs of CROP_SIDE per
+    crop either way, so that both ways measure as many crops. `budget_fraction=None`: up to MAX_CROPS crops
+    whatever they cost (test tensors)."""
     primary = engine.description.inputs[0]
     flipped = _flip_axes(engine)
+    margin = margin or {}
     image = math.prod(shape[i] for i in flipped)
     budget = math.inf if budget_fraction is None else max(budget_fraction * image, MIN_RUN_PIXELS)
-    side = {i: min(shape[i], CROP_SIDE) for i in flipped}
-    crop = math.prod(side.values())
+    side = {i: min(shape[i], CROP_SIDE + 2 * margin.get(i, 0)) for i in flipped}
+    crop = math.prod(min(shape[i], CROP_SIDE) for i in flipped)
     if image <= budget or crop >= image:
         return []
     count = MAX_CROPS if budget == math.inf else max(1, min(MAX_CROPS, int(budget // (2 * crop))))
@@ -116,16 +143,19 @@ def measure(engine: "Engine", processed: Mapping[str, np.ndarray], raw: Mapping[
     shape = processed[primary.id].shape
     if any(x.shape != shape for x in processed.values()):
         return {}
-    crops = plan_crops(engine, shape, budget_fraction)
+    own = outputs is None or _needs_own_run(engine, shape)
+    margin = None if own else crop_margins(engine, shape)
+    crops = plan_crops(engine, shape, budget_fraction, margin)
     if crops:
         return measure_crops(engine, shape, crops, lambda index: ({t: x[index] for t, x in processed.items()},
                                                                  {t: x[index] for t, x in raw.items()
-                                                                  if x.shape == shape}), tiling)
+                                                                  if x.shape == shape}), tiling,
+                             None if margin is None else (lambda tid, index: outputs[tid][index]), margin)
     first = _first_sample(engine, shape)
     one = {t: x[first] for t, x in processed.items()}
     one_raw = {t: x[first] for t, x in raw.items() if x.shape == shape}
     mirrored = engine.run_processed(*_mirrored(engine, one, one_raw), **tiling)
-    if outputs is None or _needs_own_run(engine, shape):
+    if own:
         plain = engine.run_processed(one, one_raw, **tiling)
     else:
         plain = {tid: y[_first_sample_of_output(engine, tid, y)] for tid, y in outputs.items()}
@@ -141,22 +171,65 @@ def _needs_own_run(engine: "Engine", shape: tuple[int, ...]) -> bool:
 
 
 def measure_crops(engine: "Engine", shape: tuple[int, ...], crops: list[tuple[slice, ...]],
-                  read: Callable[[tuple[slice, ...]], tuple[dict, dict]], tiling: Optional[Mapping[str, Any]] = None
-                  ) -> dict[str, dict[str, Any]]:
+                  read: Callable[[tuple[slice, ...]], tuple[dict, dict]], tiling: Optional[Mapping[str, Any]] = None,
+                  prediction: Optional[Callable[[str, tuple[slice, ...]], Any]] = None,
+                  margin: Optional[Mapping[int, int]] = None) -> dict[str, dict[str, Any]]:
     """The measure on crops: `read(index)` gives (processed, raw) arrays of one crop of every input (lazily read
-    and normalized like the tiles when the image is streamed); each crop is predicted as it is and flipped."""
+    and normalized like the tiles when the image is streamed). With `prediction(output id, index)` (the
+    prediction's output at an index of the output, in model layout) each crop is predicted flipped only and its
+    region inside `margin` (crop_margins(); none at the image's ends) compared with the prediction there;
+    without, each crop is predicted as it is and flipped."""
     first = _first_sample(engine, shape)
+    margin = margin or {}
+    tiling = dict(tiling or {})
     found = []
     for index in crops:
         index = tuple(f if f != slice(None) else c for c, f in zip(index, first))
         processed, raw = read(index)
         processed = {t: np.asarray(x, dtype=np.float32) for t, x in processed.items()}
         raw = {t: np.asarray(x, dtype=np.float32) for t, x in raw.items()}
-        tiling = dict(tiling or {})
-        found.append((engine.run_processed(*_mirrored(engine, processed, raw), **tiling),
-                      engine.run_processed(processed, raw, **tiling),
-                      processed[engine.description.inputs[0].id].shape))
+        crop_shape = processed[engine.description.inputs[0].id].shape
+        mirrored = engine.run_processed(*_mirrored(engine, processed, raw), **tiling)
+        if prediction is None:
+            found.append((mirrored, engine.run_processed(processed, raw, **tiling), crop_shape))
+            continue
+        starts = [s.indices(n)[0] for s, n in zip(index, shape)]
+        found.append(_inner_pair(engine, mirrored, prediction, starts, _inner(index, shape, margin), crop_shape))
     return _compare(engine, len(crops), found)
+
+
+def _inner(index: tuple[slice, ...], shape: tuple[int, ...], margin: Mapping[int, int]) -> tuple[slice, ...]:
+    """The crop's compared region, relative to the crop: `margin` in from each side that is not an end of the
+    image (there the prediction has no more context than the crop)."""
+    out = []
+    for i, (s, n) in enumerate(zip(index, shape)):
+        lo, hi = s.indices(n)[:2]
+        m = margin.get(i, 0)
+        out.append(slice(m if lo > 0 else 0, (hi - lo) - (m if hi < n else 0)) if m else slice(0, hi - lo))
+    return tuple(out)
+
+
+def _inner_pair(engine: "Engine", mirrored: Mapping[str, np.ndarray], prediction: Callable, starts: list[int],
+                inner: tuple[slice, ...], crop_shape: tuple[int, ...]) -> tuple[dict, dict, tuple[int, ...]]:
+    """(the flipped crop's outputs cut to the compared region, as _compare flips them back; the prediction's outputs
+    in that region; the region's input shape) for every output on the input's grid."""
+    flipped = _flip_axes(engine)
+    region = tuple(s.stop - s.start for s in inner)
+    cut, plain = {}, {}
+    for tid, y in mirrored.items():
+        grid = _matching_axes(engine, tid, y, crop_shape)
+        if grid is None:
+            continue
+        own, at = [slice(None)] * y.ndim, [slice(None)] * y.ndim
+        for i, k in grid.items():
+            n, (lo, hi) = crop_shape[i], (inner[i].start, inner[i].stop)
+            own[k] = slice(n - hi, n - lo) if i in flipped else slice(lo, hi)  # the mirrored output is flipped
+            at[k] = slice(starts[i] + lo, starts[i] + hi)
+        batch = _first_sample_of_output(engine, tid, y)
+        at = [b if b != slice(None) else a for a, b in zip(at, batch)]
+        cut[tid] = y[tuple(own)]
+        plain[tid] = np.asarray(prediction(tid, tuple(at)))
+    return cut, plain, region
 
 
 def _first_sample(engine: "Engine", shape: tuple[int, ...]) -> tuple[slice, ...]:
@@ -223,23 +296,30 @@ def check(report: CheckReport, engine: "Engine", processed: Mapping[str, np.ndar
 
 def check_crops(report: CheckReport, engine: "Engine", shape: tuple[int, ...],
                 read: Callable[[tuple[slice, ...]], tuple[dict, dict]],
-                tiling: Optional[Mapping[str, Any]] = None) -> None:
+                tiling: Optional[Mapping[str, Any]] = None,
+                prediction: Optional[Callable[[str, tuple[slice, ...]], Any]] = None) -> None:
     """The check on an image streamed tile by tile: `read(index)` gives a crop's (processed, raw) arrays,
-    normalized as the tiles were; small images are read whole (one crop)."""
+    normalized as the tiles were, `prediction(output id, index)` the written output there (model layout); small
+    images are read whole (one crop)."""
     whole = [tuple(slice(None) for _ in shape)]
-    crops = [_thin(engine, shape, c) for c in plan_crops(engine, shape) or whole]
-    _checked(report, engine, lambda: measure_crops(engine, shape, crops, read, tiling))
+    own = prediction is None or _needs_own_run(engine, shape)
+    margin = None if own else crop_margins(engine, shape)
+    crops = [_thin(engine, shape, c, margin) for c in plan_crops(engine, shape, margin=margin) or whole]
+    _checked(report, engine, lambda: measure_crops(engine, shape, crops, read, tiling,
+                                                   None if margin is None else prediction, margin))
 
 
-def _thin(engine: "Engine", shape: tuple[int, ...], index: tuple[slice, ...]) -> tuple[slice, ...]:
-    """A streamed crop keeps at most DEPTH central positions along the space axes it does not flip (z of a volume),
-    so that reading it stays bounded whatever the volume's depth."""
+def _thin(engine: "Engine", shape: tuple[int, ...], index: tuple[slice, ...],
+          margin: Optional[Mapping[int, int]] = None) -> tuple[slice, ...]:
+    """A streamed crop keeps at most DEPTH central positions (plus `margin` on each side) along the space axes it
+    does not flip (z of a volume), so that reading it stays bounded whatever the volume's depth."""
     axes, flipped = engine.description.inputs[0].axes, _flip_axes(engine)
     out = list(index)
     for i, a in enumerate(axes):
-        if a.type == "space" and i not in flipped and shape[i] > DEPTH:
-            lo = (shape[i] - DEPTH) // 2 // _step(a) * _step(a)
-            out[i] = slice(lo, lo + DEPTH)
+        keep = DEPTH + 2 * (margin or {}).get(i, 0)
+        if a.type == "space" and i not in flipped and shape[i] > keep:
+            lo = (shape[i] - keep) // 2 // _step(a) * _step(a)
+            out[i] = slice(lo, lo + keep)
     return tuple(out)
 
 

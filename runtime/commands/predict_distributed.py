@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
+from ..checks import input_checks
 from ..checks.report import CheckReport
 from ..engine.blocks import block_plan, output_chunks, output_dtypes, tile_combos
 from ..engine.instance_blocks import Objects, stardist_step, why_not_blockwise
@@ -40,7 +41,7 @@ from .block_worker import DONE, BlockJob, objects_file, run_block, run_objects, 
 from .lazyio import create_output, open_image
 from .omezarr import is_zarr
 from .predict_streamed import (STREAMED_INPUTS, STREAMED_OUTPUTS, flip_check_streamed, input_checks_streamed,
-                               open_sample, receptive_field_on_crops)
+                               open_sample)
 
 log = logging.getLogger("biozoo")
 JOURNAL_SUFFIX = ".biozoo-run"
@@ -261,8 +262,8 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
             seconds = phases.mark("blocks")
             found = _render_objects(model, step, sinks[step.tensor_id], wanted[step.tensor_id], journal,
                                     len(combos), context) if step else None
-            receptive_field_on_crops(report, engine, sinks)
-            flip_check_streamed(report, engine, arrays, stats, {"tile": tile, "tile_budget": tile_budget})
+            input_checks.receptive_field(report, engine, sinks)
+            flip_check_streamed(report, engine, arrays, stats, {"tile": tile, "tile_budget": tile_budget}, sinks)
             phases.mark("labels and checks on the output" if step else "checks on the output")
         except BaseException:
             if not journal.done():  # nothing to resume: nothing stays behind

@@ -6,7 +6,7 @@ end by a rename, so a failure leaves none. Tiles come from engine/streaming.py, 
 
 The input checks that need the whole image in memory run on what can be had without it: the pixel size (metadata),
 distribution shift and batch effects on a strided subsample of at most SUBSAMPLE pixels (normalized with the
-whole image's statistics), the receptive field on a central crop of at most CROP pixels a side of the output;
+whole image's statistics), the receptive field on a central crop of the output (input_checks.central_crops);
 masked-normalization (constant regions) is not looked for, and says so.
 """
 from __future__ import annotations
@@ -39,7 +39,6 @@ from .instance_output import check_one_sample, labels_dtype, stardist_context, w
 from .omezarr import is_zarr
 
 SUBSAMPLE = 1 << 21
-CROP = 1024
 STREAMED_INPUTS = (".npy", ".tif", ".tiff", ".zarr")  # what open_image reads lazily (PNG: read whole, small)
 STREAMED_OUTPUTS = (".npy", ".tif", ".tiff", ".zarr")
 
@@ -79,21 +78,12 @@ def _subsample(x: Any, space: list[int]) -> np.ndarray:
     return np.concatenate(rows, axis=first)
 
 
-def receptive_field_on_crops(report: CheckReport, engine, outputs: Mapping[str, Any]) -> None:
-    """The receptive-field check on a central crop of at most CROP pixels a side of each written output (model
-    layout array-likes): the whole output is not in memory."""
-    crops = {}
-    for tid, y in outputs.items():
-        space = [i for i, a in enumerate(engine.description.output(tid).axes) if a.type == "space"]
-        crops[tid] = np.asarray(y[tuple(slice(max(0, (n - CROP) // 2), max(0, (n - CROP) // 2) + CROP) if i in space
-                                        else slice(None) for i, n in enumerate(y.shape))])
-    input_checks.receptive_field(report, engine, crops)
-
-
 def flip_check_streamed(report: CheckReport, engine, arrays: Mapping[str, Any], stats: Mapping,
-                        tiling: Optional[Mapping[str, Any]] = None) -> None:
+                        tiling: Optional[Mapping[str, Any]] = None,
+                        outputs: Optional[Mapping[str, Any]] = None) -> None:
     """The out-of-distribution check on crops of a streamed image, read lazily and normalized as its tiles are
-    (the whole image's statistics from the pre-pass); `tiling`: the prediction's tile / tile_budget."""
+    (the whole image's statistics from the pre-pass); `tiling`: the prediction's tile / tile_budget; `outputs`: the
+    written outputs (model layout, read back where the flipped crops are compared with them)."""
     shape = tuple(arrays[engine.description.inputs[0].id].shape)
 
     def read(index):
@@ -103,7 +93,8 @@ def flip_check_streamed(report: CheckReport, engine, arrays: Mapping[str, Any], 
                      for tid, b in raw.items()}
         return processed, raw
 
-    reliability.check_crops(report, engine, shape, read, tiling)
+    reliability.check_crops(report, engine, shape, read, tiling,
+                            None if outputs is None else (lambda tid, index: np.asarray(outputs[tid][index])))
 
 
 def predict_sample_streamed(model: Model, sample: Mapping[str, Path], axes: Optional[str],
@@ -193,9 +184,9 @@ def _write_streamed(model: Model, arrays, caller: Optional[str], targets: Mappin
     try:
         written = predict_streamed(engine, arrays, out, tile=tile, tile_budget=tile_budget, stats=stats,
                                    progress=progress)
-        receptive_field_on_crops(report, engine, written)
+        input_checks.receptive_field(report, engine, written)
+        flip_check_streamed(report, engine, arrays, stats, {"tile": tile, "tile_budget": tile_budget}, written)
         written.clear()
-        flip_check_streamed(report, engine, arrays, stats, {"tile": tile, "tile_budget": tile_budget})
         for tid in list(finish):
             done = finish.pop(tid)
             if isinstance(done, np.ndarray):
@@ -244,8 +235,8 @@ def _write_streamed_objects(model: Model, step, arrays, caller: Optional[str], t
     try:
         sink = CallerSink(out, order, tensor, wanted)
         found = write_labels(model, step, sink, wanted, Objects.merged(parts, step.op.n_rays), context)
-        receptive_field_on_crops(report, engine, {tid: sink})
-        flip_check_streamed(report, engine, arrays, stats, {"tile": tile, "tile_budget": tile_budget})
+        input_checks.receptive_field(report, engine, {tid: sink})
+        flip_check_streamed(report, engine, arrays, stats, {"tile": tile, "tile_budget": tile_budget}, {tid: sink})
         out.close()
     except BaseException:
         out.abort()

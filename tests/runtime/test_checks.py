@@ -206,6 +206,24 @@ def test_receptive_field(extra):
     assert "15 px" in r["message"] and "ownsample" in r["message"]
 
 
+def test_receptive_field_of_a_large_image_is_measured_on_its_central_crop(extra):
+    """Above RF_CROP px a side the objects are measured in the central crop (bounded cost): too-large objects there
+    are found, small ones outside it are not counted."""
+    from biozoo.runtime.checks.input_checks import RF_CROP
+
+    model = extra("blobseg")
+    side = RF_CROP + 512
+    image = np.zeros((side, side), np.float32)
+    inner = slice(256, 256 + RF_CROP)
+    image[inner, inner] = blobs(seed=6, size=RF_CROP, count=60, radius=18.0)
+    image[:200, :200] = blobs(seed=7, size=200, count=40, radius=4.0)  # outside the crop: not counted
+    r = by_name(model.predict_with_report(image, "yx", skip_checks=["out-of-distribution"]))["receptive-field"]
+    alone = by_name(model.predict_with_report(image[inner, inner], "yx",
+                                              skip_checks=["out-of-distribution"]))["receptive-field"]
+    assert r["status"] == "warning" and f"central crop of {RF_CROP} px" in r["message"], r["message"]
+    assert r["objects"] == alone["objects"] and r["median_diameter_px"] == alone["median_diameter_px"]
+
+
 def test_masked_normalization_black_border(extra):
     model = extra("blobseg")
     image = blobs(seed=5, size=128, count=24)

@@ -51,18 +51,25 @@ def test_image_agreement_is_one_for_equal_images_and_drops_with_the_error():
     assert A.image_agreement(x, x + 0.01) > A.image_agreement(x, x + 0.1) > A.image_agreement(x, x + 0.5)
 
 
-def test_crops_stay_inside_the_image_on_the_axis_step_within_the_cost(tmp_path):
+def test_crops_stay_inside_the_image_on_the_axis_step_within_the_cost(tmp_path, monkeypatch):
     from biozoo.runtime import load
 
     model = load(packages.build_package("unet2d", tmp_path))
     assert reliability.plan_crops(model.engine, (1, 1, 512, 512)) == []  # small: the whole image, flipped once
-    crops = reliability.plan_crops(model.engine, (1, 1, 2048, 1536))
-    assert 1 <= len(crops) <= reliability.MAX_CROPS
-    pixels = sum(2 * (c[2].stop - c[2].start) * (c[3].stop - c[3].start) for c in crops)
-    assert pixels <= max(reliability.COST_FRACTION * 2048 * 1536, reliability.MIN_RUN_PIXELS)
-    for c in crops:
-        for axis, n in ((2, 2048), (3, 1536)):
-            assert 0 <= c[axis].start < c[axis].stop <= n and c[axis].start % 8 == 0  # unet2d: step 8
+    margin = reliability.crop_margins(model.engine, (1, 1, 2048, 1536))
+    assert margin == {2: 16, 3: 16}  # unet2d: halo 16, step 8: a 288^2 crop costs less than two of 256^2
+    for m in (None, margin):
+        crops = reliability.plan_crops(model.engine, (1, 1, 2048, 1536), margin=m)
+        assert 2 <= len(crops) <= reliability.MAX_CROPS  # at least two, whichever way they are compared
+        runs = 2 if m is None else 1  # as it is and flipped, or flipped only (compared with the prediction)
+        pixels = sum(runs * (c[2].stop - c[2].start) * (c[3].stop - c[3].start) for c in crops)
+        assert pixels <= max(reliability.COST_FRACTION * 2048 * 1536, reliability.MIN_RUN_PIXELS)
+        for c in crops:
+            for axis, n in ((2, 2048), (3, 1536)):
+                assert 0 <= c[axis].start < c[axis].stop <= n and c[axis].start % 8 == 0  # unet2d: step 8
+                assert c[axis].stop - c[axis].start == reliability.CROP_SIDE + 2 * (m or {}).get(axis, 0)
+    monkeypatch.setattr(reliability, "margins", lambda engine: {2: 56, 3: 56})  # a StarDist-like halo
+    assert reliability.crop_margins(model.engine, (1, 1, 2048, 1536)) is None  # 368^2 > 2 x 256^2: run twice
 
 
 @pytest.fixture(scope="module")
@@ -123,28 +130,58 @@ def test_blob_segmenter_is_flip_equivariant_on_any_input(tmp_path):
     assert result["status"] == "ok" and result["agreement"] > 0.95
 
 
-@pytest.mark.parametrize("texture", ["blobs", "noise"])
-def test_streamed_images_are_checked_on_crops_normalized_like_the_tiles(skewseg, tmp_path, monkeypatch, texture):
-    """Above the memory budget the image is predicted tile by tile; the check reads its crops lazily, normalizes
-    them with the whole image's statistics and finds what the in-memory check finds."""
+def _streamed_check(model, x: np.ndarray, tmp_path, monkeypatch, tile_side: int) -> dict:
+    """The check's result of `biozoo predict` on x saved as .npy, streamed (a memory budget for tiles of about
+    tile_side^2)."""
     from biozoo.runtime.commands import predict_files as pf
     from biozoo.runtime.commands.memory_plan import streamed_held
     from biozoo.runtime.engine import memory
 
     monkeypatch.setattr(memory, "resident_bytes", lambda: 0)  # budgets mean bytes for tiles and arrays only
+    np.save(tmp_path / "in.npy", x)
+    per_pixel = memory.tile_bytes_per_pixel(model.engine, memory.activation_profile(model.engine))
+    summary = pf.predict_files(str(model.package.rdf_path), [str(tmp_path / "in.npy")],
+                               tmp_path / "out" / "pred.npy", device="cpu", quiet=True,
+                               memory=str(tile_side * tile_side * per_pixel + streamed_held(x.size)))
+    assert summary["items"][0].get("streamed") is True
+    return next(c for c in summary["checks"] if c["name"] == reliability.NAME)
+
+
+@pytest.mark.parametrize("texture", ["blobs", "noise"])
+def test_streamed_images_are_checked_on_crops_normalized_like_the_tiles(skewseg, tmp_path, monkeypatch, texture):
+    """Above the memory budget the image is predicted tile by tile; the check reads its crops lazily, normalizes
+    them with the whole image's statistics and finds what the in-memory check finds."""
     rng = np.random.default_rng(9)
     x = packages.blob_image(rng, 320, 10, 12)[0, 0] if texture == "blobs" else (rng.random((320, 320)) * 200
                                                                                 ).astype(np.float32)
-    np.save(tmp_path / "in.npy", x)
-    per_pixel = memory.tile_bytes_per_pixel(skewseg.engine, memory.activation_profile(skewseg.engine))
-    summary = pf.predict_files(str(skewseg.package.rdf_path), [str(tmp_path / "in.npy")],
-                               tmp_path / "out" / "pred.npy", device="cpu", quiet=True,
-                               memory=str(96 * 96 * per_pixel + streamed_held(x.size)))
-    assert summary["items"][0].get("streamed") is True
-    streamed = next(c for c in summary["checks"] if c["name"] == reliability.NAME)
+    streamed = _streamed_check(skewseg, x, tmp_path, monkeypatch, 96)
     in_memory = _result(skewseg.predict_with_report(x, axes="yx"))
     assert streamed["status"] == in_memory["status"] == ("ok" if texture == "blobs" else "warning"), streamed
     assert streamed["agreement"] == pytest.approx(in_memory["agreement"], abs=1e-3)
+
+
+@pytest.mark.parametrize("texture", ["blobs", "noise"])
+def test_large_images_compare_flipped_crops_with_the_prediction_in_memory_and_streamed(skewseg, tmp_path,
+                                                                                       monkeypatch, texture):
+    """Above MIN_RUN_PIXELS the crops are predicted flipped only and compared inside their margins with the
+    prediction (read back from the written output when streamed): the same verdicts as on whole images, the same
+    numbers in memory and streamed, and one extra run per crop."""
+    rng = np.random.default_rng(11)
+    side = 900
+    x = packages.blob_image(rng, side, 120, 12)[0, 0] if texture == "blobs" else (rng.random((side, side)) * 200
+                                                                                  ).astype(np.float32)
+    reliability.reference(skewseg.engine)  # taken once per package (on its test tensors): not counted below
+    calls = []
+    run = skewseg.engine.run_processed
+    monkeypatch.setattr(skewseg.engine, "run_processed", lambda *a, **k: calls.append(1) or run(*a, **k))
+    in_memory = _result(skewseg.predict_with_report(x, axes="yx"))
+    monkeypatch.undo()
+    assert in_memory["crops"] >= 2 and len(calls) == 1 + in_memory["crops"], (in_memory, len(calls))
+    assert in_memory["pixels"] == in_memory["crops"] * reliability.CROP_SIDE ** 2  # the margins are not compared
+    assert in_memory["status"] == ("ok" if texture == "blobs" else "warning"), in_memory
+    streamed = _streamed_check(skewseg, x, tmp_path, monkeypatch, 192)
+    assert streamed["status"] == in_memory["status"] and streamed["crops"] == in_memory["crops"], streamed
+    assert streamed["agreement"] == pytest.approx(in_memory["agreement"], abs=2e-3)
 
 
 def test_post_processing_with_batch_statistics_is_compared_with_a_run_of_the_same_sample(models):
