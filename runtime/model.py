@@ -31,9 +31,10 @@ from .ops.stats import DatasetStatistics, Measure
 log = logging.getLogger("biozoo")
 
 
-def load(source: Union[str, os.PathLike], device: str = "auto", threads: int = 0, arena: bool = False) -> "Model":
+def load(source: Union[str, os.PathLike], device: str = "auto", threads: int = 0, arena: bool = True) -> "Model":
     """Open and verify a package (.zip, folder or rdf.yaml) and build its onnxruntime session; `arena`: keep
-    onnxruntime's CPU memory arena (faster for many tiles of one shape, about twice the activation memory)."""
+    onnxruntime's CPU memory arena (engine/session.cpu_memory_options: faster, and it holds the peak of the largest
+    tile run while the Model lives; False frees each run's activations when it ends)."""
     package = open_package(source)
     description = parse_description(package.rdf)
     check_consistency(description)

@@ -87,7 +87,7 @@ def preload(package: str, device: str, threads: int) -> Any:
         from ..model import load
 
         _MODELS.clear()  # one package at a time per worker
-        _MODELS[key] = load(package, device=device, threads=threads, arena=True)  # one tile shape: see session.py
+        _MODELS[key] = load(package, device=device, threads=threads)
     return _MODELS[key]
 
 

@@ -177,8 +177,7 @@ def streamed_held(elements: int) -> int:
 def distributed_tile_budget(model: Model, budget: tuple[Optional[int], str], explicit: bool,
                             workers: Optional[int]) -> int:
     """The tile budget of one Dask worker: the budget shared by the local workers and the driver (with
-    --scheduler, --memory is per worker), capped at the default tile budget unless --memory is given. Workers keep
-    onnxruntime's memory arena (engine/session.py), which holds about twice a tile's activations: half the tile."""
+    --scheduler, --memory is per worker), capped at the default tile budget unless --memory is given."""
     from ..engine.memory import tile_budget
     from ..engine.tiling import DEFAULT_TILE_BUDGET
 
@@ -186,5 +185,5 @@ def distributed_tile_budget(model: Model, budget: tuple[Optional[int], str], exp
     if limit is None:
         return DEFAULT_TILE_BUDGET
     share = limit // (workers + 1) if workers else limit
-    elements = tile_budget(model.engine, share)[0] // 2
+    elements = tile_budget(model.engine, share)[0]
     return elements if explicit else min(elements, DEFAULT_TILE_BUDGET)

@@ -5,10 +5,10 @@ float32 feature maps per pixel. We measure it, once per model and probe shape, b
 onnxruntime on a probe tile in a fresh child process (so that nothing allocated earlier hides the growth): on
 Linux the child resets its peak resident size (writes "5" to /proc/self/clear_refs) after building the session,
 runs once, and reports VmHWM - VmRSS from /proc/self/status: the peak growth of one run, every onnxruntime
-allocation included (no CPU arena, as OnnxSession runs). Divided by the probe's pixels it is bytes per pixel, an
-upper bound at larger tiles (the fixed part of the growth is spread over more pixels). The result is cached as JSON
-under $BIOZOO_CACHE_DIR/activation-memory/, keyed by the weights' sha256, the probe shape and the onnxruntime
-version. Where /proc is missing the figure is an estimate (ESTIMATED_BYTES_PER_PIXEL per input channel) and says so.
+allocation included (with the CPU arena, as OnnxSession runs: session.cpu_memory_options). Divided by the probe's
+pixels it is bytes per pixel, an upper bound at larger tiles (the fixed part of the growth is spread over more
+pixels). The result is cached as JSON under $BIOZOO_CACHE_DIR/activation-memory/, keyed by the weights' sha256, the
+probe shape and the onnxruntime version. Where /proc is missing the figure is an estimate (ESTIMATED_BYTES_PER_PIXEL per input channel) and says so.
 On CUDA the activations live in device memory; the budget bounds host memory only.
 """
 from __future__ import annotations
@@ -99,7 +99,8 @@ def _key(engine: "Engine", shapes: Mapping[str, tuple[int, ...]]) -> str:
     if not sha:
         weights = engine.package.file(engine.description.onnx, "weights.onnx")
         sha = hashlib.sha256(weights.read_bytes()).hexdigest()
-    text = json.dumps([sha, {k: list(v) for k, v in sorted(shapes.items())}, onnxruntime.__version__])
+    # "arena": measured with session.cpu_memory_options (figures measured without the arena are not reused)
+    text = json.dumps([sha, {k: list(v) for k, v in sorted(shapes.items())}, onnxruntime.__version__, "arena"])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -152,9 +153,11 @@ def _probe_main(job: dict) -> int:
     """In the child: build the session, reset the peak, run once on zeros, report the peak growth."""
     import onnxruntime as ort
 
+    from .session import cpu_memory_options
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.enable_cpu_mem_arena = False  # as OnnxSession runs it
+    cpu_memory_options(options)  # as OnnxSession runs
     session = ort.InferenceSession(job["weights"], sess_options=options, providers=["CPUExecutionProvider"])
     feeds = {name: np.zeros(shape, dtype=np.dtype(dtype)) for name, (shape, dtype) in job["feeds"].items()}
     with open("/proc/self/clear_refs", "w") as f:
