@@ -227,9 +227,11 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
         package = str(Path(model.package.source).resolve())
         client = start_client(workers, scheduler, stack, preload=(package, device, threads))
         arrays, caller, file_size = open_sample(model, sample, axes, level_target, stack)
+        phases.mark("inputs opened")
         stats = whole_image_statistics(engine, arrays)
+        phases.mark("statistics")
         input_checks_streamed(engine, arrays[primary], stats, report, pixel_size, file_size)
-        phases.mark("statistics and input checks")
+        phases.mark("input checks")
         shapes = {tid: tuple(x.shape) for tid, x in arrays.items()}
         step = stardist_step(engine)
         context = stardist_context(model) if step else 0
