@@ -224,6 +224,19 @@ def _wait_for_blocks(folder: Path, count: int, timeout: float = 120) -> int:
     raise AssertionError(f"fewer than {count} blocks finished in {timeout} s")
 
 
+def _crash_after_blocks(args: list[str], folder: Path, blocks: int) -> None:
+    """Run `biozoo ARGS` and kill it, the driver and its cluster as a crash or a power cut would, once `blocks`
+    blocks are in the journal at `folder`."""
+    crashed = subprocess.Popen([sys.executable, "-m", "biozoo.runtime.cli", *args], start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_blocks(folder, blocks)
+    finally:
+        os.killpg(crashed.pid, signal.SIGKILL)
+        crashed.wait()
+    time.sleep(0.5)
+
+
 @pytest.mark.slow
 def test_a_worker_killed_mid_run_changes_nothing(rdf, models, tmp_path, cluster):
     from biozoo.runtime.commands.block_worker import worker_pid
@@ -263,15 +276,8 @@ def test_a_crashed_run_resumes_where_it_stopped(rdf, models, tmp_path):
     target = tmp_path / "out.tif"
     args = ["predict", str(rdf("unet2d")), str(tmp_path / "in.npy"), "-o", str(target), "--device", "cpu",
             "--tile", "64,64", "--workers", "1", "--threads", "1", "-q"]
-    crashed = subprocess.Popen([sys.executable, "-m", "biozoo.runtime.cli", *args], start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = journal_folder({"prob": target})
-    try:
-        _wait_for_blocks(folder, 8)
-    finally:
-        os.killpg(crashed.pid, signal.SIGKILL)  # the driver and its cluster, as a crash or a power cut would
-        crashed.wait()
-    time.sleep(0.5)
+    _crash_after_blocks(args, folder, 8)
     kept = len(list((folder / "done").iterdir()))
     assert not target.exists() and kept >= 8
 
@@ -301,6 +307,31 @@ def test_a_crashed_run_resumes_where_it_stopped(rdf, models, tmp_path):
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["items"][0]["distributed"]["skipped"] == 0
     np.testing.assert_array_equal(tifffile.imread(target), models("unet2d").predict(x, axes="yx"))
+
+
+@pytest.mark.slow
+def test_a_crashed_stardist_run_resumes_from_the_saved_objects(stardist_package, tmp_path):
+    """StarDist blocks save their objects in the journal (.npz, read without pickle): a resumed run renders the
+    labels of the whole image from the kept blocks' objects and the blocks it runs again."""
+    from tests.packages import star_maps
+    from biozoo.runtime import load
+
+    maps = star_maps(900, 840, count=700, seed=4)
+    np.save(tmp_path / "maps.npy", maps)
+    target = tmp_path / "labels.npy"
+    args = ["predict", str(stardist_package), str(tmp_path / "maps.npy"), "-o", str(target), "--axes", "yxc",
+            "--device", "cpu", "--tile", "320,320", "--workers", "1", "--threads", "1", "-q"]
+    folder = journal_folder({"labels": target})
+    _crash_after_blocks(args, folder, 3)
+    kept = len(list((folder / "done").glob("*.npz")))
+    assert not target.exists() and kept >= 3
+    resumed = _cli(*args, "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)["items"][0]["distributed"]
+    assert summary["skipped"] >= kept and summary["run"] == summary["blocks"] - summary["skipped"] > 0
+    whole = load(stardist_package, device="cpu").predict(maps, axes="yxc")
+    np.testing.assert_array_equal(np.load(target), whole)
+    assert summary["objects"] == whole.max() > 500 and not folder.exists()
 
 
 GUARD = '''
