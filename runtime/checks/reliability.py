@@ -11,8 +11,9 @@ prediction (agreement.py: instance F1 + foreground IoU for labels, foreground Io
 1 - normalized error for images). Up to MIN_RUN_PIXELS the whole image is flipped (one extra run); above, crops
 of CROP_SIDE plus the halo on each side are predicted flipped (one run each), and their central CROP_SIDE region,
 where the network saw all it needs, is compared with the prediction there: COST_FRACTION of the image, at least
-two crops, at most MAX_CROPS. Where the prediction cannot stand for the crop (changed after the network by a
-mask, or post-processed with statistics of the whole batch) each crop is also predicted as it is (two runs). Streamed images give their
+two crops, at most MAX_CROPS. Where that crop costs more than two of CROP_SIDE (a large halo), or the prediction
+cannot stand for the crop (changed after the network by a mask, or post-processed with statistics of the whole
+batch), each crop of CROP_SIDE is predicted as it is and flipped (two runs). Streamed images give their
 crops read lazily and normalized with the whole image's statistics, as their tiles were. The reference is the
 same measure on training-like data: recorded by biozoo's exporter over the held-out test images
 (``config.biozoo.training.out_of_distribution``), otherwise taken once per loaded package on its own test tensors
