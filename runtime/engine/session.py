@@ -51,7 +51,8 @@ def cpu_memory_options(options, arena: bool = True) -> None:
     allocates the planned block beside the arena (twice the memory, and 2.2 s instead of 0.5 s when two processes
     fault in that memory at once, as Dask workers on one machine do). At 2048^2 with 2 threads the arena without the
     pattern runs in 0.98 s against 1.5-1.6 s and peaks at 2.2 GB against 2.4 GB. The arena keeps that peak resident
-    while the session lives (a Model released frees it); `arena=False` turns it off."""
+    while the session lives (a Model released frees it; a run larger than all before gets a fresh session:
+    OnnxSession._fresh_arena_for); `arena=False` turns it off."""
     options.enable_cpu_mem_arena = arena
     options.enable_mem_pattern = not arena
 
@@ -82,14 +83,12 @@ class OnnxSession:
         if want_cuda and has_cuda_ep:
             _preload_cuda_libraries(ort)
             providers.insert(0, "CUDAExecutionProvider")
-        previous = ort.get_default_logger_severity() if hasattr(ort, "get_default_logger_severity") else 2
-        ort.set_default_logger_severity(4)  # the probe for CUDA may log errors we turn into one info line
-        try:
-            self.session = ort.InferenceSession(str(weights), sess_options=options, providers=providers)
-        except Exception as e:  # onnxruntime raises its own exception types for bad models
-            raise PackageError(f"onnxruntime cannot load '{weights.name}': {_first_line(e)}") from None
-        finally:
-            ort.set_default_logger_severity(previous)
+        self._ort, self._build = ort, lambda: _inference_session(ort, weights, options, providers)
+        self.session = self._build()
+        # a CPU arena grown by a run larger than every earlier one keeps the regions the smaller runs left beside
+        # the new one (512^2, 1024^2, 1536^2 then 2048^2 tiles of a 32-channel U-Net: 3.2 GB in one session, 2.2 GB
+        # in a fresh one), which would break a byte budget: such a run gets a fresh session (0.04 s)
+        self._fresh_arena_above = 0 if arena and "CPUExecutionProvider" == providers[0] else None
         self.provider = self.session.get_providers()[0]
         if device == "cuda" and self.provider != "CUDAExecutionProvider":
             raise InputError("the CUDA provider failed to start (CUDA/cuDNN libraries missing?); use --device cpu")
@@ -107,7 +106,6 @@ class OnnxSession:
         self.input_types, self.input_ranks = dict(self._types), dict(self._ranks)
         self.output_types = dict(self._out_types)
         self.binding_note: Optional[str] = None
-        self._ort = ort
 
     @property
     def on_cuda(self) -> bool:
@@ -133,6 +131,7 @@ class OnnxSession:
         """Run on arrays keyed by tensor id; outputs come back keyed by tensor id."""
         named = {self._input_of.get(k, k): np.ascontiguousarray(v, dtype=self._types[self._input_of.get(k, k)])
                  for k, v in feeds.items()}
+        self._fresh_arena_for(named)
         try:
             if self.on_cuda:
                 values = self._run_bound(named)
@@ -146,6 +145,16 @@ class OnnxSession:
             ) from None
         return {tid: values[name] for tid, name in self._output_of.items()}
 
+    def _fresh_arena_for(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """A new session (same weights file, options and providers) before a run larger than every earlier one."""
+        if self._fresh_arena_above is None:
+            return
+        size = sum(int(v.nbytes) for v in feeds.values())
+        if self._fresh_arena_above and size > self._fresh_arena_above:
+            self.session = None  # the old arena is freed before the new session grows its own
+            self.session = self._build()
+        self._fresh_arena_above = max(self._fresh_arena_above, size)
+
     def _run_bound(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         binding = self.session.io_binding()
         for name, value in feeds.items():
@@ -154,6 +163,17 @@ class OnnxSession:
             binding.bind_output(name, "cuda", 0)
         self.session.run_with_iobinding(binding)
         return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
+
+
+def _inference_session(ort, weights: Path, options, providers: list):
+    previous = ort.get_default_logger_severity() if hasattr(ort, "get_default_logger_severity") else 2
+    ort.set_default_logger_severity(4)  # the probe for CUDA may log errors we turn into one info line
+    try:
+        return ort.InferenceSession(str(weights), sess_options=options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types for bad models
+        raise PackageError(f"onnxruntime cannot load '{weights.name}': {_first_line(e)}") from None
+    finally:
+        ort.set_default_logger_severity(previous)
 
 
 def _binding(kind: str, ids: list[str], names: list[str]) -> tuple[dict[str, str], Optional[str]]:

@@ -226,3 +226,37 @@ def test_streamed_statistics_read_bounded_blocks():
     assert np.array_equal(got[ms[1]].astype(np.float32), np.std(x, axis=(1, 2, 3), keepdims=True))
     assert np.array_equal(got[ms[2]].astype(np.float32),
                           np.quantile(x, 0.99, axis=(1, 2, 3), keepdims=True).astype(np.float32))
+
+
+_GROWING_RUNS = """
+import json, sys
+import numpy as np
+from biozoo.runtime.engine.session import OnnxSession
+
+session = OnnxSession(__import__("pathlib").Path(sys.argv[1]), device="cpu", threads=1)
+name = session.input_names[0]
+def hwm():
+    return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
+start = hwm()
+for side in map(int, sys.argv[2:]):
+    session.run({name: np.zeros((1, 1, side, side), np.float32)})
+print(json.dumps({"growth": hwm() - start}))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="peak resident memory is read from /proc")
+def test_runs_of_growing_size_peak_as_the_largest_alone(tmp_path):
+    """onnxruntime's arena, grown run after run by larger tiles, would keep the smaller runs' regions beside the
+    largest (a byte budget is planned for the largest alone): a larger run gets a fresh session."""
+    from tests import packages
+
+    onnx = next(packages.build_package("unet2d_wide", tmp_path).parent.rglob("*.onnx"))
+
+    def growth(*sides: int) -> int:
+        done = subprocess.run([sys.executable, "-c", _GROWING_RUNS, str(onnx), *map(str, sides)],
+                              capture_output=True, text=True, check=True)
+        return int(__import__("json").loads(done.stdout.strip().splitlines()[-1])["growth"])
+
+    alone, growing = growth(1024), growth(256, 512, 768, 1024, 512)
+    assert alone > 200 * 2**20, alone  # the activations of a 1024^2 tile, not noise
+    assert growing < 1.15 * alone, (growing, alone)

@@ -150,12 +150,17 @@ def test_yaml_is_read_safely(rdf, tmp_path):
         load(folder, device="cpu")
 
 
-def test_session_is_built_once_and_reused(models):
+def test_session_is_built_once_and_reused_until_a_larger_run(models):
+    """The session is reused for runs of any size up to the largest so far; a larger run gets a fresh session (a
+    fresh memory arena: see test_bounded_memory)."""
     model = models("unet2d")
+    model.predict(np.ones((40, 40), np.float32), axes="yx")
     session = model.session.session
-    for _ in range(3):
-        model.predict(np.ones((40, 40), np.float32), axes="yx")
+    for side in (40, 24, 40):
+        model.predict(np.ones((side, side), np.float32), axes="yx")
     assert model.session.session is session
+    bigger = model.predict(np.ones((400, 400), np.float32), axes="yx")
+    assert model.session.session is not session and bigger.shape[-2:] == (400, 400)
 
 
 def test_device_cuda_without_cuda_is_a_clear_error(rdf):
