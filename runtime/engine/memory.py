@@ -9,7 +9,8 @@ allocation included (with the CPU arena, as OnnxSession runs: session.cpu_memory
 pixels it is bytes per pixel, an upper bound at larger tiles (the fixed part of the growth is spread over more
 pixels). The result is cached as JSON under $BIOZOO_CACHE_DIR/activation-memory/, keyed by the weights' sha256, the
 probe shape and the onnxruntime version. Where /proc is missing the figure is an estimate
-(ESTIMATED_BYTES_PER_PIXEL per input channel) and says so. On CUDA the activations live in device memory; the budget bounds host memory only.
+(ESTIMATED_BYTES_PER_PIXEL per input channel) and says so. On CUDA the activations live in device memory; the budget
+bounds host memory only.
 """
 from __future__ import annotations
 

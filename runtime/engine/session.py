@@ -151,8 +151,7 @@ class OnnxSession:
             return
         size = sum(int(v.nbytes) for v in feeds.values())
         if self._fresh_arena_above and size > self._fresh_arena_above:
-            self.session = None  # the old arena is freed before the new session grows its own
-            self.session = self._build()
+            self.session = self._build()  # built first (a failure keeps the old one); the old arena goes with it
         self._fresh_arena_above = max(self._fresh_arena_above, size)
 
     def _run_bound(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
