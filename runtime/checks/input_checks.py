@@ -166,7 +166,7 @@ def available_memory() -> tuple[Optional[int], str]:
 def central_crops(model: Any, outputs: Mapping[str, Any], side: int = RF_CROP) -> dict[str, np.ndarray]:
     """Each output (model layout; an array or a lazily written one) cut to its central `side` pixels along every
     space axis, read into memory: objects are measured there, at a cost that does not grow with the image (a 2048^2
-    U-Net output: 44 ms whole, 11 ms cropped), and the same way in memory, streamed and on Dask."""
+    U-Net output of random noise: 44 ms whole, 12-14 ms cropped), and the same way in memory, streamed and on Dask."""
     crops = {}
     for tid, y in outputs.items():
         axes = model.description.output(tid).axes

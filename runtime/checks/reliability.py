@@ -221,15 +221,15 @@ def _inner_pair(engine: "Engine", mirrored: Mapping[str, np.ndarray], prediction
         grid = _matching_axes(engine, tid, y, crop_shape)
         if grid is None:
             continue
-        own, at = [slice(None)] * y.ndim, [slice(None)] * y.ndim
+        in_crop, in_image = [slice(None)] * y.ndim, [slice(None)] * y.ndim
         for i, k in grid.items():
             n, (lo, hi) = crop_shape[i], (inner[i].start, inner[i].stop)
-            own[k] = slice(n - hi, n - lo) if i in flipped else slice(lo, hi)  # the mirrored output is flipped
-            at[k] = slice(starts[i] + lo, starts[i] + hi)
+            in_crop[k] = slice(n - hi, n - lo) if i in flipped else slice(lo, hi)  # the mirrored output is flipped
+            in_image[k] = slice(starts[i] + lo, starts[i] + hi)
         batch = _first_sample_of_output(engine, tid, y)
-        at = [b if b != slice(None) else a for a, b in zip(at, batch)]
-        cut[tid] = y[tuple(own)]
-        plain[tid] = np.asarray(prediction(tid, tuple(at)))
+        in_image = [b if b != slice(None) else a for a, b in zip(in_image, batch)]
+        cut[tid] = y[tuple(in_crop)]
+        plain[tid] = np.asarray(prediction(tid, tuple(in_image)))
     return cut, plain, region
 
 

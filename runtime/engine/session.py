@@ -78,9 +78,10 @@ class OnnxSession:
                 "use --device cpu or auto, or install onnxruntime-gpu with a CUDA driver"
             )
         providers: list = ["CPUExecutionProvider"]
-        if not (want_cuda and has_cuda_ep):  # CUDA keeps onnxruntime's defaults: its arena is in device memory
+        cpu_only = not (want_cuda and has_cuda_ep)
+        if cpu_only:  # CUDA keeps onnxruntime's defaults: its arena is in device memory
             cpu_memory_options(options, arena)
-        if want_cuda and has_cuda_ep:
+        else:
             _preload_cuda_libraries(ort)
             providers.insert(0, "CUDAExecutionProvider")
         self._ort, self._build = ort, lambda: _inference_session(ort, weights, options, providers)
@@ -88,7 +89,7 @@ class OnnxSession:
         # a CPU arena grown by a run larger than every earlier one keeps the regions the smaller runs left beside
         # the new one (512^2, 1024^2, 1536^2 then 2048^2 tiles of a 32-channel U-Net: 3.2 GB in one session, 2.2 GB
         # in a fresh one), which would break a byte budget: such a run gets a fresh session (0.04 s)
-        self._fresh_arena_above = 0 if arena and "CPUExecutionProvider" == providers[0] else None
+        self._fresh_arena_above = 0 if arena and cpu_only else None  # None: never rebuilt; else the largest run
         self.provider = self.session.get_providers()[0]
         if device == "cuda" and self.provider != "CUDAExecutionProvider":
             raise InputError("the CUDA provider failed to start (CUDA/cuDNN libraries missing?); use --device cpu")

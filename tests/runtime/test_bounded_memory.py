@@ -6,6 +6,7 @@ The budgets here are computed from the model's own per-pixel figures with the pr
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -230,10 +231,11 @@ def test_streamed_statistics_read_bounded_blocks():
 
 _GROWING_RUNS = """
 import json, sys
+from pathlib import Path
 import numpy as np
 from biozoo.runtime.engine.session import OnnxSession
 
-session = OnnxSession(__import__("pathlib").Path(sys.argv[1]), device="cpu", threads=1)
+session = OnnxSession(Path(sys.argv[1]), device="cpu", threads=1)
 name = session.input_names[0]
 def hwm():
     return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
@@ -255,7 +257,7 @@ def test_runs_of_growing_size_peak_as_the_largest_alone(tmp_path):
     def growth(*sides: int) -> int:
         done = subprocess.run([sys.executable, "-c", _GROWING_RUNS, str(onnx), *map(str, sides)],
                               capture_output=True, text=True, check=True)
-        return int(__import__("json").loads(done.stdout.strip().splitlines()[-1])["growth"])
+        return int(json.loads(done.stdout.strip().splitlines()[-1])["growth"])
 
     alone, growing = growth(1024), growth(256, 512, 768, 1024, 512)
     assert alone > 200 * 2**20, alone  # the activations of a 1024^2 tile, not noise
