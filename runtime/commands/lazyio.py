@@ -24,7 +24,8 @@ import numpy as np
 from ..checks.pixelsize import read_pixel_size as read_tiff_pixel_size
 from ..format.permissions import plain_permissions
 from ..errors import InputError
-from .omezarr import OmeZarrOutput, in_zarr, is_zarr, open_zarr
+from .omezarr import in_zarr, is_zarr, open_zarr
+from .omezarr_output import OmeZarrOutput
 
 READ_SUFFIXES = (".tif", ".tiff", ".npy", ".png", ".zarr")
 TIFF_AXES = {"Y": "y", "X": "x", "Z": "z", "C": "c", "S": "c", "T": "t"}

@@ -26,6 +26,10 @@ from .tiling import (AxisPlan, Plan, _checked, _follower_index, _follower_ratio,
 if TYPE_CHECKING:
     from .engine import Engine
 
+# y/x block cores are multiples of 2^4 where the tile allows: the four halved levels of an OME-Zarr output then lie
+# inside each block, so the workers write them (commands/omezarr_output.py)
+PYRAMID = 16
+
 
 @dataclass(frozen=True)
 class Piece:
@@ -178,8 +182,8 @@ def output_dtypes(engine: "Engine", plan: Plan, stats: Mapping) -> dict[str, np.
 
 def block_plan(engine: "Engine", shapes: Mapping[str, tuple[int, ...]], tile: Optional[Mapping[str, int]],
                budget: int, *, description: Optional[ModelDescription] = None, margin: int = 0) -> Plan:
-    """plan_tiles' tile shape, with tile cores cut every `core` pixels (a multiple of the axis step) so that they
-    line up with output chunks; each tile reaches at least the halo past its core (rounded up to the step) on both
+    """plan_tiles' tile shape, with tile cores cut every `core` pixels (a multiple of the axis step, and of PYRAMID
+    on y and x where the tile allows) so that they line up with output chunks; each tile reaches at least the halo past its core (rounded up to the step) on both
     sides, except at the image's ends. The padded length stays plan_tiles' (padding more would change the outputs
     near the image's end, where the network then sees reflected pixels instead of its own zero padding): the tile
     that reaches it is placed flush with it and keeps the rest of the axis as its core. `description`: the
@@ -196,7 +200,7 @@ def block_plan(engine: "Engine", shapes: Mapping[str, tuple[int, ...]], tile: Op
         halo = halo_in_input_pixels(desc, primary, axis) + margin
         align = max(axis.size.step, 1) if isinstance(axis.size, ParameterizedSize) else fixed_size_grid(p.tile, halo)
         reach = math.ceil(halo / align) * align
-        core = (p.tile - halo - reach) // align * align
+        core = _core(p.tile - halo - reach, align, PYRAMID if axis.letter in "yx" else 1)
         if core < align:
             raise InputError(f"tile size {p.tile} along '{axis.id}' leaves no core for blocks with the model's halo "
                              f"of {halo} pixels on each side; use a tile of at least {halo + reach + align} "
@@ -222,6 +226,13 @@ def block_plan(engine: "Engine", shapes: Mapping[str, tuple[int, ...]], tile: Op
         grown[primary.id] = tuple(lengths.get(a.id, n) for a, n in zip(primary.axes, grown[primary.id]))
         base = Plan(grown, base.tiled)
     return Plan(base.input_shapes, tuple(axes))
+
+
+def _core(room: int, align: int, multiple: int) -> int:
+    """The longest core within `room` pixels that is a multiple of `align`, and of `multiple` too where that
+    leaves a core (at most multiple - 1 pixels shorter)."""
+    both = align * multiple // math.gcd(align, multiple)
+    return room // both * both if room >= both else room // align * align
 
 
 def output_chunks(engine: "Engine", plan: Plan) -> dict[str, dict[str, int]]:

@@ -242,34 +242,46 @@ def streamed_measures(measures: Iterable[Measure], tensors: Mapping[str, tuple[n
     Dataset measures are computed over this call's tensors, as StatsContext does without a DatasetStatistics
     (pass those values instead when one is known); quantile methods other than these two raise."""
     out: dict[Measure, np.ndarray] = {}
+    groups: dict[tuple, list[Measure]] = {}  # measures of one tensor over the same axes share their passes
     for m in dict.fromkeys(measures):
-        if m.tensor_id not in tensors:
-            continue
-        data, axes = tensors[m.tensor_id]
-        idx = _reduce_axes(m.axes, axes, m.tensor_id)
+        if m.tensor_id in tensors:
+            data, axes = tensors[m.tensor_id]
+            groups.setdefault((m.tensor_id, _reduce_axes(m.axes, axes, m.tensor_id)), []).append(m)
+    for (tid, idx), group_measures in groups.items():
+        data = tensors[tid][0]
         keep = [i for i in range(data.ndim) if i not in idx]
-        value = np.empty([1 if i in idx else data.shape[i] for i in range(data.ndim)], dtype=np.float64)
+        values = {m: np.empty([1 if i in idx else data.shape[i] for i in range(data.ndim)], dtype=np.float64)
+                  for m in group_measures}
         for k in np.ndindex(*[data.shape[i] for i in keep]):
             sel = [slice(None)] * data.ndim
             for i, j in zip(keep, k):
                 sel[i] = j
-            group = data[tuple(sel)]
             dst = tuple(0 if i in idx else k[keep.index(i)] for i in range(data.ndim))
-            value[dst] = _group_measure(m, group, chunk)
-        out[m] = value
+            for m, v in _group_measures(group_measures, data[tuple(sel)], chunk).items():
+                values[m][dst] = v
+        out.update(values)
     return out
 
 
-def _group_measure(m: Measure, group: np.ndarray, chunk: int) -> float:
-    n = group.size
-    if m.kind in ("mean", "std"):
+def _group_measures(measures: Sequence[Measure], group: np.ndarray, chunk: int) -> dict[Measure, float]:
+    """The measures of one group of elements: one pairwise pass for the mean, one more for the std, and every
+    quantile's order statistics found together (three passes in all, however many quantiles)."""
+    n, found = group.size, {}
+    unknown = [m.kind for m in measures if m.kind not in ("mean", "std", "quantile")]
+    if unknown:
+        raise InputError(f"unknown statistic '{unknown[0]}'")
+    if any(m.kind in ("mean", "std") for m in measures):
         mean = np.float32(float(_pairwise(group, 0, n, chunk, None)) / n)  # numpy divides by an intp count
-        if m.kind == "mean":
-            return float(mean)
-        return float(np.sqrt(np.float32(float(_pairwise(group, 0, n, chunk, mean)) / n)))
-    if m.kind == "quantile":
-        return _streamed_quantile(group, m.q, m.method if not m.is_dataset else "linear", chunk)
-    raise InputError(f"unknown statistic '{m.kind}'")
+        std = (float(np.sqrt(np.float32(float(_pairwise(group, 0, n, chunk, mean)) / n)))
+               if any(m.kind == "std" for m in measures) else None)
+        found.update({m: float(mean) if m.kind == "mean" else std for m in measures if m.kind in ("mean", "std")})
+    plans = {m: _quantile_ranks(n, m.q, m.method if not m.is_dataset else "linear")
+             for m in measures if m.kind == "quantile"}
+    if plans:
+        ranks = _order_statistics(group, sorted({r for (a, b), _ in plans.values() for r in (a, b)}), chunk)
+        for m, ((a, b), gamma) in plans.items():
+            found[m] = _interpolate(ranks[a], ranks[b], gamma, m.method if not m.is_dataset else "linear")
+    return found
 
 
 def _rows(group: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -315,54 +327,77 @@ def _chunks(group: np.ndarray, chunk: int):
         yield _rows(group, start, min(n, start + chunk))
 
 
-def _streamed_quantile(group: np.ndarray, q: float, method: str, chunk: int) -> float:
-    n = group.size
+def _quantile_ranks(n: int, q: float, method: str) -> tuple[tuple[int, int], float]:
+    """The 0-based ranks np.quantile reads for `q` of n values, and its weight between them."""
     if method == "linear":
         virtual = (n - 1) * q
         lo = int(np.floor(virtual))
-        ranks, gamma = (max(0, min(lo, n - 1)), max(0, min(lo + 1, n - 1))), virtual - lo
-    elif method == "inverted_cdf":
+        return (max(0, min(lo, n - 1)), max(0, min(lo + 1, n - 1))), virtual - lo
+    if method == "inverted_cdf":
         rank = max(0, min(n - 1, int(np.ceil(n * q)) - 1))
-        ranks, gamma = (rank, rank), 0.0
-    else:
-        raise InputError(f"quantile method '{method}' cannot be streamed; biozoo streams 'linear' and 'inverted_cdf'")
-    a, b = (_order_statistic(group, r, chunk) for r in ranks)
+        return (rank, rank), 0.0
+    raise InputError(f"quantile method '{method}' cannot be streamed; biozoo streams 'linear' and 'inverted_cdf'")
+
+
+def _interpolate(a: np.float32, b: np.float32, gamma: float, method: str) -> float:
     if method == "inverted_cdf":
         return float(a)
     diff = b - a  # numpy's _lerp: float32 difference, float64 weight, the far end's form above one half
     return float(b - diff * (1 - gamma)) if gamma >= 0.5 else float(a + diff * gamma)
 
 
-def _order_statistic(group: np.ndarray, rank: int, chunk: int, bins: int = 1 << 16) -> np.float32:
-    """The value of 0-based `rank` in sorted order, exact, holding at most ~chunk values besides a histogram."""
+def _order_statistics(group: np.ndarray, ranks: Sequence[int], chunk: int,
+                      bins: int = 1 << 16) -> dict[int, np.float32]:
+    """The values of the 0-based `ranks` in sorted order, exact, holding at most ~chunk values per rank besides
+    the histograms. Passes are shared by every rank: one for the minimum and maximum, then per round one that
+    histograms every open window and one that collects the values of each rank's bin (or, for a bin crowded
+    with more than `chunk` values, its minimum and maximum: the next round's window)."""
     lo = hi = None
     for x in _chunks(group, chunk):
         lo = x.min() if lo is None else min(lo, x.min())
         hi = x.max() if hi is None else max(hi, x.max())
-    below = 0  # values known to lie below the current window [lo, hi]
-    while True:
-        if lo == hi:
-            return np.float32(lo)
-        scale = bins / (float(hi) - float(lo))
-
-        def bin_of(x):
-            return np.clip(((x.astype(np.float64) - float(lo)) * scale).astype(np.int64), 0, bins - 1)
-
-        counts = np.zeros(bins, dtype=np.int64)
+    found: dict[int, np.float32] = {}
+    windows = [(lo, hi, 0, list(ranks))]  # (lo, hi, values known to lie below lo, ranks inside)
+    while windows:
+        for w in [w for w in windows if w[0] == w[1]]:
+            found.update({r: np.float32(w[0]) for r in w[3]})
+        windows = [w for w in windows if w[0] != w[1]]
+        if not windows:
+            break
+        counts = [np.zeros(bins, dtype=np.int64) for _ in windows]
         for x in _chunks(group, chunk):
-            x = x[(x >= lo) & (x <= hi)]
-            counts += np.bincount(bin_of(x), minlength=bins)
-        cumulative = np.cumsum(counts)
-        b = int(np.searchsorted(cumulative, rank - below, side="right"))
-        before = below + (int(cumulative[b - 1]) if b else 0)
-        if counts[b] <= chunk:
-            picked = [x[bin_of(x) == b] for x in (y[(y >= lo) & (y <= hi)] for y in _chunks(group, chunk))]
-            return np.sort(np.concatenate(picked))[rank - before]
-        new_lo = new_hi = None  # a crowded bin: narrow the window to it and histogram again
+            for (wlo, whi, _, _), c in zip(windows, counts):
+                inside = x[(x >= wlo) & (x <= whi)]
+                c += np.bincount(_bin_of(inside, wlo, whi, bins), minlength=bins)
+        wanted = []  # (window, bin, values below the bin, ranks in it)
+        for (wlo, whi, below, inside), c in zip(windows, counts):
+            cumulative = np.cumsum(c)
+            by_bin: dict[int, list[int]] = {}
+            for r in inside:
+                by_bin.setdefault(int(np.searchsorted(cumulative, r - below, side="right")), []).append(r)
+            wanted += [((wlo, whi), b, below + (int(cumulative[b - 1]) if b else 0), rs, int(c[b]) <= chunk)
+                       for b, rs in by_bin.items()]
+        picked: list[list[np.ndarray]] = [[] for _ in wanted]  # a small bin's values
+        bounds: list[list] = [[] for _ in wanted]  # a crowded bin's minimum and maximum so far
         for x in _chunks(group, chunk):
-            x = x[(x >= lo) & (x <= hi)]
-            x = x[bin_of(x) == b]
-            if x.size:
-                new_lo = x.min() if new_lo is None else min(new_lo, x.min())
-                new_hi = x.max() if new_hi is None else max(new_hi, x.max())
-        lo, hi, below = new_lo, new_hi, before
+            for (window, b, _, _, small), parts, seen in zip(wanted, picked, bounds):
+                inside = x[(x >= window[0]) & (x <= window[1])]
+                inside = inside[_bin_of(inside, *window, bins) == b]
+                if small:
+                    parts.append(inside)
+                elif inside.size:
+                    low, high = inside.min(), inside.max()
+                    seen[:] = [min(low, seen[0]), max(high, seen[1])] if seen else [low, high]
+        windows = []
+        for (_, _, before, rs, small), parts, seen in zip(wanted, picked, bounds):
+            if small:
+                values = np.sort(np.concatenate(parts))
+                found.update({r: values[r - before] for r in rs})
+            else:  # a crowded bin: narrow the window to it and histogram again
+                windows.append((seen[0], seen[1], before, rs))
+    return found
+
+
+def _bin_of(x: np.ndarray, lo: np.float32, hi: np.float32, bins: int) -> np.ndarray:
+    scale = bins / (float(hi) - float(lo))
+    return np.clip(((x.astype(np.float64) - float(lo)) * scale).astype(np.int64), 0, bins - 1)

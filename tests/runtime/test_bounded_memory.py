@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+from typing import Optional
+
 import numpy as np
 import pytest
 
@@ -165,6 +167,37 @@ def test_streamed_percentiles_equal_numpy_exactly(method):
     for m in ms:
         want = np.quantile(x, m.q, axis=(2, 3), keepdims=True, method=method)
         np.testing.assert_array_equal(got[m].astype(np.float32), want.astype(np.float32))
+
+
+class _CountingReads:
+    """A lazily read array that counts the elements read: a key of ints and whole axes is a view (as for a
+    memory map), any other key reads."""
+
+    def __init__(self, data: np.ndarray, counter: Optional[list] = None):
+        self.data, self.shape, self.ndim, self.size = data, data.shape, data.ndim, data.size
+        self.counter = counter if counter is not None else [0]
+
+    def __getitem__(self, key):
+        if all(isinstance(k, int) or k == slice(None) for k in key):
+            return _CountingReads(self.data[key], self.counter)
+        self.counter[0] += np.size(self.data[key])
+        return self.data[key]
+
+
+def test_streamed_quantiles_share_their_passes_over_the_image():
+    """Eight quantiles (16 order statistics), a mean and a std read the image five times (minimum and maximum,
+    histogram, the values of the wanted bins; mean; std), where one search per order statistic read it 50 times:
+    the pre-pass of a huge image is bound by reading it."""
+    x = (np.random.default_rng(5).random((1, 1, 300, 200)) * 1e3).astype(np.float32)
+    axes = ("batch", "channel", "y", "x")
+    qs = (0.0, 0.003, 0.01, 0.25, 0.5, 0.9, 0.998, 1.0)
+    ms = [Measure("raw", "quantile", ("y", "x"), q) for q in qs] + [Measure("raw", "mean", ("y", "x")),
+                                                                     Measure("raw", "std", ("y", "x"))]
+    counted = _CountingReads(x)
+    got = streamed_measures(ms, {"raw": (counted, axes)}, chunk=7000)
+    for m in ms[:len(qs)]:
+        assert got[m].item() == np.float32(np.quantile(x, m.q, method="linear"))
+    assert 5 * x.size <= counted.counter[0] < 6 * x.size  # partial rows at the pairwise leaves' ends
 
 
 def test_streamed_mean_and_std_have_numpys_bits():
