@@ -169,7 +169,7 @@ def memory_plan(model: Model, sample: dict[str, Path], targets: Mapping[str, Pat
 
 def streamed_held(elements: int) -> int:
     """Bytes a streamed prediction holds besides its tiles: the statistics' read blocks and their float copies."""
-    from ..ops.stats import STREAM_CHUNK
+    from ..ops.streamed_stats import STREAM_CHUNK
 
     return 16 * min(elements, STREAM_CHUNK)
 

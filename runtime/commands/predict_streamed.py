@@ -33,7 +33,8 @@ from ..format.permissions import plain_permissions
 from ..errors import InputError
 from ..model import Model
 from ..ops import run_chain
-from ..ops.stats import STREAM_CHUNK, StatsContext
+from ..ops.stats import StatsContext
+from ..ops.streamed_stats import STREAM_CHUNK
 from .imageio import create_output, open_image
 from .instance_output import check_one_sample, labels_dtype, stardist_context, write_labels
 from .omezarr import is_zarr

@@ -3,7 +3,7 @@ LazyView) into outputs written tile by tile (e.g. np.lib.format.open_memmap), so
 the image.
 
 Same arithmetic as the in-memory path (Engine.run_processed): the same tile plan, the same whole-image statistics
-(ops.stats.streamed_measures: identical values to numpy's on the whole float32 image), the same pad values (the
+(ops.streamed_stats.streamed_measures: identical values to numpy's on the whole float32 image), the same pad values (the
 padding is an index map built by np.pad itself on index vectors), preprocessing applied per tile (every
 bioimage.io pre-op is elementwise once its statistics are known), the session per tile, post-ops per tile (only
 elementwise ones: `streamable` refuses post-ops that need the whole output, such as stardist_postprocessing, box
@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from ..format.description import DataDependentSize
-from ..ops.stats import DatasetStatistics, streamed_measures
+from ..ops.stats import DatasetStatistics
+from ..ops.streamed_stats import streamed_measures
 from .blocks import index_maps, run_tile, tile_combos
 from .tiling import Plan, output_shapes, plan_tiles
 

@@ -63,7 +63,7 @@ class DatasetStatistics:
             if m.tensor_id not in tensors:
                 continue
             data, axes = tensors[m.tensor_id]
-            idx = _reduce_axes(m.axes, axes, m.tensor_id)
+            idx = reduce_axes(m.axes, axes, m.tensor_id)
             x = np.asarray(data, dtype=np.float64)
             valid = None if masks is None else masks.get(m.tensor_id)
             if m.kind == "quantile":
@@ -144,7 +144,7 @@ class StatsContext:
             if len(group) < 2:
                 continue
             data, axes = self.tensors[tid]
-            idx = _reduce_axes(reduce, axes, tid)
+            idx = reduce_axes(reduce, axes, tid)
             values = np.quantile(data, [m.q for m in group], axis=idx, keepdims=True, method=method)
             for m, v in zip(group, values):
                 self._cache[m] = np.asarray(v.astype(np.float64), dtype=np.float32)
@@ -172,7 +172,7 @@ class StatsContext:
         if m.tensor_id not in self.tensors:
             raise InputError(f"statistics need tensor '{m.tensor_id}', which is not part of this call")
         data, axes = self.tensors[m.tensor_id]
-        idx = _reduce_axes(m.axes, axes, m.tensor_id)
+        idx = reduce_axes(m.axes, axes, m.tensor_id)
         valid = None if self.masks is None else self.masks.get(m.tensor_id)
         if valid is not None:
             return _masked_measure(m, data, valid, idx)
@@ -184,7 +184,7 @@ class StatsContext:
         return np.std(data, axis=idx, keepdims=True)
 
 
-def _reduce_axes(reduce: Optional[tuple[str, ...]], axes: Sequence[str], tensor_id: str) -> tuple[int, ...]:
+def reduce_axes(reduce: Optional[tuple[str, ...]], axes: Sequence[str], tensor_id: str) -> tuple[int, ...]:
     if reduce is None:
         return tuple(range(len(axes)))
     missing = [a for a in reduce if a not in axes and a != BATCH]
@@ -220,184 +220,3 @@ def _masked_measure(m: Measure, data: np.ndarray, valid: np.ndarray, idx: tuple[
     if m.kind == "mean":
         return masked_reduce(data, valid, idx, np.mean)
     return masked_reduce(data, valid, idx, np.std)
-
-
-# ---- streamed statistics (images read lazily, e.g. memory-mapped) ------------------------------------------------
-STREAM_CHUNK = 1 << 22  # elements read at once by the streamed statistics (16 MiB of float32)
-_PAIRWISE_BLOCK = 8  # numpy's pairwise summation splits at multiples of 8 (its unrolled inner loop)
-
-
-def streamed_measures(measures: Iterable[Measure], tensors: Mapping[str, tuple[np.ndarray, Sequence[str]]],
-                      chunk: int = STREAM_CHUNK) -> dict[Measure, np.ndarray]:
-    """Each per-sample measure of lazily read tensors (e.g. np.memmap views in model layout) computed once, reading
-    at most about `chunk` elements at a time, with the same values as the in-memory path:
-
-    - mean and std reproduce numpy's float32 pairwise summation tree exactly (numpy splits a contiguous reduction
-      at n/2 rounded down to a multiple of 8; the halves are summed recursively): identical bits to
-      np.mean/np.std on the float32 image;
-    - quantiles are exact order statistics: a 65536-bin histogram between the exact minimum and maximum finds the
-      bin that holds each needed rank, the values of that bin are collected (a finer histogram of the bin when it
-      holds more than `chunk` values) and sorted; numpy's interpolation ('linear', 'inverted_cdf') is then applied
-      to them, so the value equals np.quantile's (the error bound of the histogram step is zero: it only locates).
-    Dataset measures are computed over this call's tensors, as StatsContext does without a DatasetStatistics
-    (pass those values instead when one is known); quantile methods other than these two raise."""
-    out: dict[Measure, np.ndarray] = {}
-    groups: dict[tuple, list[Measure]] = {}  # measures of one tensor over the same axes share their passes
-    for m in dict.fromkeys(measures):
-        if m.tensor_id in tensors:
-            data, axes = tensors[m.tensor_id]
-            groups.setdefault((m.tensor_id, _reduce_axes(m.axes, axes, m.tensor_id)), []).append(m)
-    for (tid, idx), group_measures in groups.items():
-        data = tensors[tid][0]
-        keep = [i for i in range(data.ndim) if i not in idx]
-        values = {m: np.empty([1 if i in idx else data.shape[i] for i in range(data.ndim)], dtype=np.float64)
-                  for m in group_measures}
-        for k in np.ndindex(*[data.shape[i] for i in keep]):
-            sel = [slice(None)] * data.ndim
-            for i, j in zip(keep, k):
-                sel[i] = j
-            dst = tuple(0 if i in idx else k[keep.index(i)] for i in range(data.ndim))
-            for m, v in _group_measures(group_measures, data[tuple(sel)], chunk).items():
-                values[m][dst] = v
-        out.update(values)
-    return out
-
-
-def _group_measures(measures: Sequence[Measure], group: np.ndarray, chunk: int) -> dict[Measure, float]:
-    """The measures of one group of elements: one pairwise pass for the mean, one more for the std, and every
-    quantile's order statistics found together (three passes in all, however many quantiles)."""
-    n, found = group.size, {}
-    unknown = [m.kind for m in measures if m.kind not in ("mean", "std", "quantile")]
-    if unknown:
-        raise InputError(f"unknown statistic '{unknown[0]}'")
-    if any(m.kind in ("mean", "std") for m in measures):
-        mean = np.float32(float(_pairwise(group, 0, n, chunk, None)) / n)  # numpy divides by an intp count
-        std = (float(np.sqrt(np.float32(float(_pairwise(group, 0, n, chunk, mean)) / n)))
-               if any(m.kind == "std" for m in measures) else None)
-        found.update({m: float(mean) if m.kind == "mean" else std for m in measures if m.kind in ("mean", "std")})
-    plans = {m: _quantile_ranks(n, m.q, m.method if not m.is_dataset else "linear")
-             for m in measures if m.kind == "quantile"}
-    if plans:
-        ranks = _order_statistics(group, sorted({r for (a, b), _ in plans.values() for r in (a, b)}), chunk)
-        for m, ((a, b), gamma) in plans.items():
-            found[m] = _interpolate(ranks[a], ranks[b], gamma, m.method if not m.is_dataset else "linear")
-    return found
-
-
-def _rows(group: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Flat C-order elements [start, stop) of a lazily read array as float32, reading about stop - start elements
-    (plus at most two partial rows): rows are taken along the first axis whose inner block fits in stop - start,
-    so that leading axes of size 1 (batch, channel) never make a row the whole image."""
-    shape = tuple(group.shape)
-    if not shape:
-        return np.asarray(group, dtype=np.float32).reshape(1)[start:stop]
-    depth = 0
-    while depth < len(shape) - 1 and math.prod(shape[depth + 1:]) > max(1, stop - start):
-        depth += 1
-    inner = math.prod(shape[depth + 1:])
-    r0, r1 = start // inner, -(-stop // inner)  # rows over the flattened leading axes shape[:depth + 1]
-    parts, r = [], r0
-    while r < r1:
-        prefix = np.unravel_index(r, shape[:depth + 1])
-        last = min(r1, r - int(prefix[-1]) + shape[depth])  # the rows sharing this prefix of the leading axes
-        index = tuple(int(i) for i in prefix[:-1]) + (slice(int(prefix[-1]), int(prefix[-1]) + last - r),)
-        parts.append(np.asarray(group[index], dtype=np.float32).reshape(-1))
-        r = last
-    block = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    return block[start - r0 * inner: stop - r0 * inner]
-
-
-def _pairwise(group: np.ndarray, start: int, n: int, chunk: int, center: Optional[np.float32]) -> np.float32:
-    """numpy's pairwise float32 sum of group's flat elements [start, start+n) (of (x - center)**2 when given)."""
-    if n > chunk:
-        half = n // 2
-        half -= half % _PAIRWISE_BLOCK
-        return np.float32(_pairwise(group, start, half, chunk, center)
-                          + _pairwise(group, start + half, n - half, chunk, center))
-    x = _rows(group, start, start + n)
-    if center is not None:
-        x = x - center
-        x = np.multiply(x, x, out=x)
-    return np.add.reduce(np.ascontiguousarray(x))
-
-
-def _chunks(group: np.ndarray, chunk: int):
-    n = group.size
-    for start in range(0, n, chunk):
-        yield _rows(group, start, min(n, start + chunk))
-
-
-def _quantile_ranks(n: int, q: float, method: str) -> tuple[tuple[int, int], float]:
-    """The 0-based ranks np.quantile reads for `q` of n values, and its weight between them."""
-    if method == "linear":
-        virtual = (n - 1) * q
-        lo = int(np.floor(virtual))
-        return (max(0, min(lo, n - 1)), max(0, min(lo + 1, n - 1))), virtual - lo
-    if method == "inverted_cdf":
-        rank = max(0, min(n - 1, int(np.ceil(n * q)) - 1))
-        return (rank, rank), 0.0
-    raise InputError(f"quantile method '{method}' cannot be streamed; biozoo streams 'linear' and 'inverted_cdf'")
-
-
-def _interpolate(a: np.float32, b: np.float32, gamma: float, method: str) -> float:
-    if method == "inverted_cdf":
-        return float(a)
-    diff = b - a  # numpy's _lerp: float32 difference, float64 weight, the far end's form above one half
-    return float(b - diff * (1 - gamma)) if gamma >= 0.5 else float(a + diff * gamma)
-
-
-def _order_statistics(group: np.ndarray, ranks: Sequence[int], chunk: int,
-                      bins: int = 1 << 16) -> dict[int, np.float32]:
-    """The values of the 0-based `ranks` in sorted order, exact, holding at most ~chunk values per rank besides
-    the histograms. Passes are shared by every rank: one for the minimum and maximum, then per round one that
-    histograms every open window and one that collects the values of each rank's bin (or, for a bin crowded
-    with more than `chunk` values, its minimum and maximum: the next round's window)."""
-    lo = hi = None
-    for x in _chunks(group, chunk):
-        lo = x.min() if lo is None else min(lo, x.min())
-        hi = x.max() if hi is None else max(hi, x.max())
-    found: dict[int, np.float32] = {}
-    windows = [(lo, hi, 0, list(ranks))]  # (lo, hi, values known to lie below lo, ranks inside)
-    while windows:
-        for w in [w for w in windows if w[0] == w[1]]:
-            found.update({r: np.float32(w[0]) for r in w[3]})
-        windows = [w for w in windows if w[0] != w[1]]
-        if not windows:
-            break
-        counts = [np.zeros(bins, dtype=np.int64) for _ in windows]
-        for x in _chunks(group, chunk):
-            for (wlo, whi, _, _), c in zip(windows, counts):
-                inside = x[(x >= wlo) & (x <= whi)]
-                c += np.bincount(_bin_of(inside, wlo, whi, bins), minlength=bins)
-        wanted = []  # (window, bin, values below the bin, ranks in it)
-        for (wlo, whi, below, inside), c in zip(windows, counts):
-            cumulative = np.cumsum(c)
-            by_bin: dict[int, list[int]] = {}
-            for r in inside:
-                by_bin.setdefault(int(np.searchsorted(cumulative, r - below, side="right")), []).append(r)
-            wanted += [((wlo, whi), b, below + (int(cumulative[b - 1]) if b else 0), rs, int(c[b]) <= chunk)
-                       for b, rs in by_bin.items()]
-        picked: list[list[np.ndarray]] = [[] for _ in wanted]  # a small bin's values
-        bounds: list[list] = [[] for _ in wanted]  # a crowded bin's minimum and maximum so far
-        for x in _chunks(group, chunk):
-            for (window, b, _, _, small), parts, seen in zip(wanted, picked, bounds):
-                inside = x[(x >= window[0]) & (x <= window[1])]
-                inside = inside[_bin_of(inside, *window, bins) == b]
-                if small:
-                    parts.append(inside)
-                elif inside.size:
-                    low, high = inside.min(), inside.max()
-                    seen[:] = [min(low, seen[0]), max(high, seen[1])] if seen else [low, high]
-        windows = []
-        for (_, _, before, rs, small), parts, seen in zip(wanted, picked, bounds):
-            if small:
-                values = np.sort(np.concatenate(parts))
-                found.update({r: values[r - before] for r in rs})
-            else:  # a crowded bin: narrow the window to it and histogram again
-                windows.append((seen[0], seen[1], before, rs))
-    return found
-
-
-def _bin_of(x: np.ndarray, lo: np.float32, hi: np.float32, bins: int) -> np.ndarray:
-    scale = bins / (float(hi) - float(lo))
-    return np.clip(((x.astype(np.float64) - float(lo)) * scale).astype(np.int64), 0, bins - 1)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from biozoo.runtime.engine import memory
-from biozoo.runtime.ops.stats import Measure, streamed_measures
+from biozoo.runtime.ops.stats import Measure
+from biozoo.runtime.ops.streamed_stats import streamed_measures
 
 
 def _image(n: int = 200, m: int = 230, seed: int = 0) -> np.ndarray:
@@ -185,9 +186,9 @@ class _CountingReads:
 
 
 def test_streamed_quantiles_share_their_passes_over_the_image():
-    """Eight quantiles (16 order statistics), a mean and a std read the image five times (minimum and maximum,
-    histogram, the values of the wanted bins; mean; std), where one search per order statistic read it 50 times:
-    the pre-pass of a huge image is bound by reading it."""
+    """Eight quantiles (16 order statistics), a mean and a std read the image three times (mean, minimum and
+    maximum; std and histogram; the values of the wanted bins), where one search per order statistic and a pass per
+    moment read it 50 times: the pre-pass of a huge image is bound by reading it."""
     x = (np.random.default_rng(5).random((1, 1, 300, 200)) * 1e3).astype(np.float32)
     axes = ("batch", "channel", "y", "x")
     qs = (0.0, 0.003, 0.01, 0.25, 0.5, 0.9, 0.998, 1.0)
@@ -197,7 +198,7 @@ def test_streamed_quantiles_share_their_passes_over_the_image():
     got = streamed_measures(ms, {"raw": (counted, axes)}, chunk=7000)
     for m in ms[:len(qs)]:
         assert got[m].item() == np.float32(np.quantile(x, m.q, method="linear"))
-    assert 5 * x.size <= counted.counter[0] < 6 * x.size  # partial rows at the pairwise leaves' ends
+    assert 3 * x.size <= counted.counter[0] < 4 * x.size  # partial rows at the pairwise leaves' ends
 
 
 def test_streamed_mean_and_std_have_numpys_bits():

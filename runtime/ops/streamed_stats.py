@@ -1,0 +1,248 @@
+"""Statistics of images read lazily (memory maps, TIFF pages, Zarr chunks), with the in-memory path's values.
+
+A huge image's pre-pass is bound by reading it (a Zarr chunk is decompressed on every read), so every measure of
+one tensor over the same axes shares its passes over the elements: the first pass sums the leaves of numpy's
+pairwise tree (the mean) and finds the minimum and maximum, the second sums the squared deviations (the std) and
+histograms the window of every quantile's ranks, the third collects the values of each rank's bin. Three reads in
+all, however many quantiles (one search per order statistic read the image three times each).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from .stats import Measure, reduce_axes
+
+STREAM_CHUNK = 1 << 22  # elements read at once by the streamed statistics (16 MiB of float32)
+_PAIRWISE_BLOCK = 8  # numpy's pairwise summation splits at multiples of 8 (its unrolled inner loop)
+_BINS = 1 << 16
+
+
+def streamed_measures(measures: Iterable[Measure], tensors: Mapping[str, tuple[np.ndarray, Sequence[str]]],
+                      chunk: int = STREAM_CHUNK) -> dict[Measure, np.ndarray]:
+    """Each per-sample measure of lazily read tensors (e.g. np.memmap views in model layout) computed once, reading
+    at most about `chunk` elements at a time, with the same values as the in-memory path:
+
+    - mean and std reproduce numpy's float32 pairwise summation tree exactly (numpy splits a contiguous reduction
+      at n/2 rounded down to a multiple of 8; the halves are summed recursively): identical bits to
+      np.mean/np.std on the float32 image;
+    - quantiles are exact order statistics: a 65536-bin histogram between the exact minimum and maximum finds the
+      bin that holds each needed rank, the values of that bin are collected (a finer histogram of the bin when it
+      holds more than `chunk` values) and sorted; numpy's interpolation ('linear', 'inverted_cdf') is then applied
+      to them, so the value equals np.quantile's (the error bound of the histogram step is zero: it only locates).
+    Dataset measures are computed over this call's tensors, as StatsContext does without a DatasetStatistics
+    (pass those values instead when one is known); quantile methods other than these two raise."""
+    out: dict[Measure, np.ndarray] = {}
+    groups: dict[tuple, list[Measure]] = {}  # measures of one tensor over the same axes share their passes
+    for m in dict.fromkeys(measures):
+        if m.tensor_id in tensors:
+            groups.setdefault((m.tensor_id, reduce_axes(m.axes, tensors[m.tensor_id][1], m.tensor_id)), []).append(m)
+    for (tid, idx), group_measures in groups.items():
+        data = tensors[tid][0]
+        keep = [i for i in range(data.ndim) if i not in idx]
+        values = {m: np.empty([1 if i in idx else data.shape[i] for i in range(data.ndim)], dtype=np.float64)
+                  for m in group_measures}
+        for k in np.ndindex(*[data.shape[i] for i in keep]):
+            sel = [slice(None)] * data.ndim
+            for i, j in zip(keep, k):
+                sel[i] = j
+            dst = tuple(0 if i in idx else k[keep.index(i)] for i in range(data.ndim))
+            for m, v in _group_measures(group_measures, data[tuple(sel)], chunk).items():
+                values[m][dst] = v
+        out.update(values)
+    return out
+
+
+def _group_measures(measures: Sequence[Measure], group: np.ndarray, chunk: int) -> dict[Measure, float]:
+    """The measures of one group of elements, in three shared passes (more only for a crowded histogram bin)."""
+    unknown = [m.kind for m in measures if m.kind not in ("mean", "std", "quantile")]
+    if unknown:
+        raise InputError(f"unknown statistic '{unknown[0]}'")
+    n = group.size
+    leaves = _leaves(0, n, chunk)
+    moments = any(m.kind in ("mean", "std") for m in measures)
+    spread = any(m.kind == "std" for m in measures)
+    plans = {m: _quantile_ranks(n, m.q, m.method if not m.is_dataset else "linear")
+             for m in measures if m.kind == "quantile"}
+    search = _OrderSearch(sorted({r for pair, _ in plans.values() for r in pair}), chunk) if plans else None
+
+    sums = []
+    for x in _read(group, leaves):
+        if moments:
+            sums.append(np.add.reduce(x))
+        if search:
+            search.bounds(x)
+    mean = np.float32(float(_tree_sum(iter(sums), n, chunk)) / n) if moments else None  # numpy divides by intp
+    if search:
+        search.open()
+    squares = []
+    if spread or (search and search.windows):
+        for x in _read(group, leaves):
+            if spread:
+                d = x - mean
+                squares.append(np.add.reduce(np.multiply(d, d, out=d)))
+            if search and search.windows:
+                search.histogram(x)
+    while search and search.windows:
+        search.locate()
+        for x in _read(group, leaves):
+            search.collect(x)
+        if search.settle():  # crowded bins: narrowed windows to histogram again
+            for x in _read(group, leaves):
+                search.histogram(x)
+    found: dict[Measure, float] = {}
+    std = float(np.sqrt(np.float32(float(_tree_sum(iter(squares), n, chunk)) / n))) if spread else None
+    for m in measures:
+        if m.kind == "mean":
+            found[m] = float(mean)
+        elif m.kind == "std":
+            found[m] = std
+    for m, ((a, b), gamma) in plans.items():
+        found[m] = _interpolate(search.found[a], search.found[b], gamma, m.method if not m.is_dataset else "linear")
+    return found
+
+
+def _leaves(start: int, n: int, chunk: int) -> list[tuple[int, int]]:
+    """The flat ranges numpy's pairwise float32 sum of n elements adds up directly when split into parts of at
+    most `chunk` (its recursion: halves at n/2 rounded down to a multiple of 8), in order."""
+    if n <= chunk:
+        return [(start, start + n)]
+    half = n // 2
+    half -= half % _PAIRWISE_BLOCK
+    return _leaves(start, half, chunk) + _leaves(start + half, n - half, chunk)
+
+
+def _tree_sum(leaf_sums: Iterator[np.float32], n: int, chunk: int) -> np.float32:
+    """The leaves' sums added up the way numpy's recursion adds them (float32 at every node)."""
+    if n <= chunk:
+        return next(leaf_sums)
+    half = n // 2
+    half -= half % _PAIRWISE_BLOCK
+    return np.float32(_tree_sum(leaf_sums, half, chunk) + _tree_sum(leaf_sums, n - half, chunk))
+
+
+def _read(group: np.ndarray, leaves: Sequence[tuple[int, int]]) -> Iterator[np.ndarray]:
+    for start, stop in leaves:
+        yield np.ascontiguousarray(_rows(group, start, stop))
+
+
+def _rows(group: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Flat C-order elements [start, stop) of a lazily read array as float32, reading about stop - start elements
+    (plus at most two partial rows): rows are taken along the first axis whose inner block fits in stop - start,
+    so that leading axes of size 1 (batch, channel) never make a row the whole image."""
+    shape = tuple(group.shape)
+    if not shape:
+        return np.asarray(group, dtype=np.float32).reshape(1)[start:stop]
+    depth = 0
+    while depth < len(shape) - 1 and math.prod(shape[depth + 1:]) > max(1, stop - start):
+        depth += 1
+    inner = math.prod(shape[depth + 1:])
+    r0, r1 = start // inner, -(-stop // inner)  # rows over the flattened leading axes shape[:depth + 1]
+    parts, r = [], r0
+    while r < r1:
+        prefix = np.unravel_index(r, shape[:depth + 1])
+        last = min(r1, r - int(prefix[-1]) + shape[depth])  # the rows sharing this prefix of the leading axes
+        index = tuple(int(i) for i in prefix[:-1]) + (slice(int(prefix[-1]), int(prefix[-1]) + last - r),)
+        parts.append(np.asarray(group[index], dtype=np.float32).reshape(-1))
+        r = last
+    block = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return block[start - r0 * inner: stop - r0 * inner]
+
+
+def _quantile_ranks(n: int, q: float, method: str) -> tuple[tuple[int, int], float]:
+    """The 0-based ranks np.quantile reads for `q` of n values, and its weight between them."""
+    if method == "linear":
+        virtual = (n - 1) * q
+        lo = int(np.floor(virtual))
+        return (max(0, min(lo, n - 1)), max(0, min(lo + 1, n - 1))), virtual - lo
+    if method == "inverted_cdf":
+        rank = max(0, min(n - 1, int(np.ceil(n * q)) - 1))
+        return (rank, rank), 0.0
+    raise InputError(f"quantile method '{method}' cannot be streamed; biozoo streams 'linear' and 'inverted_cdf'")
+
+
+def _interpolate(a: np.float32, b: np.float32, gamma: float, method: str) -> float:
+    if method == "inverted_cdf":
+        return float(a)
+    diff = b - a  # numpy's _lerp: float32 difference, float64 weight, the far end's form above one half
+    return float(b - diff * (1 - gamma)) if gamma >= 0.5 else float(a + diff * gamma)
+
+
+class _OrderSearch:
+    """Exact values of several 0-based ranks, found together over passes the caller makes: `bounds` on every
+    element, then rounds of `histogram` (every open window), `locate`, `collect`, `settle`. It holds at most
+    ~chunk values per wanted bin besides one histogram per window."""
+
+    def __init__(self, ranks: Sequence[int], chunk: int):
+        self.ranks, self.chunk = list(ranks), chunk
+        self.lo: Optional[np.float32] = None
+        self.hi: Optional[np.float32] = None
+        self.found: dict[int, np.float32] = {}
+        self.windows: list[tuple] = []  # (lo, hi, values known to lie below lo, ranks inside)
+        self._counts: list[np.ndarray] = []
+        self._wanted: list[tuple] = []  # (window, bin, values below the bin, ranks in it, small enough to collect)
+        self._picked: list[list[np.ndarray]] = []
+        self._seen: list[list] = []
+
+    def bounds(self, x: np.ndarray) -> None:
+        self.lo = x.min() if self.lo is None else min(self.lo, x.min())
+        self.hi = x.max() if self.hi is None else max(self.hi, x.max())
+
+    def open(self) -> None:
+        self._windows([(self.lo, self.hi, 0, self.ranks)])
+
+    def _windows(self, windows: list[tuple]) -> None:
+        for lo, hi, _, ranks in windows:
+            if lo == hi:
+                self.found.update({r: np.float32(lo) for r in ranks})
+        self.windows = [w for w in windows if w[0] != w[1]]
+        self._counts = [np.zeros(_BINS, dtype=np.int64) for _ in self.windows]
+
+    def histogram(self, x: np.ndarray) -> None:
+        for (lo, hi, _, _), counts in zip(self.windows, self._counts):
+            counts += np.bincount(_bin_of(x[(x >= lo) & (x <= hi)], lo, hi), minlength=_BINS)
+
+    def locate(self) -> None:
+        self._wanted = []
+        for (lo, hi, below, ranks), counts in zip(self.windows, self._counts):
+            cumulative = np.cumsum(counts)
+            by_bin: dict[int, list[int]] = {}
+            for r in ranks:
+                by_bin.setdefault(int(np.searchsorted(cumulative, r - below, side="right")), []).append(r)
+            self._wanted += [((lo, hi), b, below + (int(cumulative[b - 1]) if b else 0), rs,
+                              int(counts[b]) <= self.chunk) for b, rs in by_bin.items()]
+        self._picked = [[] for _ in self._wanted]
+        self._seen = [[] for _ in self._wanted]
+
+    def collect(self, x: np.ndarray) -> None:
+        for (window, b, _, _, small), picked, seen in zip(self._wanted, self._picked, self._seen):
+            inside = x[(x >= window[0]) & (x <= window[1])]
+            inside = inside[_bin_of(inside, *window) == b]
+            if small:
+                picked.append(inside)
+            elif inside.size:  # a crowded bin: only its bounds, the next round's window
+                low, high = inside.min(), inside.max()
+                seen[:] = [min(low, seen[0]), max(high, seen[1])] if seen else [low, high]
+
+    def settle(self) -> bool:
+        """The ranks of collected bins found; True when crowded bins left windows for another round."""
+        narrowed = []
+        for (_, _, before, ranks, small), picked, seen in zip(self._wanted, self._picked, self._seen):
+            if small:
+                values = np.sort(np.concatenate(picked))
+                self.found.update({r: values[r - before] for r in ranks})
+            else:
+                narrowed.append((seen[0], seen[1], before, ranks))
+        self._windows(narrowed)
+        return bool(self.windows)
+
+
+def _bin_of(x: np.ndarray, lo: np.float32, hi: np.float32) -> np.ndarray:
+    scale = _BINS / (float(hi) - float(lo))
+    return np.clip(((x.astype(np.float64) - float(lo)) * scale).astype(np.int64), 0, _BINS - 1)
+
+
+__all__ = ["STREAM_CHUNK", "streamed_measures"]
