@@ -31,7 +31,7 @@ from ..checks import input_checks
 from ..checks.report import CheckReport
 from ..engine.blocks import block_plan, output_chunks, output_dtypes, tile_combos
 from ..engine.instance_blocks import Objects, stardist_step, why_not_blockwise
-from ..engine.streaming import CallerSink, caller_layout, whole_image_statistics
+from ..engine.streaming import CallerSink, caller_layout
 from ..engine.tiling import Plan, output_shapes
 from ..errors import BiozooError, InputError
 from ..format.package import sha256_of
@@ -226,10 +226,8 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
             threads = max(1, (os.cpu_count() or 1) // max(1, workers or 1)) if scheduler is None else 0
         package = str(Path(model.package.source).resolve())
         client = start_client(workers, scheduler, stack, preload=(package, device, threads))
-        arrays, caller, file_size = open_sample(model, sample, axes, level_target, stack)
-        phases.mark("inputs opened")
-        stats = whole_image_statistics(engine, arrays)
-        phases.mark("statistics")
+        arrays, caller, file_size, stats = open_sample(model, sample, axes, level_target, stack)
+        phases.mark("inputs opened, statistics")
         input_checks_streamed(engine, arrays[primary], stats, report, pixel_size, file_size)
         phases.mark("input checks")
         shapes = {tid: tuple(x.shape) for tid, x in arrays.items()}

@@ -109,8 +109,7 @@ def predict_sample_streamed(model: Model, sample: Mapping[str, Path], axes: Opti
     `level_target`: the pixel size an OME-Zarr level is chosen by; `output_pixel_size(tid)`: µm per space axis
     written as OME-Zarr scale metadata."""
     with ExitStack() as stack:
-        arrays, caller, file_size = open_sample(model, sample, axes, level_target, stack)
-        stats = whole_image_statistics(model.engine, arrays)
+        arrays, caller, file_size, stats = open_sample(model, sample, axes, level_target, stack)
         input_checks_streamed(model.engine, arrays[model.description.inputs[0].id], stats, report, pixel_size, file_size)
         step = stardist_step(model.engine)
         if step is not None:
@@ -130,11 +129,12 @@ def predict_sample_streamed(model: Model, sample: Mapping[str, Path], axes: Opti
 
 def open_sample(model: Model, sample: Mapping[str, Path], axes: Optional[str],
                 level_target: Optional[Mapping[str, float]], stack: ExitStack
-                ) -> tuple[dict[str, LazyView], dict[str, str], Any]:
+                ) -> tuple[dict[str, LazyView], dict[str, str], Any, dict]:
     """The sample's images opened lazily (closed with `stack`) as model-layout views, validated (dtype, empty,
-    fixed sizes, finite values); returns (views, caller axes, the primary file's pixel size) by input id."""
+    fixed sizes, finite values); returns (views, caller axes, the primary file's pixel size) by input id and the
+    whole-image statistics (the finite check rides on their first pass where it can: a read of a huge image less)."""
     desc = model.description
-    arrays, caller, file_size = {}, {}, None
+    arrays, caller, file_size, raw = {}, {}, None, {}
     for tid, path in sample.items():
         image = stack.enter_context(open_image(path, level_target))
         data, t = image.data, desc.input(tid)
@@ -147,9 +147,10 @@ def open_sample(model: Model, sample: Mapping[str, Path], axes: Optional[str],
         caller[tid] = axes.lower() if axes else image.axes or guess_axes(tuple(data.shape), t)
         arrays[tid] = lazy_model_layout(data, caller[tid], t)
         _check_fixed_sizes(arrays[tid], t)
-        _check_finite(data, tid)
+        raw[tid] = data
         file_size = image.pixel_size if tid == desc.inputs[0].id else file_size
-    return arrays, caller, file_size
+    stats = whole_image_statistics(model.engine, arrays, finite_check=lambda tid: _check_finite(raw[tid], tid))
+    return arrays, caller, file_size, stats
 
 
 def _write_streamed(model: Model, arrays, caller: Optional[str], targets: Mapping[str, Path], stats, report, *,

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..errors import InputError
 from ..format.description import DataDependentSize
 from ..ops.stats import DatasetStatistics
-from ..ops.streamed_stats import streamed_measures
+from ..ops.streamed_stats import NotFinite, streamed_measures
 from .blocks import index_maps, run_tile, tile_combos
 from .tiling import Plan, output_shapes, plan_tiles
 
@@ -134,9 +135,12 @@ def why_not_streamable(engine: "Engine") -> Optional[str]:
 
 
 def whole_image_statistics(engine: "Engine", arrays: Mapping[str, np.ndarray],
-                           dataset_stats: Optional[DatasetStatistics] = None) -> dict:
+                           dataset_stats: Optional[DatasetStatistics] = None,
+                           finite_check: Optional[Callable[[str], None]] = None) -> dict:
     """Every statistic the processing needs, computed once per input by streaming over the lazily read arrays
-    (model layout); dataset measures come from `dataset_stats` when given."""
+    (model layout); dataset measures come from `dataset_stats` when given. `finite_check(tid)` raises for an input
+    with NaN/Inf: inputs of float32 or narrower whose statistics are streamed are checked in the statistics' first
+    pass instead (one read of a huge image less), and `finite_check` runs on the rest and on any found bad."""
     measures = list(engine.required_measures())
     known = {}
     if dataset_stats is not None:
@@ -145,7 +149,18 @@ def whole_image_statistics(engine: "Engine", arrays: Mapping[str, np.ndarray],
             if value is not None:
                 known[m] = value
     tensors = {tid: (x, engine.axis_ids(tid)) for tid, x in arrays.items()}
-    known.update(streamed_measures([m for m in measures if m not in known], tensors))
+    streamed = [m for m in measures if m not in known]
+    folded = set() if finite_check is None else {
+        m.tensor_id for m in streamed if m.tensor_id in arrays and np.dtype(arrays[m.tensor_id].dtype).kind == "f"
+        and np.dtype(arrays[m.tensor_id].dtype).itemsize <= 4}
+    for tid in arrays:
+        if finite_check is not None and tid not in folded:
+            finite_check(tid)
+    try:
+        known.update(streamed_measures(streamed, tensors, finite=folded))
+    except NotFinite as e:
+        finite_check(e.tensor_id)  # the user's error, with the count of bad values
+        raise InputError(f"input '{e.tensor_id}' contains NaN/Inf values; the model needs finite values") from None
     return known
 
 

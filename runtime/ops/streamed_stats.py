@@ -9,7 +9,7 @@ all, however many quantiles (one search per order statistic read the image three
 from __future__ import annotations
 
 import math
-from typing import Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Collection, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -21,8 +21,16 @@ _PAIRWISE_BLOCK = 8  # numpy's pairwise summation splits at multiples of 8 (its 
 _BINS = 1 << 16
 
 
+class NotFinite(Exception):
+    """A tensor named in `streamed_measures(finite=...)` holds NaN or Inf (found in the first pass)."""
+
+    def __init__(self, tensor_id: str):
+        super().__init__(tensor_id)
+        self.tensor_id = tensor_id
+
+
 def streamed_measures(measures: Iterable[Measure], tensors: Mapping[str, tuple[np.ndarray, Sequence[str]]],
-                      chunk: int = STREAM_CHUNK) -> dict[Measure, np.ndarray]:
+                      chunk: int = STREAM_CHUNK, finite: Collection[str] = ()) -> dict[Measure, np.ndarray]:
     """Each per-sample measure of lazily read tensors (e.g. np.memmap views in model layout) computed once, reading
     at most about `chunk` elements at a time, with the same values as the in-memory path:
 
@@ -34,14 +42,18 @@ def streamed_measures(measures: Iterable[Measure], tensors: Mapping[str, tuple[n
       holds more than `chunk` values) and sorted; numpy's interpolation ('linear', 'inverted_cdf') is then applied
       to them, so the value equals np.quantile's (the error bound of the histogram step is zero: it only locates).
     Dataset measures are computed over this call's tensors, as StatsContext does without a DatasetStatistics
-    (pass those values instead when one is known); quantile methods other than these two raise."""
+    (pass those values instead when one is known); quantile methods other than these two raise. The tensors in
+    `finite` are checked for NaN/Inf in the first pass (one read of the image less than a check of its own);
+    NotFinite is raised for the first that has any."""
     out: dict[Measure, np.ndarray] = {}
     groups: dict[tuple, list[Measure]] = {}  # measures of one tensor over the same axes share their passes
     for m in dict.fromkeys(measures):
         if m.tensor_id in tensors:
             groups.setdefault((m.tensor_id, reduce_axes(m.axes, tensors[m.tensor_id][1], m.tensor_id)), []).append(m)
+    unchecked = set(finite)
     for (tid, idx), group_measures in groups.items():
-        data = tensors[tid][0]
+        data, check = tensors[tid][0], tid in unchecked
+        unchecked.discard(tid)  # one group of measures covers every element of its tensor
         keep = [i for i in range(data.ndim) if i not in idx]
         values = {m: np.empty([1 if i in idx else data.shape[i] for i in range(data.ndim)], dtype=np.float64)
                   for m in group_measures}
@@ -50,14 +62,19 @@ def streamed_measures(measures: Iterable[Measure], tensors: Mapping[str, tuple[n
             for i, j in zip(keep, k):
                 sel[i] = j
             dst = tuple(0 if i in idx else k[keep.index(i)] for i in range(data.ndim))
-            for m, v in _group_measures(group_measures, data[tuple(sel)], chunk).items():
+            found = _group_measures(group_measures, data[tuple(sel)], chunk, check)
+            if found is None:
+                raise NotFinite(tid)
+            for m, v in found.items():
                 values[m][dst] = v
         out.update(values)
     return out
 
 
-def _group_measures(measures: Sequence[Measure], group: np.ndarray, chunk: int) -> dict[Measure, float]:
-    """The measures of one group of elements, in three shared passes (more only for a crowded histogram bin)."""
+def _group_measures(measures: Sequence[Measure], group: np.ndarray, chunk: int,
+                    finite: bool = False) -> Optional[dict[Measure, float]]:
+    """The measures of one group of elements, in three shared passes (more only for a crowded histogram bin);
+    None when `finite` asks for a check and the first pass finds NaN or Inf."""
     unknown = [m.kind for m in measures if m.kind not in ("mean", "std", "quantile")]
     if unknown:
         raise InputError(f"unknown statistic '{unknown[0]}'")
@@ -69,12 +86,16 @@ def _group_measures(measures: Sequence[Measure], group: np.ndarray, chunk: int) 
              for m in measures if m.kind == "quantile"}
     search = _OrderSearch(sorted({r for pair, _ in plans.values() for r in pair}), chunk) if plans else None
 
-    sums = []
+    sums, bad = [], 0
     for x in _read(group, leaves):
+        if finite:
+            bad += x.size - int(np.count_nonzero(np.isfinite(x)))
         if moments:
             sums.append(np.add.reduce(x))
         if search:
             search.bounds(x)
+    if bad:
+        return None
     mean = np.float32(float(_tree_sum(iter(sums), n, chunk)) / n) if moments else None  # numpy divides by intp
     if search:
         search.open()
@@ -245,4 +266,4 @@ def _bin_of(x: np.ndarray, lo: np.float32, hi: np.float32) -> np.ndarray:
     return np.clip(((x.astype(np.float64) - float(lo)) * scale).astype(np.int64), 0, _BINS - 1)
 
 
-__all__ = ["STREAM_CHUNK", "streamed_measures"]
+__all__ = ["NotFinite", "STREAM_CHUNK", "streamed_measures"]

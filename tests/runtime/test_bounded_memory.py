@@ -131,6 +131,25 @@ def test_a_failure_midway_leaves_no_output(models, rdf, no_baseline, tmp_path, m
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_streamed_input_with_nan_is_refused_with_the_count(models, rdf, no_baseline, tmp_path, dtype):
+    """float32 inputs are checked in the statistics' first pass, float64 (range check too) in a pass of their
+    own: the same error either way, and nothing written."""
+    from biozoo.runtime.commands import predict_files as pf
+    from biozoo.runtime.errors import InputError
+
+    x = _image(300, 280, seed=2).astype(dtype)
+    x[7, 9] = x[250, 3] = np.nan
+    x[100, 100] = np.inf
+    np.save(tmp_path / "in.npy", x)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InputError, match=r"contains 3 NaN/Inf value\(s\) out of 84000"):
+        pf.predict_files(str(rdf("unet2d")), [str(tmp_path / "in.npy")], out / "pred.npy", device="cpu", quiet=True,
+                         memory=str(_streamed_budget(models("unet2d"), x.astype(np.float32))))
+    assert list(out.iterdir()) == []
+
+
 @pytest.mark.parametrize("value", ["lots", "0", "-1GB", "2 parsecs"])
 def test_memory_parsing_errors_exit_2_with_a_clear_message(rdf, tmp_path, value):
     np.save(tmp_path / "in.npy", _image(64, 64))
