@@ -110,7 +110,8 @@ def predict_sample_streamed(model: Model, sample: Mapping[str, Path], axes: Opti
     written as OME-Zarr scale metadata."""
     with ExitStack() as stack:
         arrays, caller, file_size, stats = open_sample(model, sample, axes, level_target, stack)
-        input_checks_streamed(model.engine, arrays[model.description.inputs[0].id], stats, report, pixel_size, file_size)
+        input_checks_streamed(model.engine, arrays[model.description.inputs[0].id], stats, report, pixel_size,
+                              file_size)
         step = stardist_step(model.engine)
         if step is not None:
             check_one_sample(model, {tid: x.shape for tid, x in arrays.items()},

@@ -38,7 +38,8 @@ def test_levels_are_the_same_bytes_however_the_tiles_arrive(tmp_path):
     rng = np.random.default_rng(3)
     data = rng.random((2, 1030, 1100), dtype=np.float32) * 100  # odd ends: the last chunks are partial
     aligned = [(y, min(y + 256, 1030), x, min(x + 512, 1100)) for y in range(0, 1030, 256) for x in range(0, 1100, 512)]
-    unaligned = [(y, min(y + 300, 1030), x, min(x + 333, 1100)) for y in range(0, 1030, 300) for x in range(0, 1100, 333)]
+    unaligned = [(y, min(y + 300, 1030), x, min(x + 333, 1100))
+                 for y in range(0, 1030, 300) for x in range(0, 1100, 333)]
     results = [_levels(_write(tmp_path / f"{name}.ome.zarr", data, tiles))
                for name, tiles in (("aligned", aligned), ("unaligned", unaligned), ("whole", [(0, 1030, 0, 1100)]))]
     (first, meta), *rest = results
