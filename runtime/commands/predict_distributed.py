@@ -149,6 +149,14 @@ def _distributed() -> Any:
     return distributed
 
 
+def worker_threads(workers: Optional[int], scheduler: Optional[str], threads: Optional[int]) -> int:
+    """onnxruntime threads per worker: a local cluster shares this machine's cores, a remote worker knows its own
+    (0: onnxruntime's default)."""
+    if threads is not None:
+        return threads
+    return max(1, (os.cpu_count() or 1) // max(1, workers or 1)) if scheduler is None else 0
+
+
 def start_client(workers: Optional[int], scheduler: Optional[str], stack: ExitStack,
                  preload: Optional[tuple] = None) -> Callable[[], Any]:
     """A dask.distributed Client, closed with `stack`: of the cluster at `scheduler` (connected now, so that a
@@ -212,9 +220,11 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
                                report: CheckReport, pixel_size: Any = None,
                                progress: Optional[Callable[[int, int], None]] = None,
                                level_target: Optional[Mapping[str, float]] = None,
-                               output_pixel_size: Callable[[str], Any] = lambda tid: None) -> dict[str, Any]:
+                               output_pixel_size: Callable[[str], Any] = lambda tid: None,
+                               client: Optional[Callable[[], Any]] = None) -> dict[str, Any]:
     """Predict one sample on Dask workers into `targets`; returns the written paths, shapes, axes and the run's
-    summary (blocks, skipped, MPx/s, peak memory per worker)."""
+    summary (blocks, skipped, MPx/s, peak memory per worker). `client`: what start_client returned, for several
+    samples on one cluster (by default the cluster is started for this sample and closed after it)."""
     why = why_not_distributable(model, sample, targets)
     if why:
         raise InputError(f"--workers/--scheduler predict block by block, but {why}; run without them")
@@ -222,10 +232,10 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
     primary = desc.inputs[0].id
     phases = _Phases()
     with ExitStack() as stack:
-        if threads is None:  # a local cluster shares this machine's cores; a remote worker knows its own
-            threads = max(1, (os.cpu_count() or 1) // max(1, workers or 1)) if scheduler is None else 0
+        threads = worker_threads(workers, scheduler, threads)
         package = str(Path(model.package.source).resolve())
-        client = start_client(workers, scheduler, stack, preload=(package, device, threads))
+        if client is None:
+            client = start_client(workers, scheduler, stack, preload=(package, device, threads))
         arrays, caller, file_size, stats = open_sample(model, sample, axes, level_target, stack)
         phases.mark("inputs opened, statistics")
         input_checks_streamed(engine, arrays[primary], stats, report, pixel_size, file_size)
@@ -391,4 +401,5 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             + (f"\n  around the blocks: {phases}" if phases else ""))
 
 
-__all__ = ["format_summary", "journal_folder", "predict_sample_distributed", "why_not_distributable"]
+__all__ = ["format_summary", "journal_folder", "predict_sample_distributed", "start_client", "why_not_distributable",
+           "worker_threads"]

@@ -12,7 +12,7 @@ first (one extra read per file, masks and --rescale applied), as the spec define
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -173,56 +173,69 @@ def predict_files(
     if len(samples) > 1 and dataset_normalized(model.engine):
         dataset_stats = _dataset_pass(model, samples, read, options, report)
     items = []
-    for sample, stem, targets, (streamed, sample_budget) in zip(samples, stems, plans, modes):
-        if streamed:  # larger than the budget (or on Dask): read lazily, written tile by tile
-            sample_report = CheckReport(skip)
-            common = dict(tile=tile_sizes, tile_budget=sample_budget, report=sample_report, pixel_size=pixel_size,
-                          progress=progress or ProgressBar(f"{next(iter(sample.values())).name}", enabled=not quiet),
-                          level_target=level_target, output_pixel_size=lambda tid, sample=sample: _output_pixel_size(
-                              model.description, tid, parse_pixel_size(pixel_size, list(space))
-                              or read_pixel_size(sample[primary], level_target)))
-            if distributed:
-                from .predict_distributed import predict_sample_distributed
+    clients: list = []  # one Dask cluster for every file, started with the first
 
-                done = predict_sample_distributed(model, sample, axes, targets, workers=workers, scheduler=scheduler,
-                                                  resume=resume, device=device, threads=threads,
-                                                  **common)
-            else:
-                done = predict_sample_streamed(model, sample, axes, targets, **common)
-            sample_report.disabled()
-            report.extend(sample_report, str(sample[primary]))
-            items.append({"input": ", ".join(str(p) for p in sample.values()), **done, "streamed": True})
-            continue
-        arrays, sample_axes = read(sample)
-        opts = options(sample)
-        prediction = model.predict_with_report(
-            arrays, sample_axes or None, tile=tile_sizes, tile_budget=sample_budget, dataset_stats=dataset_stats,
-            progress=progress or ProgressBar(f"{next(iter(sample.values())).name}", enabled=not quiet),
-            pixel_size=opts.pixel_size, file_pixel_size=opts.file_pixel_size, rescale=rescale, mask=mask_array,
-            ignore_value=ignore_value, skip_checks=skip, batch_effects=dataset_stats is None,
-        )
-        results = prediction.outputs
-        written, found = {}, {}
-        if boxes is not None:
-            height, width = box_files.image_size(arrays[primary], sample_axes.get(primary))
-            # with --rescale, predict has already mapped the boxes back onto the input's grid
-            written, found = box_files.write_prediction(output, stem, results, boxes, height, width, str(sample[primary]))
-        for tid, (data, out_axes) in results.items() if boxes is None else ():
-            given = parse_pixel_size(opts.pixel_size, [a.id for a in model.description.inputs[0].axes
-                                                       if a.type == "space"])
-            labels = is_zarr(targets[tid]) and np.issubdtype(data.dtype, np.integer)
-            with (open_image(sample[primary], level_target) if labels else nullcontext()) as image:
-                write_image(targets[tid], data, out_axes, labels=labels, image=image,
-                            pixel_size=_output_pixel_size(model.description, tid, given or opts.file_pixel_size))
-            written[tid] = str(targets[tid])
-        report.extend(prediction.report, str(sample[primary]))
-        items.append({
-            "input": ", ".join(str(p) for p in sample.values()),
-            "written": written,
-            "shapes": {tid: list(d.shape) for tid, (d, _) in results.items()},
-            "axes": {tid: a for tid, (_, a) in results.items()},
-            **({"detections": found} if boxes is not None else {}),
-        })
+    def client() -> Callable[[], Any]:
+        if not clients:
+            from .predict_distributed import start_client, worker_threads
+
+            clients.append(start_client(workers, scheduler, cluster, preload=(
+                str(Path(model.package.source).resolve()), device, worker_threads(workers, scheduler, threads))))
+        return clients[0]
+
+    with ExitStack() as cluster:
+        for sample, stem, targets, (streamed, sample_budget) in zip(samples, stems, plans, modes):
+            if streamed:  # larger than the budget (or on Dask): read lazily, written tile by tile
+                sample_report = CheckReport(skip)
+                bar = progress or ProgressBar(f"{next(iter(sample.values())).name}", enabled=not quiet)
+                common = dict(tile=tile_sizes, tile_budget=sample_budget, report=sample_report, pixel_size=pixel_size,
+                              progress=bar, level_target=level_target,
+                              output_pixel_size=lambda tid, sample=sample: _output_pixel_size(
+                                  model.description, tid, parse_pixel_size(pixel_size, list(space))
+                                  or read_pixel_size(sample[primary], level_target)))
+                if distributed:
+                    from .predict_distributed import predict_sample_distributed
+
+                    done = predict_sample_distributed(model, sample, axes, targets, workers=workers,
+                                                      scheduler=scheduler, resume=resume, device=device,
+                                                      threads=threads, client=client(), **common)
+                else:
+                    done = predict_sample_streamed(model, sample, axes, targets, **common)
+                sample_report.disabled()
+                report.extend(sample_report, str(sample[primary]))
+                items.append({"input": ", ".join(str(p) for p in sample.values()), **done, "streamed": True})
+                continue
+            arrays, sample_axes = read(sample)
+            opts = options(sample)
+            prediction = model.predict_with_report(
+                arrays, sample_axes or None, tile=tile_sizes, tile_budget=sample_budget, dataset_stats=dataset_stats,
+                progress=progress or ProgressBar(f"{next(iter(sample.values())).name}", enabled=not quiet),
+                pixel_size=opts.pixel_size, file_pixel_size=opts.file_pixel_size, rescale=rescale, mask=mask_array,
+                ignore_value=ignore_value, skip_checks=skip, batch_effects=dataset_stats is None,
+            )
+            results = prediction.outputs
+            written, found = {}, {}
+            if boxes is not None:
+                height, width = box_files.image_size(arrays[primary], sample_axes.get(primary))
+                # with --rescale, predict has already mapped the boxes back onto the input's grid
+                written, found = box_files.write_prediction(output, stem, results, boxes, height, width,
+                                                            str(sample[primary]))
+            for tid, (data, out_axes) in results.items() if boxes is None else ():
+                given = parse_pixel_size(opts.pixel_size, [a.id for a in model.description.inputs[0].axes
+                                                           if a.type == "space"])
+                labels = is_zarr(targets[tid]) and np.issubdtype(data.dtype, np.integer)
+                with (open_image(sample[primary], level_target) if labels else nullcontext()) as image:
+                    write_image(targets[tid], data, out_axes, labels=labels, image=image,
+                                pixel_size=_output_pixel_size(model.description, tid, given or opts.file_pixel_size))
+                written[tid] = str(targets[tid])
+            report.extend(prediction.report, str(sample[primary]))
+            items.append({
+                "input": ", ".join(str(p) for p in sample.values()),
+                "written": written,
+                "shapes": {tid: list(d.shape) for tid, (d, _) in results.items()},
+                "axes": {tid: a for tid, (_, a) in results.items()},
+                **({"detections": found} if boxes is not None else {}),
+            })
     return {"model": model.name, "provider": model.provider, "items": items, "checks": report.as_list()}
 
 

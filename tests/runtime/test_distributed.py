@@ -78,6 +78,20 @@ def test_two_local_workers_equal_the_in_memory_prediction(rdf, models, tmp_path)
     assert not journal_folder({"prob": tmp_path / "out.ome.zarr"}).exists(), "the journal goes once the run is done"
 
 
+def test_several_files_run_on_one_local_cluster(rdf, models, tmp_path):
+    """The cluster starts once for every file (its start-up costs seconds): the same worker ran both."""
+    images = {"first": _image(200, 180, seed=1), "second": _image(160, 210, seed=2)}
+    for name, x in images.items():
+        np.save(tmp_path / f"{name}.npy", x)
+    summary = predict_files(str(rdf("unet2d")), [str(tmp_path / f"{n}.npy") for n in images], tmp_path / "out",
+                            device="cpu", suffix="npy", tile="96,96", workers=1, quiet=True)
+    workers = [set(item["distributed"]["peak_memory_per_worker"]) for item in summary["items"]]
+    assert len(workers) == 2 and len(workers[0]) == 1 and workers[0] == workers[1]
+    for name, x in images.items():
+        written = np.load(next((tmp_path / "out").glob(f"{name}*.npy")))
+        np.testing.assert_array_equal(written, models("unet2d").predict(x, axes="yx"))
+
+
 def _same_plan_in_process(model, arrays: dict, tile: dict) -> dict:
     """The reference: engine/streaming's loop over the distributed path's own block plan, in this process."""
     from biozoo.runtime.engine.streaming import predict_streamed, whole_image_statistics
