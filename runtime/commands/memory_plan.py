@@ -122,15 +122,15 @@ def memory_budget(memory: Optional[str]) -> tuple[Optional[int], str]:
 
 def memory_plan(model: Model, sample: dict[str, Path], targets: Mapping[str, Path], axes: Optional[str],
                 factors: Optional[Mapping[str, float]], masked: bool, budget: tuple[Optional[int], str],
-                explicit: bool, dataset: bool, tile: Optional[Mapping[str, int]]) -> tuple[bool, int]:
+                explicit: bool, tile: Optional[Mapping[str, int]]) -> tuple[bool, int]:
     """(streamed, tile budget in input elements) for one sample.
 
     In memory, unchanged, when the whole-image arrays (estimate_memory) plus one tile of the default tile budget
     fit the budget at a generous QUICK_BYTES_PER_PIXEL (no measurement then). Otherwise the network's activation
     memory is measured (engine/memory.py, cached) and the tile is the largest the budget leaves after the
     whole-image arrays (capped at the default tile budget unless --memory is given). When even that does not fit
-    and the sample can be streamed (.npy/TIFF/Zarr in and out, no --mask/--ignore-value/--rescale, one file or
-    per-sample statistics, a dense model: see engine/streaming.py), it is streamed with the tile the whole budget
+    and the sample can be streamed (.npy/TIFF/Zarr in and out, no --mask/--ignore-value/--rescale, a dense or
+    StarDist model: see engine/streaming.py), it is streamed with the tile the whole budget
     allows; when not even that fits, the budget's error (--memory) or check_memory (the memory available)
     refuses it. An explicit --tile wins."""
     from ..engine.instance_blocks import why_not_blockwise
@@ -147,7 +147,7 @@ def memory_plan(model: Model, sample: dict[str, Path], targets: Mapping[str, Pat
     tile_elements = min(math.prod(shape), DEFAULT_TILE_BUDGET)
     if not explicit and need + tile_elements * QUICK_BYTES_PER_PIXEL <= limit:
         return False, DEFAULT_TILE_BUDGET
-    streamable = (not masked and not factors and not dataset and why_not_blockwise(model.engine) is None
+    streamable = (not masked and not factors and why_not_blockwise(model.engine) is None
                   and all(p.suffix.lower() in STREAMED_INPUTS for p in sample.values())
                   and all(p.suffix.lower() in STREAMED_OUTPUTS for p in targets.values()))
     try:

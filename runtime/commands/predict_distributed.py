@@ -36,6 +36,7 @@ from ..engine.tiling import Plan, output_shapes
 from ..errors import BiozooError, InputError
 from ..format.package import sha256_of
 from ..model import Model
+from ..ops.stats import DatasetStatistics
 from .instance_output import check_one_sample, labels_dtype, stardist_context, write_labels
 from .block_worker import DONE, BlockJob, objects_file, run_block, run_objects, warm
 from .lazyio import create_output, open_image
@@ -221,10 +222,12 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
                                progress: Optional[Callable[[int, int], None]] = None,
                                level_target: Optional[Mapping[str, float]] = None,
                                output_pixel_size: Callable[[str], Any] = lambda tid: None,
-                               client: Optional[Callable[[], Any]] = None) -> dict[str, Any]:
+                               client: Optional[Callable[[], Any]] = None,
+                               dataset_stats: Optional[DatasetStatistics] = None) -> dict[str, Any]:
     """Predict one sample on Dask workers into `targets`; returns the written paths, shapes, axes and the run's
     summary (blocks, skipped, MPx/s, peak memory per worker). `client`: what start_client returned, for several
-    samples on one cluster (by default the cluster is started for this sample and closed after it)."""
+    samples on one cluster (by default the cluster is started for this sample and closed after it);
+    `dataset_stats`: dataset measures over several files (predict_streamed.dataset_statistics_streamed)."""
     why = why_not_distributable(model, sample, targets)
     if why:
         raise InputError(f"--workers/--scheduler predict block by block, but {why}; run without them")
@@ -236,9 +239,10 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
         package = str(Path(model.package.source).resolve())
         if client is None:
             client = start_client(workers, scheduler, stack, preload=(package, device, threads))
-        arrays, caller, file_size, stats = open_sample(model, sample, axes, level_target, stack)
+        arrays, caller, file_size, stats = open_sample(model, sample, axes, level_target, stack, dataset_stats)
         phases.mark("inputs opened, statistics")
-        input_checks_streamed(engine, arrays[primary], stats, report, pixel_size, file_size)
+        input_checks_streamed(engine, arrays[primary], stats, report, pixel_size, file_size,
+                              batch_effects=dataset_stats is None)
         phases.mark("input checks")
         shapes = {tid: tuple(x.shape) for tid, x in arrays.items()}
         step = stardist_step(engine)

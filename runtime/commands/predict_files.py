@@ -31,7 +31,7 @@ from .imageio import open_image, read_image, read_pixel_size, write_image
 from .memory_plan import check_memory, distributed_tile_budget, memory_budget, memory_plan
 from .output_paths import check_output_paths, planned_outputs
 from .omezarr import in_zarr, is_zarr
-from .predict_streamed import predict_sample_streamed
+from .predict_streamed import dataset_statistics_streamed, predict_sample_streamed
 from .progress import ProgressBar
 
 
@@ -144,13 +144,9 @@ def predict_files(
     check_output_paths([t for plan in plans for t in plan.values()], protected, model.package.root, overwrite)
     factors = _refuse_early(model, samples, pixel_size, rescale, skip)
     budget = memory_budget(memory)
-    if distributed and len(samples) > 1 and dataset_normalized(model.engine):
-        raise InputError("this model normalizes with statistics of the whole dataset, which --workers/--scheduler do "
-                         "not compute across several files; predict one file per command, or drop "
-                         "--workers/--scheduler")
     modes = [(True, distributed_tile_budget(model, budget, memory is not None, workers)) if distributed else
              memory_plan(model, s, t, axes, f, bool(mask) or ignore_value is not None, budget, memory is not None,
-                         len(samples) > 1 and dataset_normalized(model.engine), tile_sizes)
+                         tile_sizes)
              for s, t, f in zip(samples, plans, factors)]
     check_memory(model, [s for s, m in zip(samples, modes) if not m[0]], axes,
                  [f for f, m in zip(factors, modes) if not m[0]], Path(mask) if mask else None, budget)
@@ -171,7 +167,10 @@ def predict_files(
     report = CheckReport(skip)
     dataset_stats = None
     if len(samples) > 1 and dataset_normalized(model.engine):
-        dataset_stats = _dataset_pass(model, samples, read, options, report)
+        if any(streamed for streamed, _ in modes):  # a file larger than memory: every file read lazily in turn
+            dataset_stats = dataset_statistics_streamed(model, samples, axes, level_target, report)
+        else:
+            dataset_stats = _dataset_pass(model, samples, read, options, report)
     items = []
     clients: list = []  # one Dask cluster for every file, started with the first
 
@@ -198,9 +197,11 @@ def predict_files(
 
                     done = predict_sample_distributed(model, sample, axes, targets, workers=workers,
                                                       scheduler=scheduler, resume=resume, device=device,
-                                                      threads=threads, client=client(), **common)
+                                                      threads=threads, client=client(),
+                                                      dataset_stats=dataset_stats, **common)
                 else:
-                    done = predict_sample_streamed(model, sample, axes, targets, **common)
+                    done = predict_sample_streamed(model, sample, axes, targets, dataset_stats=dataset_stats,
+                                                   **common)
                 sample_report.disabled()
                 report.extend(sample_report, str(sample[primary]))
                 items.append({"input": ", ".join(str(p) for p in sample.values()), **done, "streamed": True})

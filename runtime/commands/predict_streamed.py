@@ -16,7 +16,7 @@ import os
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -26,15 +26,15 @@ from ..checks.report import CheckReport, training_conditions
 from ..engine.engine import _check_fixed_sizes, guess_axes
 from ..engine.blocks import block_plan, index_maps, tile_combos
 from ..engine.instance_blocks import Objects, block_objects, stardist_step
-from ..engine.streaming import (CallerSink, LazyView, caller_layout, lazy_model_layout, model_view, predict_streamed,
-                                release, whole_image_statistics)
+from ..engine.streaming import (CallerSink, LazyView, caller_layout, foldable_finite_check, lazy_model_layout,
+                                model_view, predict_streamed, release, whole_image_statistics)
 from ..engine.tiling import output_shapes
 from ..format.permissions import plain_permissions
 from ..errors import InputError
 from ..model import Model
 from ..ops import run_chain
-from ..ops.stats import StatsContext
-from ..ops.streamed_stats import STREAM_CHUNK
+from ..ops.stats import DatasetStatistics, StatsContext
+from ..ops.streamed_stats import STREAM_CHUNK, NotFinite, streamed_dataset_update
 from .imageio import create_output, open_image
 from .instance_output import check_one_sample, labels_dtype, stardist_context, write_labels
 from .omezarr import is_zarr
@@ -103,15 +103,16 @@ def predict_sample_streamed(model: Model, sample: Mapping[str, Path], axes: Opti
                             report: CheckReport, pixel_size: Any = None,
                             progress: Optional[Callable[[int, int], None]] = None,
                             level_target: Optional[Mapping[str, float]] = None,
-                            output_pixel_size: Callable[[str], Any] = lambda tid: None) -> dict[str, Any]:
+                            output_pixel_size: Callable[[str], Any] = lambda tid: None,
+                            dataset_stats: Optional[DatasetStatistics] = None) -> dict[str, Any]:
     """Predict one sample of image files into `targets` without holding the image; returns the written paths,
     shapes and axes by output id (the files are in place when it returns, and none is when it raises).
     `level_target`: the pixel size an OME-Zarr level is chosen by; `output_pixel_size(tid)`: µm per space axis
-    written as OME-Zarr scale metadata."""
+    written as OME-Zarr scale metadata; `dataset_stats`: dataset measures over several files."""
     with ExitStack() as stack:
-        arrays, caller, file_size, stats = open_sample(model, sample, axes, level_target, stack)
+        arrays, caller, file_size, stats = open_sample(model, sample, axes, level_target, stack, dataset_stats)
         input_checks_streamed(model.engine, arrays[model.description.inputs[0].id], stats, report, pixel_size,
-                              file_size)
+                              file_size, batch_effects=dataset_stats is None)
         step = stardist_step(model.engine)
         if step is not None:
             check_one_sample(model, {tid: x.shape for tid, x in arrays.items()},
@@ -129,29 +130,71 @@ def predict_sample_streamed(model: Model, sample: Mapping[str, Path], axes: Opti
 
 
 def open_sample(model: Model, sample: Mapping[str, Path], axes: Optional[str],
-                level_target: Optional[Mapping[str, float]], stack: ExitStack
-                ) -> tuple[dict[str, LazyView], dict[str, str], Any, dict]:
+                level_target: Optional[Mapping[str, float]], stack: ExitStack,
+                dataset_stats: Optional[DatasetStatistics] = None) -> tuple[dict[str, LazyView], dict[str, str], Any, dict]:
     """The sample's images opened lazily (closed with `stack`) as model-layout views, validated (dtype, empty,
     fixed sizes, finite values); returns (views, caller axes, the primary file's pixel size) by input id and the
-    whole-image statistics (the finite check rides on their first pass where it can: a read of a huge image less)."""
+    whole-image statistics (the finite check rides on their first pass where it can: a read of a huge image less;
+    `dataset_stats`: dataset measures over several files, from dataset_statistics_streamed)."""
     desc = model.description
     arrays, caller, file_size, raw = {}, {}, None, {}
     for tid, path in sample.items():
         image = stack.enter_context(open_image(path, level_target))
-        data, t = image.data, desc.input(tid)
-        if np.dtype(data.dtype).kind not in "biuf":
-            raise InputError(f"input '{tid}' ('{path}') has dtype {data.dtype}; expected a numeric image (int or "
-                             "float)")
-        if math.prod(data.shape) == 0:
-            raise InputError(f"input '{tid}' ('{path}') is empty (shape {tuple(data.shape)}); expected an image "
-                             "with pixels")
-        caller[tid] = axes.lower() if axes else image.axes or guess_axes(tuple(data.shape), t)
-        arrays[tid] = lazy_model_layout(data, caller[tid], t)
-        _check_fixed_sizes(arrays[tid], t)
-        raw[tid] = data
+        arrays[tid], caller[tid] = _model_view(model, tid, path, image, axes)
+        raw[tid] = image.data
         file_size = image.pixel_size if tid == desc.inputs[0].id else file_size
-    stats = whole_image_statistics(model.engine, arrays, finite_check=lambda tid: _check_finite(raw[tid], tid))
+    stats = whole_image_statistics(model.engine, arrays, dataset_stats,
+                                   finite_check=lambda tid: _check_finite(raw[tid], tid))
     return arrays, caller, file_size, stats
+
+
+def _model_view(model: Model, tid: str, path: Path, image: Any, axes: Optional[str]) -> tuple[LazyView, str]:
+    """An opened input file as a validated model-layout view, and its caller axes."""
+    data, t = image.data, model.description.input(tid)
+    if np.dtype(data.dtype).kind not in "biuf":
+        raise InputError(f"input '{tid}' ('{path}') has dtype {data.dtype}; expected a numeric image (int or float)")
+    if math.prod(data.shape) == 0:
+        raise InputError(f"input '{tid}' ('{path}') is empty (shape {tuple(data.shape)}); expected an image with "
+                         "pixels")
+    caller = axes.lower() if axes else image.axes or guess_axes(tuple(data.shape), t)
+    view = lazy_model_layout(data, caller, t)
+    _check_fixed_sizes(view, t)
+    return view, caller
+
+
+def dataset_statistics_streamed(model: Model, samples: Sequence[Mapping[str, Path]], axes: Optional[str],
+                                level_target: Optional[Mapping[str, float]], report: CheckReport
+                                ) -> DatasetStatistics:
+    """Dataset statistics over every file, each read lazily in turn (three reads, the NaN/Inf check in the first),
+    and the batch-effects check across the files on a strided subsample of each: what predict_files' in-memory
+    pass computes, for files larger than memory."""
+    engine, desc = model.engine, model.description
+    stats = DatasetStatistics(m for m in engine.required_measures() if m.tensor_id in {t.id for t in desc.inputs})
+    primary = desc.inputs[0]
+    space = [i for i, a in enumerate(primary.axes) if a.type == "space"]
+    summaries = []
+    for sample in samples:
+        with ExitStack() as stack:
+            arrays, raw = {}, {}
+            for tid, path in sample.items():
+                image = stack.enter_context(open_image(path, level_target))
+                arrays[tid], _ = _model_view(model, tid, path, image, axes)
+                raw[tid] = image.data
+            folded = foldable_finite_check(arrays, {m.tensor_id for m in stats.measures})
+            for tid in set(arrays) - folded:
+                _check_finite(raw[tid], tid)
+            try:
+                streamed_dataset_update(stats, {tid: (x, engine.axis_ids(tid)) for tid, x in arrays.items()},
+                                        finite=folded)
+            except NotFinite as e:
+                _check_finite(raw[e.tensor_id], e.tensor_id)
+                raise
+            summaries.append((str(sample[primary.id]), input_checks.intensity_summary(
+                _subsample(arrays[primary.id], space), None)))
+            for x in arrays.values():
+                release(x)
+    input_checks.batch_effects(report, summaries, True)
+    return stats
 
 
 def _write_streamed(model: Model, arrays, caller: Optional[str], targets: Mapping[str, Path], stats, report, *,
@@ -248,7 +291,10 @@ def _write_streamed_objects(model: Model, step, arrays, caller: Optional[str], t
             "instances": found}
 
 
-def input_checks_streamed(engine, x, stats: Mapping, report: CheckReport, pixel_size: Any, file_size: Any) -> None:
+def input_checks_streamed(engine, x, stats: Mapping, report: CheckReport, pixel_size: Any, file_size: Any,
+                          batch_effects: bool = True) -> None:
+    """The input checks of one streamed sample; `batch_effects=False` when the files were compared already
+    (dataset_statistics_streamed)."""
     desc = engine.description
     t = desc.inputs[0]
     training = training_conditions(desc.config)
@@ -265,5 +311,6 @@ def input_checks_streamed(engine, x, stats: Mapping, report: CheckReport, pixel_
     processed = run_chain(engine.preprocessing[t.id], sub, engine.axis_ids(t.id),
                           StatsContext({t.id: (sub, engine.axis_ids(t.id))}).seed(stats))
     input_checks.distribution_shift(report, training, processed, None)
-    input_checks.batch_effects(report, [("sample 0", input_checks.intensity_summary(sub, None))],
-                               input_checks.dataset_normalized(engine))
+    if batch_effects:
+        input_checks.batch_effects(report, [("sample 0", input_checks.intensity_summary(sub, None))],
+                                   input_checks.dataset_normalized(engine))

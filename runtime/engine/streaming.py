@@ -150,9 +150,7 @@ def whole_image_statistics(engine: "Engine", arrays: Mapping[str, np.ndarray],
                 known[m] = value
     tensors = {tid: (x, engine.axis_ids(tid)) for tid, x in arrays.items()}
     streamed = [m for m in measures if m not in known]
-    folded = set() if finite_check is None else {
-        m.tensor_id for m in streamed if m.tensor_id in arrays and np.dtype(arrays[m.tensor_id].dtype).kind == "f"
-        and np.dtype(arrays[m.tensor_id].dtype).itemsize <= 4}
+    folded = set() if finite_check is None else foldable_finite_check(arrays, {m.tensor_id for m in streamed})
     for tid in arrays:
         if finite_check is not None and tid not in folded:
             finite_check(tid)
@@ -162,6 +160,13 @@ def whole_image_statistics(engine: "Engine", arrays: Mapping[str, np.ndarray],
         finite_check(e.tensor_id)  # the user's error, with the count of bad values
         raise InputError(f"input '{e.tensor_id}' contains NaN/Inf values; the model needs finite values") from None
     return known
+
+
+def foldable_finite_check(arrays: Mapping[str, Any], measured: set) -> set:
+    """The inputs whose NaN/Inf check can ride on a statistics pass: measured there, float32 or narrower (a wider
+    float needs the range check of its own pass)."""
+    return {tid for tid in measured if tid in arrays and np.dtype(arrays[tid].dtype).kind == "f"
+            and np.dtype(arrays[tid].dtype).itemsize <= 4}
 
 
 def release(array: np.ndarray) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -59,7 +59,7 @@ class DatasetStatistics:
     def update(self, tensors: Mapping[str, tuple[np.ndarray, Sequence[str]]],
                masks: Optional[Mapping[str, np.ndarray]] = None) -> None:
         """Add one call's tensors; `masks` (bool, broadcastable, True = valid) exclude pixels from the statistics."""
-        for m, acc in self._acc.items():
+        for m in self._acc:
             if m.tensor_id not in tensors:
                 continue
             data, axes = tensors[m.tensor_id]
@@ -67,10 +67,8 @@ class DatasetStatistics:
             x = np.asarray(data, dtype=np.float64)
             valid = None if masks is None else masks.get(m.tensor_id)
             if m.kind == "quantile":
-                value = (np.quantile(x, m.q, axis=idx, keepdims=True) if valid is None
-                         else masked_reduce(x, valid, idx, lambda v: np.quantile(v, m.q)))
-                acc.quantile_sum = value if acc.quantile_sum is None else acc.quantile_sum + value
-                acc.samples += 1
+                self.add_quantile(m, np.quantile(x, m.q, axis=idx, keepdims=True) if valid is None
+                                  else masked_reduce(x, valid, idx, lambda v: np.quantile(v, m.q)))
                 continue
             if valid is None:
                 n = float(np.prod([x.shape[i] for i in idx]))
@@ -83,14 +81,26 @@ class DatasetStatistics:
                     raise InputError(f"the mask of '{m.tensor_id}' leaves no valid pixel for its statistics")
                 mean = np.where(w, x, 0.0).sum(axis=idx, keepdims=True) / n
                 m2 = np.where(w, (x - mean) ** 2, 0.0).sum(axis=idx, keepdims=True)
-            if acc.mean is None:
-                acc.count, acc.mean, acc.m2 = n, mean, m2
-            else:  # Chan et al. pooled update
-                total = acc.count + n
-                delta = mean - acc.mean
-                acc.mean = acc.mean + delta * n / total
-                acc.m2 = acc.m2 + m2 + delta**2 * acc.count * n / total
-                acc.count = total
+            self.add_moments(m, n, mean, m2)
+
+    def add_moments(self, m: Measure, count: Any, mean: np.ndarray, m2: np.ndarray) -> None:
+        """Pool one sample's element count, float64 mean and sum of squared deviations into a mean/std measure
+        (Chan et al.): what update() does with a sample in memory, for samples streamed from files."""
+        acc = self._acc[m]
+        if acc.mean is None:
+            acc.count, acc.mean, acc.m2 = count, mean, m2
+        else:
+            total = acc.count + count
+            delta = mean - acc.mean
+            acc.mean = acc.mean + delta * count / total
+            acc.m2 = acc.m2 + m2 + delta**2 * acc.count * count / total
+            acc.count = total
+
+    def add_quantile(self, m: Measure, value: np.ndarray) -> None:
+        """One sample's float64 quantile (linear) into a quantile measure: the dataset value is their mean."""
+        acc = self._acc[m]
+        acc.quantile_sum = value if acc.quantile_sum is None else acc.quantile_sum + value
+        acc.samples += 1
 
     def value(self, m: Measure) -> Optional[np.ndarray]:
         acc = self._acc.get(m)

@@ -9,12 +9,12 @@ all, however many quantiles (one search per order statistic read the image three
 from __future__ import annotations
 
 import math
-from typing import Collection, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Collection, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
 from ..errors import InputError
-from .stats import Measure, reduce_axes
+from .stats import DatasetStatistics, Measure, reduce_axes
 
 STREAM_CHUNK = 1 << 22  # elements read at once by the streamed statistics (16 MiB of float32)
 _PAIRWISE_BLOCK = 8  # numpy's pairwise summation splits at multiples of 8 (its unrolled inner loop)
@@ -73,7 +73,29 @@ def streamed_measures(measures: Iterable[Measure], tensors: Mapping[str, tuple[n
 
 def _group_measures(measures: Sequence[Measure], group: np.ndarray, chunk: int,
                     finite: bool = False) -> Optional[dict[Measure, float]]:
-    """The measures of one group of elements, in three shared passes (more only for a crowded histogram bin);
+    """The measures of one group of elements, float32 as the in-memory path computes them; None when `finite`
+    asks for a check and the first pass finds NaN or Inf."""
+    plans = {m: _quantile_ranks(group.size, m.q, m.method if not m.is_dataset else "linear")
+             for m in measures if m.kind == "quantile"}
+    scan = _scan(measures, group, chunk, plans, finite, np.float32)
+    if scan is None:
+        return None
+    n, total, squares, ranks = scan
+    found: dict[Measure, float] = {}
+    for m in measures:
+        if m.kind == "mean":
+            found[m] = float(np.float32(float(total) / n))  # numpy divides by an intp count
+        elif m.kind == "std":
+            found[m] = float(np.sqrt(np.float32(float(squares) / n)))
+    for m, ((a, b), gamma) in plans.items():
+        found[m] = _interpolate(ranks[a], ranks[b], gamma, m.method if not m.is_dataset else "linear")
+    return found
+
+
+def _scan(measures: Sequence[Measure], group: np.ndarray, chunk: int, plans: Mapping, finite: bool,
+          dtype: Any) -> Optional[tuple[int, Any, Any, dict[int, np.float32]]]:
+    """(count, sum, sum of squared deviations from the mean, values of the plans' ranks) of one group of elements
+    in three shared passes (more only for a crowded histogram bin), sums in `dtype` over numpy's pairwise tree;
     None when `finite` asks for a check and the first pass finds NaN or Inf."""
     unknown = [m.kind for m in measures if m.kind not in ("mean", "std", "quantile")]
     if unknown:
@@ -82,8 +104,6 @@ def _group_measures(measures: Sequence[Measure], group: np.ndarray, chunk: int,
     leaves = _leaves(0, n, chunk)
     moments = any(m.kind in ("mean", "std") for m in measures)
     spread = any(m.kind == "std" for m in measures)
-    plans = {m: _quantile_ranks(n, m.q, m.method if not m.is_dataset else "linear")
-             for m in measures if m.kind == "quantile"}
     search = _OrderSearch(sorted({r for pair, _ in plans.values() for r in pair}), chunk) if plans else None
 
     sums, bad = [], 0
@@ -91,19 +111,20 @@ def _group_measures(measures: Sequence[Measure], group: np.ndarray, chunk: int,
         if finite:
             bad += x.size - int(np.count_nonzero(np.isfinite(x)))
         if moments:
-            sums.append(np.add.reduce(x))
+            sums.append(np.add.reduce(x.astype(dtype, copy=False)))
         if search:
             search.bounds(x)
     if bad:
         return None
-    mean = np.float32(float(_tree_sum(iter(sums), n, chunk)) / n) if moments else None  # numpy divides by intp
+    total = _tree_sum(iter(sums), n, chunk, dtype) if moments else None
+    center = (np.float32(float(total) / n) if dtype == np.float32 else total / n) if moments else None
     if search:
         search.open()
     squares = []
     if spread or (search and search.windows):
         for x in _read(group, leaves):
             if spread:
-                d = x - mean
+                d = x.astype(dtype, copy=False) - center
                 squares.append(np.add.reduce(np.multiply(d, d, out=d)))
             if search and search.windows:
                 search.histogram(x)
@@ -114,16 +135,52 @@ def _group_measures(measures: Sequence[Measure], group: np.ndarray, chunk: int,
         if search.settle():  # crowded bins: narrowed windows to histogram again
             for x in _read(group, leaves):
                 search.histogram(x)
-    found: dict[Measure, float] = {}
-    std = float(np.sqrt(np.float32(float(_tree_sum(iter(squares), n, chunk)) / n))) if spread else None
-    for m in measures:
-        if m.kind == "mean":
-            found[m] = float(mean)
-        elif m.kind == "std":
-            found[m] = std
-    for m, ((a, b), gamma) in plans.items():
-        found[m] = _interpolate(search.found[a], search.found[b], gamma, m.method if not m.is_dataset else "linear")
-    return found
+    return (n, total, _tree_sum(iter(squares), n, chunk, dtype) if spread else None,
+            search.found if search else {})
+
+
+def streamed_dataset_update(stats: DatasetStatistics, tensors: Mapping[str, tuple[np.ndarray, Sequence[str]]],
+                            chunk: int = STREAM_CHUNK, finite: Collection[str] = ()) -> None:
+    """Add one sample read lazily to `stats`, as DatasetStatistics.update adds one held in memory: float64 count,
+    mean and sum of squared deviations per kept slice, and linear float64 quantiles from the exact order
+    statistics (the same values to float64 rounding: the sums follow the pairwise tree of each slice). `finite`:
+    as for streamed_measures (NotFinite)."""
+    unchecked = set(finite)
+    groups: dict[tuple, list[Measure]] = {}
+    for m in stats.measures:
+        if m.tensor_id in tensors:
+            groups.setdefault((m.tensor_id, reduce_axes(m.axes, tensors[m.tensor_id][1], m.tensor_id)), []).append(m)
+    for (tid, idx), group_measures in groups.items():
+        data, check = tensors[tid][0], tid in unchecked
+        unchecked.discard(tid)
+        keep = [i for i in range(data.ndim) if i not in idx]
+        shape = [1 if i in idx else data.shape[i] for i in range(data.ndim)]
+        means, m2s = np.empty(shape), np.empty(shape)
+        quantiles = {m: np.empty(shape) for m in group_measures if m.kind == "quantile"}
+        count = 0
+        for k in np.ndindex(*[data.shape[i] for i in keep]):
+            sel = [slice(None)] * data.ndim
+            for i, j in zip(keep, k):
+                sel[i] = j
+            dst = tuple(0 if i in idx else k[keep.index(i)] for i in range(data.ndim))
+            group = data[tuple(sel)]
+            plans = {m: _quantile_ranks(group.size, m.q, "linear") for m in quantiles}
+            moments = [Measure(tid, "std", None)] if len(quantiles) < len(group_measures) else []  # and the mean
+            scan = _scan([*quantiles, *moments], group, chunk, plans, check, np.float64)
+            if scan is None:
+                raise NotFinite(tid)
+            count, total, squares, ranks = scan
+            if moments:
+                means[dst], m2s[dst] = total / count, squares
+            for m, ((a, b), gamma) in plans.items():
+                lo, hi = np.float64(ranks[a]), np.float64(ranks[b])
+                diff = hi - lo  # np.quantile's _lerp on float64 data
+                quantiles[m][dst] = hi - diff * (1 - gamma) if gamma >= 0.5 else lo + diff * gamma
+        for m in group_measures:
+            if m.kind == "quantile":
+                stats.add_quantile(m, quantiles[m])
+            else:
+                stats.add_moments(m, float(count), means, m2s)
 
 
 def _leaves(start: int, n: int, chunk: int) -> list[tuple[int, int]]:
@@ -136,13 +193,13 @@ def _leaves(start: int, n: int, chunk: int) -> list[tuple[int, int]]:
     return _leaves(start, half, chunk) + _leaves(start + half, n - half, chunk)
 
 
-def _tree_sum(leaf_sums: Iterator[np.float32], n: int, chunk: int) -> np.float32:
-    """The leaves' sums added up the way numpy's recursion adds them (float32 at every node)."""
+def _tree_sum(leaf_sums: Iterator[Any], n: int, chunk: int, dtype: Any = np.float32) -> Any:
+    """The leaves' sums added up the way numpy's recursion adds them (`dtype` at every node)."""
     if n <= chunk:
         return next(leaf_sums)
     half = n // 2
     half -= half % _PAIRWISE_BLOCK
-    return np.float32(_tree_sum(leaf_sums, half, chunk) + _tree_sum(leaf_sums, n - half, chunk))
+    return dtype(_tree_sum(leaf_sums, half, chunk, dtype) + _tree_sum(leaf_sums, n - half, chunk, dtype))
 
 
 def _read(group: np.ndarray, leaves: Sequence[tuple[int, int]]) -> Iterator[np.ndarray]:
@@ -266,4 +323,4 @@ def _bin_of(x: np.ndarray, lo: np.float32, hi: np.float32) -> np.ndarray:
     return np.clip(((x.astype(np.float64) - float(lo)) * scale).astype(np.int64), 0, _BINS - 1)
 
 
-__all__ = ["NotFinite", "STREAM_CHUNK", "streamed_measures"]
+__all__ = ["NotFinite", "STREAM_CHUNK", "streamed_dataset_update", "streamed_measures"]

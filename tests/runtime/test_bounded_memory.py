@@ -315,3 +315,61 @@ def test_runs_of_growing_size_peak_as_the_largest_alone(tmp_path):
     alone, growing = growth(1024), growth(256, 512, 768, 1024, 512)
     assert alone > 200 * 2**20, alone  # the activations of a 1024^2 tile, not noise
     assert growing < 1.15 * alone, (growing, alone)
+
+
+def test_dataset_statistics_streamed_file_by_file_equal_the_in_memory_ones():
+    """Mean/std pooled over samples and linear quantiles averaged over samples, from lazily read samples (the
+    multi-file pre-pass of huge images): the in-memory values to float64 rounding, the quantiles exactly."""
+    from biozoo.runtime.ops.stats import DatasetStatistics
+    from biozoo.runtime.ops.streamed_stats import streamed_dataset_update
+
+    rng = np.random.default_rng(8)
+    axes = ("batch", "channel", "y", "x")
+    ms = [Measure("raw", kind, ("batch", "y", "x"), q) for kind, q in (("mean", 0), ("std", 0), ("quantile", 0.01),
+                                                                      ("quantile", 0.998))]
+    in_memory, streamed = DatasetStatistics(ms), DatasetStatistics(ms)
+    for i, shape in enumerate([(1, 2, 130, 170), (1, 2, 90, 211), (1, 2, 64, 64)]):
+        x = (rng.gamma(2.0, 30.0 * (i + 1), shape)).astype(np.float32)
+        in_memory.update({"raw": (x, axes)})
+        streamed_dataset_update(streamed, {"raw": (_CountingReads(x), axes)}, chunk=3000)
+    for m in ms:
+        want, got = in_memory.value(m), streamed.value(m)
+        assert got.shape == want.shape == (1, 2, 1, 1)
+        if m.kind == "quantile":
+            np.testing.assert_array_equal(got, want)
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_dataset_statistics_over_several_files_stream_too(models, rdf, no_baseline, tmp_path, monkeypatch):
+    """A model normalized over the whole dataset, given files above the budget: every file is read lazily for the
+    dataset statistics, then each is predicted tile by tile with them. The outputs equal those of the same tiles
+    normalized with the in-memory pass's statistics (to float64 rounding), and the batch-effects check still
+    compares the files."""
+    from biozoo.runtime.commands import predict_files as pf
+    from biozoo.runtime.ops.stats import DatasetStatistics
+
+    rng = np.random.default_rng(12)
+    files = []
+    for i, (h, w) in enumerate([(260, 240), (200, 290)]):
+        files.append(tmp_path / f"in{i}.npy")
+        np.save(files[-1], (rng.gamma(2.0, 20.0 * (1 + 3 * i), (h, w))).astype(np.float32))
+    model = models("dataset_stats")
+    args = dict(device="cpu", quiet=True, suffix="npy", axes="yx", memory=str(_streamed_budget(model, np.load(files[0]))))
+    lazy = pf.predict_files(str(rdf("dataset_stats")), [str(f) for f in files], tmp_path / "lazy", **args)
+    assert [item.get("streamed") for item in lazy["items"]] == [True, True]
+    assert {c["name"]: c["status"] for c in lazy["checks"]}["batch-effects"] == "warning"  # 4x the intensity
+
+    def in_memory(model, samples, axes, level_target, report):
+        stats = DatasetStatistics(model.engine.required_measures())
+        for sample in samples:
+            x = np.load(next(iter(sample.values())))[None, None]
+            stats.update({"raw": (x, model.engine.axis_ids("raw"))})
+        return stats
+
+    monkeypatch.setattr(pf, "dataset_statistics_streamed", in_memory)
+    pf.predict_files(str(rdf("dataset_stats")), [str(f) for f in files], tmp_path / "reference", **args)
+    for f in files:
+        got = np.load(next((tmp_path / "lazy").glob(f"{f.stem}*.npy")))
+        want = np.load(next((tmp_path / "reference").glob(f"{f.stem}*.npy")))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -92,6 +92,28 @@ def test_several_files_run_on_one_local_cluster(rdf, models, tmp_path):
         np.testing.assert_array_equal(written, models("unet2d").predict(x, axes="yx"))
 
 
+def test_dataset_normalized_files_on_dask_use_the_statistics_of_all_files(rdf, models, tmp_path, cluster):
+    from biozoo.runtime.engine.streaming import predict_streamed, whole_image_statistics
+    from biozoo.runtime.ops.stats import DatasetStatistics
+
+    rng = np.random.default_rng(6)
+    images = [(rng.gamma(2.0, 20.0 * (1 + 3 * i), (130, 150))).astype(np.float32) for i in range(2)]
+    for i, x in enumerate(images):
+        np.save(tmp_path / f"f{i}.npy", x)
+    predict_files(str(rdf("dataset_stats")), [str(tmp_path / f"f{i}.npy") for i in range(2)], tmp_path / "out",
+                  device="cpu", suffix="npy", tile="64,64", scheduler=cluster.scheduler_address, quiet=True)
+    engine = models("dataset_stats").engine
+    pooled = DatasetStatistics(engine.required_measures())
+    for x in images:
+        pooled.update({"raw": (x[None, None], engine.axis_ids("raw"))})
+    for i, x in enumerate(images):
+        arrays = {"raw": x[None, None]}
+        plan = block_plan(engine, {"raw": arrays["raw"].shape}, {"y": 64, "x": 64}, 1 << 22)
+        want = predict_streamed(engine, arrays, lambda tid, shape, dtype: np.zeros(shape, dtype), tile_budget=1 << 22,
+                                stats=whole_image_statistics(engine, arrays, pooled), plan=plan)["out"][0, 0]
+        np.testing.assert_allclose(np.load(next((tmp_path / "out").glob(f"f{i}*.npy"))), want, rtol=1e-5, atol=1e-6)
+
+
 def _same_plan_in_process(model, arrays: dict, tile: dict) -> dict:
     """The reference: engine/streaming's loop over the distributed path's own block plan, in this process."""
     from biozoo.runtime.engine.streaming import predict_streamed, whole_image_statistics
