@@ -48,6 +48,35 @@ class TrainingConfig(_Strict):
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
 
 
+class AugmentationConfig(_Strict):
+    """Augmentations beyond flips, rot90 and the small intensity jitter of `data.augment` (task stardist only): for
+    models meant to work on other microscopes than the training ones. Every one is off by default. The photometric
+    ones (gamma, noise, blur) are each applied to half of the patches, so clean patches are still seen."""
+
+    scale: Optional[tuple[float, float]] = Field(
+        None, description="random isotropic zoom, log-uniform in [low, high] (e.g. [0.6, 1.7]): a different pixel "
+                          "size or nucleus size; image linear (anti-aliased when shrunk), labels nearest, targets "
+                          "recomputed from the zoomed labels")
+    gamma: Optional[tuple[float, float]] = Field(
+        None, description="x -> sign(x) |x|^gamma of the normalized image, gamma log-uniform in [low, high]")
+    noise: float = Field(0.0, ge=0, le=1, description="additive Gaussian noise, sigma ~ U(0, noise) in units of the "
+                                                      "normalized image (1 = the percentile range)")
+    blur: float = Field(0.0, ge=0, le=5, description="Gaussian blur, sigma ~ U(0, blur) pixels (defocus, a lower NA)")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "AugmentationConfig":
+        for name in ("scale", "gamma"):
+            r = getattr(self, name)
+            if r is not None and not (0 < r[0] <= r[1] <= 10):
+                raise ValueError(f"{name} {list(r)}: expected [low, high] with 0 < low <= high <= 10, e.g. "
+                                 f"{[0.6, 1.7] if name == 'scale' else [0.7, 1.4]}")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self != AugmentationConfig()
+
+
 class DataConfig(_Strict):
     dataset: str = Field(description="a dataset name from `biozoo data list`, or a folder with images/ (+ masks/ or targets/)")
     tile: Optional[int] = Field(128, ge=16, description="cut images into disjoint tiles of this size before splitting")
@@ -55,6 +84,7 @@ class DataConfig(_Strict):
     patch_size: tuple[int, ...] = (64, 64)
     percentiles: tuple[float, float] = (1.0, 99.8)
     augment: bool = True
+    augmentation: AugmentationConfig = AugmentationConfig()
     foreground_aware: bool = True
     weighted_sampling: Literal["auto", "on", "off"] = "auto"
     pixel_size: Optional[tuple[float, ...]] = Field(None, description="training pixel size in micrometer, per space axis")
@@ -65,6 +95,9 @@ class DataConfig(_Strict):
             raise ValueError(f"fractions {self.fractions} must be positive and sum to 1 (train, val, test)")
         if self.percentiles[0] >= self.percentiles[1]:
             raise ValueError(f"percentiles {self.percentiles}: the low one must be below the high one")
+        if self.augmentation.active and not self.augment:
+            raise ValueError("data.augmentation is set but data.augment is false (no augmentation at all); set "
+                             "augment: true or remove data.augmentation")
         return self
 
 
@@ -93,6 +126,9 @@ class _RecipeBase(_Strict):
                 f"data.patch_size {self.data.patch_size} must be divisible by 2**model.depth = {step}; "
                 f"use e.g. {tuple(max(step, p // step * step) for p in self.data.patch_size)}"
             )
+        if self.data.augmentation.active and getattr(self, "task", None) != "stardist":
+            raise ValueError(f"data.augmentation (zoom, gamma, noise, blur) is implemented for task 'stardist' only; "
+                             f"got task {getattr(self, 'task', None)!r}: remove data.augmentation")
         return self
 
 

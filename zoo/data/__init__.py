@@ -14,7 +14,7 @@ _EXPORTS = {
     "Split": "split", "make_or_load_split": "split", "tile_dataset": "split", "list_files": "split",
     "percentile_normalize": "normalize",
     "add_poisson_gaussian": "noise", "make_noisy_pairs": "noise",
-    "Augment": "augment",
+    "Augment": "augment", "Photometric": "augment", "zoom_pair": "augment", "gaussian_blur": "augment",
     "PatchDataset": "datasets", "folder_dataset": "datasets", "load_folder": "datasets",
     "labels_to_classes": "datasets", "CLASSES": "datasets",
 }

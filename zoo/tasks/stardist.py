@@ -2,7 +2,8 @@
 optimized on the validation split -> instance metrics on the held-out test split, beside Otsu + watershed.
 
 Targets are computed once per training image (on the grid raster) and cropped per patch; flips and 90-degree
-rotations permute the rays, so no target is recomputed while training.
+rotations permute the rays, so no target is recomputed while training. With a random zoom
+(``data.augmentation.scale``) each patch's labels are zoomed (nearest) and its targets computed from them.
 
 Evaluation uses the runtime's post-processing (``biozoo.runtime.stardist_instances``, the code the exported
 package runs, imported lazily): the thresholds chosen here and the metrics reported are those of the package itself.
@@ -22,6 +23,7 @@ from biozoo.runtime import TrainingError
 
 from .. import matching as MT
 from ..config import StarDistRecipe
+from ..data.augment import Photometric, zoom_coordinates, zoom_pair
 from ..star_targets import stardist_loss, stardist_targets
 from .base import Evaluation, SplitData, create_recipe_model, data_folder
 
@@ -72,12 +74,26 @@ class StarPatches:
     Targets are computed once per image on its grid raster; a patch crops them. Flips and 90-degree rotations
     permute the rays (``ray_permutation``), and the crop start is chosen so that the flipped patch's grid pixels
     are grid pixels of the image. Rays of objects cut by the patch border continue to the object's true end.
+
+    ``scale`` = (low, high): every patch is zoomed by s, log-uniform in [low, high] (raised for an image too small
+    to hold the patch's source window of patch / s pixels). The zoomed region is the patch plus up to ``margin``
+    pixels of real image around it; it is flipped / turned, its targets are computed from its zoomed labels, then
+    the patch is cut out: exact targets, rays continuing up to ``margin`` pixels beyond the patch border.
+    ``photometric`` (blur, gamma, noise) is applied to the image after the geometry, before the intensity jitter.
+    Both off (the defaults) draw no random number: patches are exactly those of a StarPatches without them.
     """
 
     def __init__(self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], patch: Sequence[int],
-                 n_rays: int, grid: int, augment: bool = True, intensity: float = 0.1) -> None:
-        self.images = list(images)
+                 n_rays: int, grid: int, augment: bool = True, intensity: float = 0.1,
+                 scale: Optional[tuple[float, float]] = None, photometric: Optional[Photometric] = None,
+                 margin: int = 64) -> None:
+        self.images, self.labels = list(images), list(labels)
         self.patch, self.n_rays, self.grid, self.intensity = tuple(int(p) for p in patch), n_rays, grid, intensity
+        if scale is not None and not 0 < scale[0] <= scale[1]:
+            raise TrainingError(f"zoom range {scale}: expected (low, high) with 0 < low <= high, e.g. (0.6, 1.7)")
+        self.scale = None if scale is None else (float(scale[0]), float(scale[1]))
+        self.photometric = photometric if photometric is not None and photometric.active else None
+        self.margin = int(margin) // grid * grid
         small = [i for i, x in enumerate(self.images) if any(s < p + grid for s, p in zip(x.shape, self.patch))]
         if small:
             raise TrainingError(f"training images {small} are smaller than data.patch_size {self.patch} (+ grid "
@@ -91,6 +107,45 @@ class StarPatches:
         self.weights = torch.as_tensor(weights / weights.sum())
 
     def sample(self, rng: np.random.Generator, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.scale is None:
+            img, tgt = self._crop(rng, index)
+        else:
+            region, labels, (top, left) = self.region(rng, index)
+            (py, px), g = self.patch, self.grid
+            tgt = stardist_targets(labels, self.n_rays, (g, g), window=(top, left, py, px))
+            img = region[top:top + py, left:left + px]
+        if self.photometric is not None:
+            img = self.photometric(rng, img)
+        if self.intensity:
+            img = img * np.float32(1 + rng.uniform(-self.intensity, self.intensity)) + np.float32(
+                rng.uniform(-self.intensity, self.intensity))
+        return np.ascontiguousarray(img, np.float32), np.ascontiguousarray(tgt, np.float32)
+
+    def region(self, rng: np.random.Generator, index: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        """(image, labels, (top, left)) of one zoomed, flipped and turned region (the zoom path of ``sample``):
+        the patch is ``[top:top + patch_y, left:left + patch_x]``, both offsets multiples of the grid."""
+        x, lab, g, m = self.images[index], self.labels[index], self.grid, self.margin
+        low = max(self.scale[0], *(p / n for p, n in zip(self.patch, x.shape)))
+        s = float(np.exp(rng.uniform(np.log(low), np.log(max(self.scale[1], low)))))
+        coords, pads = [], []
+        for n, p in zip(x.shape, self.patch):
+            start = float(rng.uniform(0, max(n - p / s, 0.0)))  # source position of the patch's first pixel edge
+            before = min(m, int(start * s) // g * g)
+            after = min(m, int(max(n - start - p / s, 0.0) * s) // g * g)
+            coords.append(zoom_coordinates(start - before / s, before + p + after, s))
+            pads.append((before, after))
+        img, lab = zoom_pair(x, lab, coords[0], coords[1], s)
+        (top, bottom), (left, right) = pads
+        if self.flips and rng.random() < 0.5:
+            img, lab, (top, bottom) = img[::-1], lab[::-1], (bottom, top)
+        if self.flips and rng.random() < 0.5:
+            img, lab, (left, right) = img[:, ::-1], lab[:, ::-1], (right, left)
+        for _ in range(int(rng.integers(4)) if self.turns else 0):  # np.rot90: the right margin becomes the top
+            img, lab = np.rot90(img), np.rot90(lab)
+            top, left, bottom, right = right, top, left, bottom
+        return np.ascontiguousarray(img), np.ascontiguousarray(lab), (top, left)
+
+    def _crop(self, rng: np.random.Generator, index: int) -> tuple[np.ndarray, np.ndarray]:
         x, t, g = self.images[index], self.targets[index], self.grid
         flip_y, flip_x = (bool(rng.random() < 0.5) if self.flips else False for _ in range(2))
         rot = int(rng.integers(4)) if self.turns else 0
@@ -113,10 +168,7 @@ class StarPatches:
             img, tgt = np.rot90(img, rot), np.rot90(tgt, rot, axes=(1, 2))
         if flip_y or flip_x or rot:
             tgt = np.concatenate([tgt[:1], tgt[1:][ray_permutation(self.n_rays, flip_y, flip_x, rot)]])
-        if self.intensity:
-            img = img * np.float32(1 + rng.uniform(-self.intensity, self.intensity)) + np.float32(
-                rng.uniform(-self.intensity, self.intensity))
-        return np.ascontiguousarray(img, np.float32), np.ascontiguousarray(tgt, np.float32)
+        return img, tgt
 
     def sample_batch(self, generator: torch.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.multinomial(self.weights, batch_size, replacement=True, generator=generator)
@@ -225,8 +277,10 @@ class StarDistTask:
     def load(self, recipe: StarDistRecipe, folder: Path, split) -> SplitData:
         d = recipe.data
         train, val, test = (load_instances(folder, split.part(p), d.percentiles) for p in ("train", "val", "test"))
+        a = d.augmentation
         patches = StarPatches(*train, d.patch_size, recipe.n_rays, recipe.grid, augment=d.augment,
-                              intensity=0.1 if d.augment else 0.0)
+                              intensity=0.1 if d.augment else 0.0, scale=a.scale,
+                              photometric=Photometric(a.gamma, a.noise, a.blur))
         return SplitData(patches, train, val, test)  # truths: instance labels
 
     def build_model(self, recipe: StarDistRecipe, data: Optional[SplitData] = None) -> torch.nn.Module:
@@ -291,7 +345,8 @@ class StarDistTask:
             "objects": {p: int(sum(len(np.unique(y)) - 1 for y in labels))
                         for p, (_, labels) in (("train", data.train), ("val", data.val), ("test", data.test))},
             "sampling": {"images": len(train_x), "patch_size": list(d.patch_size), "n_rays": recipe.n_rays,
-                         "grid": recipe.grid},
+                         "grid": recipe.grid,
+                         **({"augmentation": d.augmentation.model_dump(mode="json")} if d.augmentation.active else {})},
         }
 
 
