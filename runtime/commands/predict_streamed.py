@@ -131,7 +131,8 @@ def predict_sample_streamed(model: Model, sample: Mapping[str, Path], axes: Opti
 
 def open_sample(model: Model, sample: Mapping[str, Path], axes: Optional[str],
                 level_target: Optional[Mapping[str, float]], stack: ExitStack,
-                dataset_stats: Optional[DatasetStatistics] = None) -> tuple[dict[str, LazyView], dict[str, str], Any, dict]:
+                dataset_stats: Optional[DatasetStatistics] = None
+                ) -> tuple[dict[str, LazyView], dict[str, str], Any, dict]:
     """The sample's images opened lazily (closed with `stack`) as model-layout views, validated (dtype, empty,
     fixed sizes, finite values); returns (views, caller axes, the primary file's pixel size) by input id and the
     whole-image statistics (the finite check rides on their first pass where it can: a read of a huge image less;
@@ -187,8 +188,9 @@ def dataset_statistics_streamed(model: Model, samples: Sequence[Mapping[str, Pat
                 streamed_dataset_update(stats, {tid: (x, engine.axis_ids(tid)) for tid, x in arrays.items()},
                                         finite=folded)
             except NotFinite as e:
-                _check_finite(raw[e.tensor_id], e.tensor_id)
-                raise
+                _check_finite(raw[e.tensor_id], e.tensor_id)  # the user's error, with the count of bad values
+                raise InputError(f"input '{e.tensor_id}' ('{sample[e.tensor_id]}') contains NaN/Inf values; the "
+                                 "model needs finite values") from None
             summaries.append((str(sample[primary.id]), input_checks.intensity_summary(
                 _subsample(arrays[primary.id], space), None)))
             for x in arrays.values():

@@ -184,10 +184,11 @@ def block_plan(engine: "Engine", shapes: Mapping[str, tuple[int, ...]], tile: Op
                budget: int, *, description: Optional[ModelDescription] = None, margin: int = 0) -> Plan:
     """plan_tiles' tile shape, with tile cores cut every `core` pixels (a multiple of the axis step, and of PYRAMID
     on y and x where the tile allows) so that they line up with output chunks; each tile reaches at least the halo
-    past its core (rounded up to the step) on both sides, except at the image's ends. The padded length stays plan_tiles' (padding more would change the outputs
-    near the image's end, where the network then sees reflected pixels instead of its own zero padding): the tile
-    that reaches it is placed flush with it and keeps the rest of the axis as its core. `description`: the
-    outputs the tiles produce (default: the package's); `margin`: input pixels the tiles reach past the halo."""
+    past its core (rounded up to the step) on both sides, except at the image's ends. The padded length stays
+    plan_tiles' (padding more would change the outputs near the image's end, where the network then sees reflected
+    pixels instead of its own zero padding): the tile that reaches it is placed flush with it and keeps the rest of
+    the axis as its core. `description`: the outputs the tiles produce (default: the package's); `margin`: input
+    pixels the tiles reach past the halo."""
     desc = description or engine.description
     primary = desc.inputs[0]
     base = plan_tiles(desc, shapes, tile, budget)

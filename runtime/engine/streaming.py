@@ -3,8 +3,8 @@ LazyView) into outputs written tile by tile (e.g. np.lib.format.open_memmap), so
 the image.
 
 Same arithmetic as the in-memory path (Engine.run_processed): the same tile plan, the same whole-image statistics
-(ops.streamed_stats.streamed_measures: identical values to numpy's on the whole float32 image), the same pad values (the
-padding is an index map built by np.pad itself on index vectors), preprocessing applied per tile (every
+(ops.streamed_stats.streamed_measures: identical values to numpy's on the whole float32 image), the same pad values
+(the padding is an index map built by np.pad itself on index vectors), preprocessing applied per tile (every
 bioimage.io pre-op is elementwise once its statistics are known), the session per tile, post-ops per tile (only
 elementwise ones: `streamable` refuses post-ops that need the whole output, such as stardist_postprocessing, box
 lists, or statistics of an output; those keep the whole-image path). Hence the outputs are bit-identical to the
