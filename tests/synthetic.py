@@ -24,3 +24,17 @@ def blob_folder(root: Path, n: int = 8, size: int = 64, seed: int = 0) -> Path:
         tifffile.imwrite(root / "images" / f"s{k:02d}.tif", img.astype(np.uint16))
         tifffile.imwrite(root / "masks" / f"s{k:02d}.tif", lab)
     return root
+
+
+def ellipse_labels(shape=(96, 96), count: int = 12, seed: int = 0, margin: int = 0, radii=(3, 11)) -> np.ndarray:
+    """Random touching/overlapping ellipses, later ones on top: a label image of star-convex-ish nuclei, centres at
+    least `margin` px inside the image, semi-axes uniform in `radii`."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    lab = np.zeros(shape, np.int32)
+    for i in range(1, count + 1):
+        cy, cx = rng.uniform(margin, shape[0] - margin), rng.uniform(margin, shape[1] - margin)
+        a, b, t = rng.uniform(*radii), rng.uniform(*radii), rng.uniform(0, np.pi)
+        u, v = (yy - cy) * np.cos(t) + (xx - cx) * np.sin(t), -(yy - cy) * np.sin(t) + (xx - cx) * np.cos(t)
+        lab[(u / a) ** 2 + (v / b) ** 2 < 1] = i
+    return lab

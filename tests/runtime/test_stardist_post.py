@@ -13,21 +13,14 @@ from biozoo.runtime.format.description import Axis, Processing, Tensor
 from biozoo.runtime.ops import stardist as SP
 from biozoo.runtime.ops import OPS, build_op
 from biozoo.runtime.ops.polygon_overlap import StarPolygons
+from tests.synthetic import ellipse_labels
 
 ENGINES = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(SP._jit() is None, reason="numba not installed"))]
 
 
 def ellipses(shape=(96, 96), count=12, seed=0) -> np.ndarray:
     """Random touching/overlapping ellipses, later ones on top: a label image of star-convex-ish nuclei."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
-    lab = np.zeros(shape, np.int32)
-    for i in range(1, count + 1):
-        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
-        a, b, t = rng.uniform(3, 11), rng.uniform(3, 11), rng.uniform(0, np.pi)
-        u, v = (yy - cy) * np.cos(t) + (xx - cx) * np.sin(t), -(yy - cy) * np.sin(t) + (xx - cx) * np.cos(t)
-        lab[(u / a) ** 2 + (v / b) ** 2 < 1] = i
-    return lab
+    return ellipse_labels(shape, count, seed, radii=(3, 11))
 
 
 def noisy_maps(lab: np.ndarray, n_rays=32, grid=1, seed=0) -> tuple[np.ndarray, np.ndarray]:

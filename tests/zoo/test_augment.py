@@ -11,18 +11,11 @@ from biozoo.zoo.config import AugmentationConfig, parse_recipe
 from biozoo.zoo.data.augment import Photometric, gaussian_blur, zoom_coordinates, zoom_pair
 from biozoo.zoo.star_targets import stardist_targets
 from biozoo.zoo.tasks.stardist import StarPatches
+from tests.synthetic import ellipse_labels
 
 
 def ellipses(shape=(160, 160), count=25, seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
-    lab = np.zeros(shape, np.int32)
-    for i in range(1, count + 1):
-        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
-        a, b, t = rng.uniform(4, 12), rng.uniform(4, 12), rng.uniform(0, np.pi)
-        u, v = (yy - cy) * np.cos(t) + (xx - cx) * np.sin(t), -(yy - cy) * np.sin(t) + (xx - cx) * np.cos(t)
-        lab[(u / a) ** 2 + (v / b) ** 2 < 1] = i
-    return lab
+    return ellipse_labels(shape, count, seed, radii=(4, 12))
 
 
 def _centroids(lab: np.ndarray) -> dict[int, np.ndarray]:

@@ -12,18 +12,11 @@ from biozoo.zoo import matching as MT
 from biozoo.zoo.config import parse_recipe
 from biozoo.zoo.star_targets import object_probabilities, star_distances, stardist_loss, stardist_targets
 from biozoo.zoo.tasks.stardist import StarPatches, ray_permutation
+from tests.synthetic import ellipse_labels
 
 
 def ellipses(shape=(96, 96), count=12, seed=0, margin=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
-    lab = np.zeros(shape, np.int32)
-    for i in range(1, count + 1):
-        cy, cx = rng.uniform(margin, shape[0] - margin), rng.uniform(margin, shape[1] - margin)
-        a, b, t = rng.uniform(3, 10), rng.uniform(3, 10), rng.uniform(0, np.pi)
-        u, v = (yy - cy) * np.cos(t) + (xx - cx) * np.sin(t), -(yy - cy) * np.sin(t) + (xx - cx) * np.cos(t)
-        lab[(u / a) ** 2 + (v / b) ** 2 < 1] = i
-    return lab
+    return ellipse_labels(shape, count, seed, margin, radii=(3, 10))
 
 
 # ---- targets ----------------------------------------------------------------------------------------------------
