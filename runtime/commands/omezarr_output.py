@@ -23,12 +23,18 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from ..engine.blocks import PYRAMID
 from ..errors import InputError
 from ..format.permissions import plain_permissions
 from .omezarr import NGFF_ORDER, libraries
 
-MAX_LEVELS = 4  # below level 0; each halves y and x
+MAX_LEVELS = PYRAMID.bit_length() - 1  # below level 0, each halving y and x: Dask blocks hold all of theirs
 MIN_SIDE = 64  # the smallest level's shorter y/x side
+
+
+def _default_chunk(axis: str) -> int:
+    """What viewers read well: one time point and channel, 64 z planes, 512 px in y and x."""
+    return 1 if axis in "tc" else 64 if axis == "z" else 512
 
 
 class OmeZarrOutput:
@@ -55,8 +61,8 @@ class OmeZarrOutput:
         self._perm = ([axes.index("b")] if "b" in axes else []) + self._order  # a size-1 batch first, then dropped
         self._ngff_shape = tuple(self.shape[i] for i in self._order)
         fixed = {a: int(n) for a, n in (chunks or {}).items() if a in self.ngff}
-        self._chunks = tuple(max(1, min(n, fixed.get(a) or (1 if a in "tc" else 64 if a == "z" else 512)))
-                             for a, n in zip(self.ngff, self._ngff_shape))
+        self._chunks = tuple(max(1, min(n, fixed.get(a) or _default_chunk(a))) for a, n in zip(self.ngff,
+                                                                                         self._ngff_shape))
         self._plane = [i for i, a in enumerate(self.ngff) if a in "yx"]  # the axes each level halves
         self.levels = level_count(self.ngff, self._ngff_shape, self._chunks)
         self._group = f"labels/{label_name(self.path)}" if labels else ""
@@ -222,8 +228,8 @@ class OmeZarrOutput:
             axes, array = image
             write_image(array, root, scale_factors=tuple(2 ** k for k in range(1, self.levels + 1)), axes=list(axes),
                         name="image", scale={a: s for a, s in zip(self.ngff, scale) if a in axes}, fmt=fmt,
-                        storage_options={"chunks": tuple(max(1, min(c, n)) for c, n in zip(
-                            (1 if a in "tc" else 64 if a == "z" else 512 for a in axes), array.shape))},
+                        storage_options={"chunks": tuple(max(1, min(_default_chunk(a), n))
+                                                         for a, n in zip(axes, array.shape))},
                         axes_units={a: u for a, u in units.items() if a in axes} or None)
 
 

@@ -46,66 +46,92 @@ def streamed_measures(measures: Iterable[Measure], tensors: Mapping[str, tuple[n
     `finite` are checked for NaN/Inf in the first pass (one read of the image less than a check of its own);
     NotFinite is raised for the first that has any."""
     out: dict[Measure, np.ndarray] = {}
-    groups: dict[tuple, list[Measure]] = {}  # measures of one tensor over the same axes share their passes
-    for m in dict.fromkeys(measures):
-        if m.tensor_id in tensors:
-            groups.setdefault((m.tensor_id, reduce_axes(m.axes, tensors[m.tensor_id][1], m.tensor_id)), []).append(m)
-    unchecked = set(finite)
-    for (tid, idx), group_measures in groups.items():
-        data, check = tensors[tid][0], tid in unchecked
-        unchecked.discard(tid)  # one group of measures covers every element of its tensor
-        keep = [i for i in range(data.ndim) if i not in idx]
-        values = {m: np.empty([1 if i in idx else data.shape[i] for i in range(data.ndim)], dtype=np.float64)
-                  for m in group_measures}
-        for k in np.ndindex(*[data.shape[i] for i in keep]):
-            sel = [slice(None)] * data.ndim
-            for i, j in zip(keep, k):
-                sel[i] = j
-            dst = tuple(0 if i in idx else k[keep.index(i)] for i in range(data.ndim))
-            found = _group_measures(group_measures, data[tuple(sel)], chunk, check)
-            if found is None:
+    for tid, group_measures, shape, slices, check in _groups(measures, tensors, finite):
+        unknown = [m.kind for m in group_measures if m.kind not in ("mean", "std", "quantile")]
+        if unknown:
+            raise InputError(f"unknown statistic '{unknown[0]}'")
+        values = {m: np.empty(shape, dtype=np.float64) for m in group_measures}
+        moments = any(m.kind in ("mean", "std") for m in group_measures)
+        spread = any(m.kind == "std" for m in group_measures)
+        for dst, group in slices:
+            plans = {m: _quantile_ranks(group.size, m.q, m.method if not m.is_dataset else "linear")
+                     for m in group_measures if m.kind == "quantile"}
+            scan = _scan(group, chunk, plans, moments, spread, check, np.float32)
+            if scan is None:
                 raise NotFinite(tid)
-            for m, v in found.items():
-                values[m][dst] = v
+            n, mean, squares, ranks = scan
+            for m in group_measures:
+                if m.kind == "mean":
+                    values[m][dst] = float(mean)
+                elif m.kind == "std":
+                    values[m][dst] = float(np.sqrt(np.float32(float(squares) / n)))
+            for m, ((a, b), gamma) in plans.items():
+                values[m][dst] = _interpolate(ranks[a], ranks[b], gamma, m.method if not m.is_dataset else "linear")
         out.update(values)
     return out
 
 
-def _group_measures(measures: Sequence[Measure], group: np.ndarray, chunk: int,
-                    finite: bool = False) -> Optional[dict[Measure, float]]:
-    """The measures of one group of elements, float32 as the in-memory path computes them; None when `finite`
-    asks for a check and the first pass finds NaN or Inf."""
-    plans = {m: _quantile_ranks(group.size, m.q, m.method if not m.is_dataset else "linear")
-             for m in measures if m.kind == "quantile"}
-    scan = _scan(measures, group, chunk, plans, finite, np.float32)
-    if scan is None:
-        return None
-    n, total, squares, ranks = scan
-    found: dict[Measure, float] = {}
-    for m in measures:
-        if m.kind == "mean":
-            found[m] = float(np.float32(float(total) / n))  # numpy divides by an intp count
-        elif m.kind == "std":
-            found[m] = float(np.sqrt(np.float32(float(squares) / n)))
-    for m, ((a, b), gamma) in plans.items():
-        found[m] = _interpolate(ranks[a], ranks[b], gamma, m.method if not m.is_dataset else "linear")
-    return found
+def streamed_dataset_update(stats: DatasetStatistics, tensors: Mapping[str, tuple[np.ndarray, Sequence[str]]],
+                            chunk: int = STREAM_CHUNK, finite: Collection[str] = ()) -> None:
+    """Add one sample read lazily to `stats`, as DatasetStatistics.update adds one held in memory: float64 count,
+    mean and sum of squared deviations per kept slice, and linear float64 quantiles from the exact order
+    statistics (the same values to float64 rounding: the sums follow the pairwise tree of each slice). `finite`:
+    as for streamed_measures (NotFinite)."""
+    for tid, group_measures, shape, slices, check in _groups(stats.measures, tensors, finite):
+        means, m2s, count = np.empty(shape), np.empty(shape), 0
+        quantiles = {m: np.empty(shape) for m in group_measures if m.kind == "quantile"}
+        moments = len(quantiles) < len(group_measures)  # a mean or a std: both need both moments
+        for dst, group in slices:
+            plans = {m: _quantile_ranks(group.size, m.q, "linear") for m in quantiles}
+            scan = _scan(group, chunk, plans, moments, moments, check, np.float64)
+            if scan is None:
+                raise NotFinite(tid)
+            count, means[dst], m2s[dst], ranks = scan
+            for m, ((a, b), gamma) in plans.items():  # np.quantile's interpolation on float64 data
+                quantiles[m][dst] = _interpolate(np.float64(ranks[a]), np.float64(ranks[b]), gamma, "linear")
+        for m in group_measures:
+            if m.kind == "quantile":
+                stats.add_quantile(m, quantiles[m])
+            else:
+                stats.add_moments(m, float(count), means, m2s)
 
 
-def _scan(measures: Sequence[Measure], group: np.ndarray, chunk: int, plans: Mapping, finite: bool,
+def _groups(measures: Iterable[Measure], tensors: Mapping[str, tuple[np.ndarray, Sequence[str]]],
+            finite: Collection[str]) -> Iterator[tuple[str, list[Measure], list[int], Iterator, bool]]:
+    """Per tensor and reduced axes: (tensor id, its measures there, the keepdims shape of their values, the
+    (value index, lazily read group of elements) of every kept slice, whether to check that tensor for NaN/Inf).
+    Measures of one tensor over the same axes share their passes; one group of measures covers every element of
+    its tensor, so the check rides on the first."""
+    grouped: dict[tuple, list[Measure]] = {}
+    for m in dict.fromkeys(measures):
+        if m.tensor_id in tensors:
+            grouped.setdefault((m.tensor_id, reduce_axes(m.axes, tensors[m.tensor_id][1], m.tensor_id)), []).append(m)
+    unchecked = set(finite)
+    for (tid, idx), group_measures in grouped.items():
+        data = tensors[tid][0]
+        keep = [i for i in range(data.ndim) if i not in idx]
+
+        def slices(data=data, idx=idx, keep=keep):
+            for k in np.ndindex(*[data.shape[i] for i in keep]):
+                sel = [slice(None)] * data.ndim
+                for i, j in zip(keep, k):
+                    sel[i] = j
+                yield tuple(0 if i in idx else k[keep.index(i)] for i in range(data.ndim)), data[tuple(sel)]
+
+        yield (tid, group_measures, [1 if i in idx else data.shape[i] for i in range(data.ndim)], slices(),
+               tid in unchecked)
+        unchecked.discard(tid)
+
+
+def _scan(group: np.ndarray, chunk: int, plans: Mapping, moments: bool, spread: bool, finite: bool,
           dtype: Any) -> Optional[tuple[int, Any, Any, dict[int, np.float32]]]:
-    """(count, sum, sum of squared deviations from the mean, values of the plans' ranks) of one group of elements
-    in three shared passes (more only for a crowded histogram bin), sums in `dtype` over numpy's pairwise tree;
-    None when `finite` asks for a check and the first pass finds NaN or Inf."""
-    unknown = [m.kind for m in measures if m.kind not in ("mean", "std", "quantile")]
-    if unknown:
-        raise InputError(f"unknown statistic '{unknown[0]}'")
+    """(count, mean, sum of squared deviations from it, values of the plans' ranks) of one group of elements in
+    three shared passes (more only for a crowded histogram bin), sums in `dtype` over numpy's pairwise tree;
+    `moments`: the mean, `spread`: the squared deviations too. None when `finite` asks for a check and the first
+    pass finds NaN or Inf."""
     n = group.size
     leaves = _leaves(0, n, chunk)
-    moments = any(m.kind in ("mean", "std") for m in measures)
-    spread = any(m.kind == "std" for m in measures)
     search = _OrderSearch(sorted({r for pair, _ in plans.values() for r in pair}), chunk) if plans else None
-
     sums, bad = [], 0
     for x in _read(group, leaves):
         if finite:
@@ -116,15 +142,17 @@ def _scan(measures: Sequence[Measure], group: np.ndarray, chunk: int, plans: Map
             search.bounds(x)
     if bad:
         return None
-    total = _tree_sum(iter(sums), n, chunk, dtype) if moments else None
-    center = (np.float32(float(total) / n) if dtype == np.float32 else total / n) if moments else None
+    mean = None
+    if moments:  # numpy divides by an intp count
+        total = _tree_sum(iter(sums), n, chunk, dtype)
+        mean = np.float32(float(total) / n) if dtype == np.float32 else total / n
     if search:
         search.open()
     squares = []
     if spread or (search and search.windows):
         for x in _read(group, leaves):
             if spread:
-                d = x.astype(dtype, copy=False) - center
+                d = x.astype(dtype, copy=False) - mean
                 squares.append(np.add.reduce(np.multiply(d, d, out=d)))
             if search and search.windows:
                 search.histogram(x)
@@ -135,52 +163,8 @@ def _scan(measures: Sequence[Measure], group: np.ndarray, chunk: int, plans: Map
         if search.settle():  # crowded bins: narrowed windows to histogram again
             for x in _read(group, leaves):
                 search.histogram(x)
-    return (n, total, _tree_sum(iter(squares), n, chunk, dtype) if spread else None,
+    return (n, mean, _tree_sum(iter(squares), n, chunk, dtype) if spread else None,
             search.found if search else {})
-
-
-def streamed_dataset_update(stats: DatasetStatistics, tensors: Mapping[str, tuple[np.ndarray, Sequence[str]]],
-                            chunk: int = STREAM_CHUNK, finite: Collection[str] = ()) -> None:
-    """Add one sample read lazily to `stats`, as DatasetStatistics.update adds one held in memory: float64 count,
-    mean and sum of squared deviations per kept slice, and linear float64 quantiles from the exact order
-    statistics (the same values to float64 rounding: the sums follow the pairwise tree of each slice). `finite`:
-    as for streamed_measures (NotFinite)."""
-    unchecked = set(finite)
-    groups: dict[tuple, list[Measure]] = {}
-    for m in stats.measures:
-        if m.tensor_id in tensors:
-            groups.setdefault((m.tensor_id, reduce_axes(m.axes, tensors[m.tensor_id][1], m.tensor_id)), []).append(m)
-    for (tid, idx), group_measures in groups.items():
-        data, check = tensors[tid][0], tid in unchecked
-        unchecked.discard(tid)
-        keep = [i for i in range(data.ndim) if i not in idx]
-        shape = [1 if i in idx else data.shape[i] for i in range(data.ndim)]
-        means, m2s = np.empty(shape), np.empty(shape)
-        quantiles = {m: np.empty(shape) for m in group_measures if m.kind == "quantile"}
-        count = 0
-        for k in np.ndindex(*[data.shape[i] for i in keep]):
-            sel = [slice(None)] * data.ndim
-            for i, j in zip(keep, k):
-                sel[i] = j
-            dst = tuple(0 if i in idx else k[keep.index(i)] for i in range(data.ndim))
-            group = data[tuple(sel)]
-            plans = {m: _quantile_ranks(group.size, m.q, "linear") for m in quantiles}
-            moments = [Measure(tid, "std", None)] if len(quantiles) < len(group_measures) else []  # and the mean
-            scan = _scan([*quantiles, *moments], group, chunk, plans, check, np.float64)
-            if scan is None:
-                raise NotFinite(tid)
-            count, total, squares, ranks = scan
-            if moments:
-                means[dst], m2s[dst] = total / count, squares
-            for m, ((a, b), gamma) in plans.items():
-                lo, hi = np.float64(ranks[a]), np.float64(ranks[b])
-                diff = hi - lo  # np.quantile's _lerp on float64 data
-                quantiles[m][dst] = hi - diff * (1 - gamma) if gamma >= 0.5 else lo + diff * gamma
-        for m in group_measures:
-            if m.kind == "quantile":
-                stats.add_quantile(m, quantiles[m])
-            else:
-                stats.add_moments(m, float(count), means, m2s)
 
 
 def _leaves(start: int, n: int, chunk: int) -> list[tuple[int, int]]:
