@@ -119,6 +119,8 @@ def why_not_from_file(model: Any, data: Any, source: Optional[str], axes: str, m
         return f"its file is not an OME-Zarr biozoo reads ({e})"
     if not levels or tuple(levels[0].shape) != tuple(np.shape(data)):
         return "the layer is a part of its file (one channel of it)"
+    if model.engine.box_lists is not None:  # boxes become a Shapes layer, not an OME-Zarr written block by block
+        return "the model's outputs are box lists"
     return why_not_blockwise(model.engine)
 
 

@@ -224,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "the file headers before any pixel is read; tiles are sized from the budget (--memory, default the "
                 "memory available or BIOZOO_MEMORY_LIMIT) counting the network's measured activation memory; an "
                 "image whose whole-image arrays do not fit is streamed (read lazily, written tile by tile: .npy, "
-                "TIFF, Zarr/OME-Zarr, without --mask/--ignore-value/--rescale), else refused up front")
+                "TIFF, Zarr/OME-Zarr; --mask/--ignore-value apply tile by tile; --rescale resamples band by band "
+                "into a temporary folder beside the output), else refused up front")
     p = command("bench", cmd_bench, "biozoo predict vs raw onnxruntime (and bioimageio.core) in one run")
     p.add_argument("--size", type=int, default=2048, help="length of every space axis of the random input")
     p.add_argument("--runs", type=int, default=5, help="timed runs per contender (median reported)")

@@ -97,31 +97,46 @@ def detect_constant_regions(x: np.ndarray, tensor: Tensor, pixels: Optional[Pixe
     return ~invalid, {"regions": found}
 
 
+def mask_layout(mask_shape: Sequence[int], x_shape: Sequence[int], tensor: Tensor, caller_axes: str) -> str:
+    """How a user mask of `mask_shape` covers an input of model-layout `x_shape`: "space" (the space axes only, in
+    the tensor's order) or "full" (the input's own shape in the caller's axes); raises InputError otherwise. Reads
+    no pixel (the streamed path checks a mask as large as the image with it)."""
+    from ..format.axes import check_axes_string, to_model_layout
+
+    mask_shape, space = tuple(int(n) for n in mask_shape), _space(tensor)
+    want = tuple(int(x_shape[i]) for i in space)
+    if len(mask_shape) == len(space):
+        if mask_shape != want:
+            raise InputError(
+                f"--mask has shape {mask_shape}, the input's space axes "
+                f"({''.join(tensor.axes[i].id for i in space)}) have {want}; the mask must cover the image pixel by "
+                "pixel"
+            )
+        return "space"
+    try:  # the same checks on a tiny stand-in (to_model_layout copies), then the model-layout shape
+        to_model_layout(np.empty([1 if n == 1 else 2 for n in mask_shape], np.uint8), caller_axes, tensor)
+        letters = check_axes_string(caller_axes, len(mask_shape), f"input '{tensor.id}'")
+        full = tuple(mask_shape[letters.index(k)] if k in letters else 1 for k in tensor.letters)
+    except InputError:
+        full = None
+    if full is None or full != tuple(x_shape):
+        raise InputError(
+            f"--mask has shape {mask_shape}; expected the shape of the image's space axes {want} "
+            f"(or the input's own shape); non-zero = pixels to use"
+        )
+    return "full"
+
+
 def mask_from_array(mask: np.ndarray, x: np.ndarray, tensor: Tensor, caller_axes: str) -> np.ndarray:
     """A user mask (space axes only, or the input's full shape in the caller's axes) as a valid mask."""
     from ..format.axes import to_model_layout
 
     mask = np.asarray(mask)
     space = _space(tensor)
-    want = tuple(x.shape[i] for i in space)
-    if mask.ndim == len(space):
-        if mask.shape != want:
-            raise InputError(
-                f"--mask has shape {mask.shape}, the input's space axes "
-                f"({''.join(tensor.axes[i].id for i in space)}) have {want}; the mask must cover the image pixel by "
-                "pixel"
-            )
+    if mask_layout(mask.shape, x.shape, tensor, caller_axes) == "space":
         shape = [x.shape[i] if i in space else 1 for i in range(x.ndim)]
         return (mask != 0).reshape(shape)
-    try:
-        full = to_model_layout(mask, caller_axes, tensor)
-    except InputError:
-        full = None
-    if full is None or full.shape != x.shape:
-        raise InputError(
-            f"--mask has shape {mask.shape}; expected the shape of the image's space axes {want} "
-            f"(or the input's own shape); non-zero = pixels to use"
-        )
+    full = to_model_layout(mask, caller_axes, tensor)
     collapsed = _collapsed(tensor)
     return np.any(full != 0, axis=collapsed, keepdims=True) if collapsed else full != 0
 

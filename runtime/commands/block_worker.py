@@ -22,6 +22,7 @@ from ..engine.memory import peak_resident_bytes
 from ..engine.streaming import lazy_model_layout, release
 from ..engine.tiling import Plan, output_shapes
 from .lazyio import open_image
+from .streamed_masks import worker_state
 
 DONE = "done"
 
@@ -41,6 +42,7 @@ class BlockJob:
     sinks: Mapping[str, Any]  # output id -> streaming.CallerSink around a picklable output (lazyio.create_output)
     journal: str  # folder of the run's journal: one file per finished block under done/
     context: int = 0  # StarDist packages: input pixels of candidates past each core (instance_blocks.py)
+    masking: Any = None  # streamed_masks.MaskedRun: --mask/--ignore-value and the driver's fill values
 
 
 @dataclass
@@ -69,10 +71,11 @@ def _state(job: BlockJob) -> _State:
     for tid, path in job.inputs.items():
         image = stack.enter_context(open_image(Path(path), job.level_target))
         arrays[tid] = lazy_model_layout(image.data, job.caller_axes[tid], model.description.input(tid))
+    arrays, sinks = worker_state(model, arrays, job.caller_axes, job.masking, job.sinks, stack)
     shapes = {tid: tuple(x.shape) for tid, x in arrays.items()}
     described = model.engine.network if job.context else model.description  # StarDist: the network's maps
     state = _State(model, arrays, index_maps(model.engine, shapes, job.plan), output_shapes(described, shapes),
-                   tile_combos(job.plan), job.sinks, stack)
+                   tile_combos(job.plan), sinks, stack)
     _STATES[job.key] = state
     return state
 
@@ -101,7 +104,8 @@ def done_marker(journal: str, index: int) -> Path:
 
 
 def objects_file(journal: str, index: int) -> Path:
-    """A StarDist block's objects (no pickle: np.savez of plain arrays), its done marker at the same time."""
+    """A StarDist block's objects or a detector block's boxes (no pickle: np.savez of plain arrays), its done
+    marker at the same time."""
     return Path(journal) / DONE / f"{index}.npz"
 
 
@@ -123,6 +127,27 @@ def run_objects(job: BlockJob, index: int) -> dict[str, Any]:
     os.replace(partial, target)  # whole or absent: a killed worker leaves no half-written block
     return {"block": index, "worker": _worker_name(), "seconds": time.perf_counter() - started,
             "peak_rss": peak_resident_bytes() or 0, "pixels": _core_pixels(job.plan, state.combos[index]), "objects": len(found.scores)}
+
+
+def run_boxes(job: BlockJob, index: int) -> dict[str, Any]:
+    """Box-list packages: the boxes whose centres lie in block `index`'s core (engine/box_blocks.py), saved in
+    the journal as N.npz (the driver merges every block's boxes into the box files)."""
+    from ..engine.box_blocks import block_boxes
+    from .box_output import save_boxes
+
+    started = time.perf_counter()
+    state = _state(job)
+    found = block_boxes(state.model.engine, state.arrays, state.maps, job.plan, state.combos[index], job.stats,
+                        state.wanted)
+    for x in state.arrays.values():
+        release(x)
+    target = objects_file(job.journal, index)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.npz")
+    save_boxes(found, partial)
+    os.replace(partial, target)  # whole or absent: a killed worker leaves no half-written block
+    return {"block": index, "worker": _worker_name(), "seconds": time.perf_counter() - started,
+            "peak_rss": peak_resident_bytes() or 0, "pixels": _core_pixels(job.plan, state.combos[index]),
+            "objects": len(found.scores)}
 
 
 def run_block(job: BlockJob, index: int) -> dict[str, Any]:
@@ -163,4 +188,5 @@ def worker_pid() -> int:
     return os.getpid()
 
 
-__all__ = ["BlockJob", "done_marker", "objects_file", "preload", "run_block", "warm", "run_objects", "worker_pid"]
+__all__ = ["BlockJob", "done_marker", "objects_file", "preload", "run_block", "run_boxes", "warm", "run_objects",
+           "worker_pid"]

@@ -92,14 +92,17 @@ def image_info(path: Path, target_pixel_size: Optional[Mapping[str, float]] = No
 
 
 def write_image(path: Path, data: np.ndarray, axes: str, pixel_size: Optional[Mapping[str, float]] = None,
-                labels: Optional[bool] = None, image: Optional[LazyImage] = None) -> None:
+                labels: Optional[bool] = None, image: Optional[LazyImage] = None,
+                origin: Optional[Mapping[str, float]] = None) -> None:
     """Write TIFF (with axes metadata), NPY or OME-Zarr; via a temporary file or folder, so a failure leaves no
-    partial output. OME-Zarr only: `pixel_size` (µm by space axis) becomes the scale metadata, and integer data
+    partial output. OME-Zarr only: `pixel_size` (µm by space axis) becomes the scale metadata, `origin` (the
+    first pixel's centre) the translation, and integer data
     (`labels` None) or `labels=True` is written as an NGFF labels group, with `image` (the input) at the root."""
     suffix = path.suffix.lower()
     if is_zarr(path):
         target = create_output(path, data.shape, data.dtype, axes, pixel_size=pixel_size, image=image,
-                               labels=np.issubdtype(data.dtype, np.integer) if labels is None else labels)
+                               labels=np.issubdtype(data.dtype, np.integer) if labels is None else labels,
+                               origin=origin)
         try:
             target[...] = data
         except BaseException:

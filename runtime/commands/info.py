@@ -86,7 +86,9 @@ def memory_info(model: Model) -> dict[str, Any]:
         "tile_bytes_per_pixel": tile_bytes_per_pixel(model.engine, profile),
         "default_budget": budget, "default_budget_source": source,
         "streamed": why_not_blockwise(model.engine) or ("yes (.npy/TIFF/Zarr in and out" + (
-            "; StarDist: objects found block by block)" if stardist_step(model.engine) is not None else ")")),
+            "; StarDist: objects found block by block)" if stardist_step(model.engine) is not None else
+            "; box lists: found block by block, merged into box files)" if model.engine.box_lists is not None
+            else ")")),
     }
     if budget is not None:
         try:

@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..engine.instance_blocks import DEFAULT_CONTEXT, Objects, StarDistStep, render_windows
+from ..engine.streaming import release
 from ..errors import InputError
 from ..model import Model
 from ..ops import run_chain
@@ -55,6 +56,7 @@ def write_labels(model: Model, step: StarDistStep, sink: Any, shape: Sequence[in
         sides = iter(block.shape)
         block = block.reshape([next(sides) if a in ("y", "x") else 1 for a in axes])
         sink[key] = run_chain(step.after, block, tuple(axes), StatsContext({}))
+        release(sink)  # a memory-mapped output's written pages leave the resident set window by window
     longest = float(objects.dist.max()) if len(objects.scores) else 0.0
     if 2 * longest > context:
         log.warning("StarDist objects reach %.0f px from their centres, but blocks see candidates only %d px past "

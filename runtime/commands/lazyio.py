@@ -40,11 +40,13 @@ def tiff_axes(series_axes: str) -> Optional[str]:
 @dataclass
 class LazyImage:
     """An opened image: `data` (array-like: .shape, .dtype, slices -> numpy), `axes` (letters or None),
-    `pixel_size` (µm by space axis, or None), `note` (which OME-Zarr level was read and why, else '')."""
+    `pixel_size` (µm by space axis, or None), `note` (which OME-Zarr level was read and why, else ''), `origin`
+    (where the first pixel's centre lies, µm by space axis: an OME-Zarr translation; None when at 0)."""
     data: Any
     axes: Optional[str]
     pixel_size: Optional[dict[str, float]]
     note: str = ""
+    origin: Optional[dict[str, float]] = None
     _close: Optional[Callable[[], None]] = field(default=None, repr=False)
 
     def close(self) -> None:
@@ -65,8 +67,8 @@ def open_image(path: Path, target_pixel_size: Optional[Mapping[str, float]] = No
     path = Path(path)
     suffix = path.suffix.lower()
     if in_zarr(path):
-        data, axes, size, note = open_zarr(path, target_pixel_size)
-        return LazyImage(data, axes, size, note)
+        data, axes, size, note, origin = open_zarr(path, target_pixel_size)
+        return LazyImage(data, axes, size, note, origin)
     if suffix not in READ_SUFFIXES:
         raise InputError(f"cannot read '{path}': unsupported file type '{suffix}'; expected one of {READ_SUFFIXES}")
     if not path.is_file():
@@ -159,12 +161,14 @@ def read_pixel_size(path: Path, target_pixel_size: Optional[Mapping[str, float]]
 
 def create_output(path: Path, shape: tuple[int, ...], dtype: Any, axes: str,
                   pixel_size: Optional[Mapping[str, float]] = None, labels: bool = False, image: Any = None, *,
-                  chunks: Optional[Mapping[str, int]] = None, at: Optional[Path] = None, reopen: bool = False):
+                  chunks: Optional[Mapping[str, int]] = None, at: Optional[Path] = None, reopen: bool = False,
+                  origin: Optional[Mapping[str, float]] = None):
     """A writable array-like of `shape` in `axes` order (`target[slices] = block`), finished by `.close()` (the
     output appears atomically: written under a temporary sibling name, renamed at the end) or `.abort()`
     (everything removed). .npy and .tif: a memory-mapped temporary file; .zarr / .ome.zarr: NGFF 0.5 with
-    `pixel_size` (µm by space axis) as scale metadata, `labels` as an NGFF labels group (`image`, a LazyImage of
-    the input, then goes to the root so that viewers show both).
+    `pixel_size` (µm by space axis) as scale metadata and `origin` (the first pixel's centre, in the same units) as
+    translation, `labels` as an NGFF labels group (`image`, a LazyImage of the input, then goes to the root so that
+    viewers show both).
 
     For writers in other processes (distributed prediction): the object pickles without its data and reopens its
     temporary for writing where it is unpickled; `chunks` (axis letter -> length) sets the Zarr chunks writes are
@@ -172,7 +176,8 @@ def create_output(path: Path, shape: tuple[int, ...], dtype: Any, axes: str,
     when it is there with the same shape and dtype (a resumed run)."""
     path = Path(path)
     if is_zarr(path):
-        return OmeZarrOutput(path, shape, dtype, axes, pixel_size, labels, image, chunks=chunks, at=at, reopen=reopen)
+        return OmeZarrOutput(path, shape, dtype, axes, pixel_size, labels, image, chunks=chunks, at=at, reopen=reopen,
+                             origin=origin)
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".tif", ".tiff"):
         raise InputError(f"cannot write '{path}': unsupported output type '{suffix}'; use .tif, .npy or .ome.zarr")
@@ -238,6 +243,10 @@ class MappedOutput:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         return np.asarray(self._array[key])
+
+    @property
+    def base(self) -> Optional[np.ndarray]:  # engine.streaming.release drops the written pages through it
+        return self.__dict__.get("_array")
 
     def flush(self) -> None:
         """Written pages to the file, then out of this process's resident set."""

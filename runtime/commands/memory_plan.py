@@ -129,14 +129,17 @@ def memory_plan(model: Model, sample: dict[str, Path], targets: Mapping[str, Pat
     fit the budget at a generous QUICK_BYTES_PER_PIXEL (no measurement then). Otherwise the network's activation
     memory is measured (engine/memory.py, cached) and the tile is the largest the budget leaves after the
     whole-image arrays (capped at the default tile budget unless --memory is given). When even that does not fit
-    and the sample can be streamed (.npy/TIFF/Zarr in and out, no --mask/--ignore-value/--rescale, a dense or
-    StarDist model: see engine/streaming.py), it is streamed with the tile the whole budget
-    allows; when not even that fits, the budget's error (--memory) or check_memory (the memory available)
-    refuses it. An explicit --tile wins."""
+    and the sample can be streamed (.npy/TIFF/Zarr in and out, a dense, StarDist or box-list model: see
+    engine/streaming.py, engine/box_blocks.py; --rescale too, but not with a mask: commands/rescaled.py),
+    it is streamed with the tile the whole budget allows (and a resampling band with --rescale); when not even that
+    fits, the budget's error (--memory) or check_memory (the memory available) refuses it. An
+    explicit --tile wins. `masked` (--mask/--ignore-value) streams too (commands/streamed_masks.py), holding a
+    little more besides its tiles (the mask's slabs and the compacted valid values)."""
     from ..engine.instance_blocks import why_not_blockwise
     from ..engine.memory import tile_budget
     from ..engine.tiling import DEFAULT_TILE_BUDGET
     from .predict_streamed import STREAMED_INPUTS, STREAMED_OUTPUTS
+    from .rescaled import band_bytes, why_not_rescaled
 
     limit, _ = budget
     if limit is None:
@@ -147,9 +150,13 @@ def memory_plan(model: Model, sample: dict[str, Path], targets: Mapping[str, Pat
     tile_elements = min(math.prod(shape), DEFAULT_TILE_BUDGET)
     if not explicit and need + tile_elements * QUICK_BYTES_PER_PIXEL <= limit:
         return False, DEFAULT_TILE_BUDGET
-    streamable = (not masked and not factors and why_not_blockwise(model.engine) is None
+    # --rescale streams too: the image resampled band by band into a temporary file (disk), then streamed
+    # (commands/rescaled.py); a band is held besides the tiles
+    streamable = (not (factors and why_not_rescaled(masked))
+                  and why_not_blockwise(model.engine) is None
                   and all(p.suffix.lower() in STREAMED_INPUTS for p in sample.values())
-                  and all(p.suffix.lower() in STREAMED_OUTPUTS for p in targets.values()))
+                  and (model.engine.box_lists is not None  # box files: written whole at the end
+                       or all(p.suffix.lower() in STREAMED_OUTPUTS for p in targets.values())))
     try:
         elements, _ = tile_budget(model.engine, limit, held=need)
         if elements >= math.prod(shape) or not streamable or tile:
@@ -160,18 +167,22 @@ def memory_plan(model: Model, sample: dict[str, Path], targets: Mapping[str, Pat
         if not streamable:
             return False, DEFAULT_TILE_BUDGET  # check_memory refuses it with the whole-image numbers
     try:
-        return True, tile_budget(model.engine, limit, held=streamed_held(math.prod(shape)))[0]
+        held = streamed_held(math.prod(shape), masked)
+        if factors:  # --rescale: one band of the image and of its resampled copy besides the tiles
+            held += band_bytes(int(math.prod(shape) * (1 + math.prod(factors.values()))))
+        return True, tile_budget(model.engine, limit, held=held)[0]
     except InputError:  # not even streamed: --memory says why, else check_memory refuses with whole-image numbers
         if explicit:
             raise
         return False, DEFAULT_TILE_BUDGET
 
 
-def streamed_held(elements: int) -> int:
-    """Bytes a streamed prediction holds besides its tiles: the statistics' read blocks and their float copies."""
+def streamed_held(elements: int, masked: bool = False) -> int:
+    """Bytes a streamed prediction holds besides its tiles: the statistics' read blocks and their float copies
+    (`masked`: the mask's blocks and the valid values gathered into the pairwise sums' leaves too)."""
     from ..ops.streamed_stats import STREAM_CHUNK
 
-    return 16 * min(elements, STREAM_CHUNK)
+    return (32 if masked else 16) * min(elements, STREAM_CHUNK)
 
 
 def distributed_tile_budget(model: Model, budget: tuple[Optional[int], str], explicit: bool,

@@ -52,12 +52,13 @@ def _open_node(path: Path) -> tuple[Any, Any, Any]:
 
 
 def open_zarr(path: Path, target_pixel_size: Optional[Mapping[str, float]] = None):
-    """(array, axes, pixel size, note) of a plain Zarr array or of the OME-Zarr level whose pixel size is nearest
-    `target_pixel_size`; `note` says which level was chosen and why ('' for a single level)."""
+    """(array, axes, pixel size, note, origin) of a plain Zarr array or of the OME-Zarr level whose pixel size is
+    nearest `target_pixel_size`; `note` says which level was chosen and why ('' for a single level), `origin` where
+    its first pixel's centre lies (µm per space axis, None when at 0)."""
     zarr, store, node = _open_node(path)
     if isinstance(node, zarr.Array):
-        return node, None, None, ""
-    levels, axes, sizes = _multiscales(path, store, node.metadata.zarr_format)
+        return node, None, None, "", None
+    levels, axes, sizes, origins = _multiscales(path, store, node.metadata.zarr_format)
     chosen = _nearest(sizes, target_pixel_size)
     note = ""
     if len(levels) > 1:
@@ -70,7 +71,7 @@ def open_zarr(path: Path, target_pixel_size: Optional[Mapping[str, float]] = Non
         array = zarr.open_array(store=store, path=levels[chosen], mode="r")
     except Exception as e:
         raise InputError(f"cannot read level '{levels[chosen]}' of '{path}': {e}; is the OME-Zarr complete?") from None
-    return array, axes, sizes[chosen], note
+    return array, axes, sizes[chosen], note, origins[chosen]
 
 
 def open_pyramid(path: Path) -> tuple[list[Any], Optional[str], list[Optional[dict[str, float]]], list[str]]:
@@ -82,7 +83,8 @@ def open_pyramid(path: Path) -> tuple[list[Any], Optional[str], list[Optional[di
         raise InputError(f"'{path}' is a plain Zarr array; expected an OME-Zarr image folder (NGFF multiscales)")
     attrs = dict(node.attrs)
     only_labels = "multiscales" not in dict(attrs.get("ome") or attrs) and "labels" in node  # labels, no image
-    levels, axes, sizes = ([], None, []) if only_labels else _multiscales(path, store, node.metadata.zarr_format)
+    levels, axes, sizes, _ = ([], None, [], []) if only_labels else _multiscales(path, store,
+                                                                                node.metadata.zarr_format)
     try:
         arrays = [zarr.open_array(store=store, path=level, mode="r") for level in levels]
     except Exception as e:
@@ -95,8 +97,12 @@ def open_pyramid(path: Path) -> tuple[list[Any], Optional[str], list[Optional[di
     return arrays, axes, sizes, labels
 
 
-def _multiscales(path: Path, store, zarr_format: int) -> tuple[list[str], Optional[str], list[Optional[dict[str, float]]]]:
-    """Level paths, axes letters (None when not tczyx-like) and each level's pixel size (µm per space axis)."""
+Sizes = list[Optional[dict[str, float]]]  # per level: µm per space axis, or None
+
+
+def _multiscales(path: Path, store, zarr_format: int) -> tuple[list[str], Optional[str], Sizes, Sizes]:
+    """Level paths, axes letters (None when not tczyx-like), each level's pixel size and the position of its first
+    pixel's centre (its translation; None when 0), in µm per space axis."""
     from ome_zarr.axes import Axes
     from ome_zarr.format import FormatV04, FormatV05
     from ome_zarr.io import ZarrLocation
@@ -111,15 +117,29 @@ def _multiscales(path: Path, store, zarr_format: int) -> tuple[list[str], Option
         axes = Axes(meta["axes"], fmt=location.fmt).to_list()
         datasets = meta["datasets"]
         levels = [str(d["path"]) for d in datasets]
-        common = _scale(meta.get("coordinateTransformations"), len(axes))
-        sizes = [_pixel_size(axes, [a * b for a, b in zip(_scale(d.get("coordinateTransformations"), len(axes)),
-                                                            common)]) for d in datasets]
+        common = meta.get("coordinateTransformations")
+        scales = [[a * b for a, b in zip(_scale(d.get("coordinateTransformations"), len(axes)),
+                                         _scale(common, len(axes)))] for d in datasets]
+        sizes = [_pixel_size(axes, s) for s in scales]
+        # NGFF: a level's own transformations first, then the multiscale's: (i * s + t) * S + T
+        origins = [_pixel_size(axes, [t * c + u for t, c, u in zip(_translation(d.get("coordinateTransformations"),
+                                                                                  len(axes)),
+                                                                     _scale(common, len(axes)),
+                                                                     _translation(common, len(axes)))], zero=True)
+                   for d in datasets]
     except InputError:
         raise
     except Exception as e:  # ome-zarr-py's validation, missing keys, wrong types
         raise InputError(f"cannot read the OME-Zarr metadata of '{path}': {type(e).__name__}: {e}; expected NGFF "
                          "0.4 or 0.5 multiscales") from None
-    return levels, _letters(axes), sizes
+    return levels, _letters(axes), sizes, origins
+
+
+def _translation(transformations: Any, ndim: int) -> list[float]:
+    for t in transformations or ():
+        if t.get("type") == "translation" and len(t.get("translation", ())) == ndim:
+            return [float(v) for v in t["translation"]]
+    return [0.0] * ndim
 
 
 def _scale(transformations: Any, ndim: int) -> list[float]:
@@ -138,16 +158,18 @@ def _letters(axes: list[dict]) -> Optional[str]:
     return None if "?" in letters or len(set(letters)) != len(letters) else letters
 
 
-def _pixel_size(axes: list[dict], scale: list[float]) -> Optional[dict[str, float]]:
-    """µm per space axis with a length unit; an axis without a unit has an unknown size (as for TIFF)."""
+def _pixel_size(axes: list[dict], scale: list[float], zero: bool = False) -> Optional[dict[str, float]]:
+    """µm per space axis with a length unit; an axis without a unit has an unknown size (as for TIFF). With
+    `zero` (translations), None when every value is 0."""
     size = {}
     for axis, value in zip(axes, scale):
         name = str(axis.get("name", "")).lower()
         if axis.get("type") == "space" and name in "zyx" and axis.get("unit"):
-            um = to_micrometers(value, axis["unit"])
-            if um is not None:
+            um = to_micrometers(value, axis["unit"]) if not zero else (  # a translation may be negative
+                0.0 if not value else math.copysign(to_micrometers(abs(value), axis["unit"]) or math.nan, value))
+            if um is not None and not math.isnan(um):
                 size[name] = um
-    return size or None
+    return size if size and (not zero or any(size.values())) else None
 
 
 def _nearest(sizes: list[Optional[dict[str, float]]], target: Optional[Mapping[str, float]]) -> int:

@@ -43,12 +43,13 @@ class OmeZarrOutput:
 
     def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any, axes: str,
                  pixel_size: Optional[Mapping[str, float]] = None, labels: bool = False, image: Any = None, *,
-                 chunks: Optional[Mapping[str, int]] = None, at: Optional[Path] = None, reopen: bool = False):
+                 chunks: Optional[Mapping[str, int]] = None, at: Optional[Path] = None, reopen: bool = False,
+                 origin: Optional[Mapping[str, float]] = None):
         axes = axes.lower()
         self.path, self.shape, self.axes = Path(path), tuple(int(n) for n in shape), axes
         self.dtype = np.dtype(np.uint8 if np.dtype(dtype) == np.bool_ else dtype)
         self.labels, self.image, self.reopened, self._elsewhere, self._stale = labels, image, False, False, False
-        self.pixel_size = dict(pixel_size or {})
+        self.pixel_size, self.origin = dict(pixel_size or {}), dict(origin or {})
         unknown = sorted(set(axes) - set(NGFF_ORDER) - {"b"})
         if len(axes) != len(self.shape) or unknown or len(set(axes)) != len(axes):
             raise InputError(f"cannot write '{path}' as OME-Zarr: axes '{axes}' for shape {self.shape}; expected one "
@@ -202,6 +203,13 @@ class OmeZarrOutput:
     def abort(self) -> None:
         shutil.rmtree(self._tmp, ignore_errors=True)
 
+    def _translation(self, k: int, scale: list[float]) -> list[dict]:
+        """Level k's translation: where its first pixel's centre lies. A 2x2 mean's pixel is centred between the
+        four it averages, (2^k - 1) / 2 level-0 pixels in; labels keep every 2^k-th pixel, so theirs stays put."""
+        shift = 0 if self.labels else (2 ** k - 1) / 2
+        offset = [self.origin.get(a, 0.0) + (shift * s if a in "yx" else 0.0) for a, s in zip(self.ngff, scale)]
+        return [{"type": "translation", "translation": offset}] if any(offset) else []
+
     def _write_metadata(self) -> None:
         import zarr
         from ome_zarr.format import FormatV05
@@ -214,8 +222,8 @@ class OmeZarrOutput:
         units = {a: "micrometer" for a in self.ngff if a in "zyx" and a in self.pixel_size}
         shapes = [self._level(self._ngff_shape, k) for k in range(self.levels + 1)]
         datasets = [{"path": f"s{k}", "coordinateTransformations": [
-            {"type": "scale", "scale": [v * s for v, s in zip(t[0]["scale"], scale)]}]}
-            for k, t in enumerate(fmt.generate_coordinate_transformations(shapes))]
+            {"type": "scale", "scale": [v * s for v, s in zip(t[0]["scale"], scale)]},
+            *self._translation(k, scale)]} for k, t in enumerate(fmt.generate_coordinate_transformations(shapes))]
         name = label_name(self.path)
         group = root[self._group] if self._group else root
         write_multiscales_metadata(group, datasets, fmt=fmt, axes=list(self.ngff), axes_units=units or None,

@@ -43,6 +43,8 @@ from .lazyio import create_output, open_image
 from .omezarr import is_zarr
 from .predict_streamed import (STREAMED_INPUTS, STREAMED_OUTPUTS, flip_check_streamed, input_checks_streamed,
                                open_sample)
+from .streamed_masks import MaskSpec, masked_sink, masks_outputs, run_of
+from .streamed_masks import fingerprint as mask_fingerprint
 
 log = logging.getLogger("biozoo")
 JOURNAL_SUFFIX = ".biozoo-run"
@@ -50,7 +52,8 @@ JOURNAL_SUFFIX = ".biozoo-run"
 
 def why_not_distributable(model: Model, sample: Mapping[str, Path], targets: Mapping[str, Path]) -> Optional[str]:
     """None when the sample can be predicted block by block on Dask, else the reason: dense packages whose
-    post-processing is elementwise (engine/streaming.py), and StarDist packages (engine/instance_blocks.py)."""
+    post-processing is elementwise (engine/streaming.py), StarDist packages (engine/instance_blocks.py) and box
+    lists (engine/box_blocks.py: their box files are written whole at the end, by commands/box_distributed.py)."""
     why = why_not_blockwise(model.engine)
     if why:
         return why
@@ -58,7 +61,7 @@ def why_not_distributable(model: Model, sample: Mapping[str, Path], targets: Map
         if path.suffix.lower() not in STREAMED_INPUTS:
             return (f"input '{path.name}' cannot be read block by block (expected one of {', '.join(STREAMED_INPUTS)}; "
                     "convert it, e.g. to OME-Zarr)")
-    for path in targets.values():
+    for path in targets.values() if model.engine.box_lists is None else ():
         if path.suffix.lower() not in STREAMED_OUTPUTS:
             return (f"output '{path.name}' cannot be written block by block (expected one of "
                     f"{', '.join(STREAMED_OUTPUTS)})")
@@ -221,29 +224,23 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
                                report: CheckReport, pixel_size: Any = None,
                                progress: Optional[Callable[[int, int], None]] = None,
                                level_target: Optional[Mapping[str, float]] = None,
-                               output_pixel_size: Callable[[str], Any] = lambda tid: None,
+                               output_placement: Callable[[str], Mapping[str, Any]] = lambda tid: {},
                                client: Optional[Callable[[], Any]] = None,
-                               dataset_stats: Optional[DatasetStatistics] = None) -> dict[str, Any]:
+                               dataset_stats: Optional[DatasetStatistics] = None,
+                               masking: Optional[MaskSpec] = None) -> dict[str, Any]:
     """Predict one sample on Dask workers into `targets`; returns the written paths, shapes, axes and the run's
     summary (blocks, skipped, MPx/s, peak memory per worker). `client`: what start_client returned, for several
     samples on one cluster (by default the cluster is started for this sample and closed after it);
-    `dataset_stats`: dataset measures over several files (predict_streamed.dataset_statistics_streamed)."""
-    why = why_not_distributable(model, sample, targets)
-    if why:
-        raise InputError(f"--workers/--scheduler predict block by block, but {why}; run without them")
+    `dataset_stats`: dataset measures over several files (predict_streamed.dataset_statistics_streamed);
+    `masking`: --mask/--ignore-value (commands/streamed_masks.py; the fill values go to the workers in the job)."""
     engine, desc = model.engine, model.description
     primary = desc.inputs[0].id
     phases = _Phases()
     with ExitStack() as stack:
-        threads = worker_threads(workers, scheduler, threads)
-        package = str(Path(model.package.source).resolve())
-        if client is None:
-            client = start_client(workers, scheduler, stack, preload=(package, device, threads))
-        arrays, caller, file_size, stats = open_sample(model, sample, axes, level_target, stack, dataset_stats)
-        phases.mark("inputs opened, statistics")
-        input_checks_streamed(engine, arrays[primary], stats, report, pixel_size, file_size,
-                              batch_effects=dataset_stats is None)
-        phases.mark("input checks")
+        threads, package, client, arrays, caller, stats = open_distributed(
+            model, sample, axes, targets, stack, phases, workers=workers, scheduler=scheduler, device=device,
+            threads=threads, client=client, level_target=level_target, dataset_stats=dataset_stats,
+            masking=masking, report=report, pixel_size=pixel_size)
         shapes = {tid: tuple(x.shape) for tid, x in arrays.items()}
         step = stardist_step(engine)
         context = stardist_context(model) if step else 0
@@ -256,10 +253,11 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
             chunks = {step.tensor_id: {}}
         else:
             dtypes, chunks = output_dtypes(engine, plan, stats), output_chunks(engine, plan)
-        journal = Journal(journal_folder(targets), _fingerprint(model, sample, targets, plan, stats, dtypes), resume)
+        journal = Journal(journal_folder(targets), {**_fingerprint(model, sample, targets, plan, stats, dtypes),
+                                                    **mask_fingerprint(arrays[primary])}, resume)
         try:
             outputs, sinks, layouts = _create_outputs(model, targets, wanted, dtypes, chunks, caller.get(primary),
-                                                      journal, output_pixel_size,
+                                                      journal, output_placement,
                                                       lambda: stack.enter_context(open_image(sample[primary],
                                                                                              level_target)))
             combos = tile_combos(plan)
@@ -267,17 +265,19 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
             todo = [i for i in range(len(combos)) if i not in finished]
             job = BlockJob(uuid.uuid4().hex, package, device, threads,
                            {tid: str(p.resolve()) for tid, p in sample.items()}, caller, level_target, plan, stats,
-                           {} if step else sinks, str(journal.folder), context)
+                           {} if step else sinks, str(journal.folder), context, masking=run_of(arrays[primary]))
             phases.mark("outputs created")
             ready = client()  # the cluster, started while the statistics were computed
             phases.mark("waiting for the workers")
             results = _run_blocks(ready, run_objects if step else run_block, job, todo, len(combos), progress,
                                   journal.folder)
             seconds = phases.mark("blocks")
-            found = _render_objects(model, step, sinks[step.tensor_id], wanted[step.tensor_id], journal,
+            found = _render_objects(model, step, masked_sink(model, arrays[primary], step.tensor_id,
+                                                             sinks[step.tensor_id]), wanted[step.tensor_id], journal,
                                     len(combos), context) if step else None
             input_checks.receptive_field(report, engine, sinks)
-            flip_check_streamed(report, engine, arrays, stats, {"tile": tile, "tile_budget": tile_budget}, sinks)
+            flip_check_streamed(report, engine, arrays, stats, {"tile": tile, "tile_budget": tile_budget},
+                                None if masks_outputs(arrays[primary]) else sinks)  # masked: its own crops
             phases.mark("labels and checks on the output" if step else "checks on the output")
         except BaseException:
             if not journal.done():  # nothing to resume: nothing stays behind
@@ -293,6 +293,29 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
     return {"written": {tid: str(targets[tid]) for tid in outputs},
             "shapes": {tid: list(out.shape) for tid, out in outputs.items()}, "axes": layouts,
             "distributed": {**summary, **(found or {})}}
+
+
+def open_distributed(model: Model, sample: Mapping[str, Path], axes: Optional[str], targets: Mapping[str, Path],
+                     stack: ExitStack, phases: "_Phases", *, workers: Optional[int], scheduler: Optional[str],
+                     device: str, threads: Optional[int], client: Optional[Callable[[], Any]],
+                     level_target: Optional[Mapping[str, float]], dataset_stats: Optional[DatasetStatistics],
+                     masking: Optional[MaskSpec], report: CheckReport, pixel_size: Any) -> tuple:
+    """What every Dask driver does first: refuse what cannot go block by block, start (or take) the cluster, open
+    the inputs with their whole-image statistics and run the input checks; returns (onnxruntime threads per worker,
+    the package's path, the client's waiter, the input views, their caller axes, the statistics)."""
+    why = why_not_distributable(model, sample, targets)
+    if why:
+        raise InputError(f"--workers/--scheduler predict block by block, but {why}; run without them")
+    threads = worker_threads(workers, scheduler, threads)
+    package = str(Path(model.package.source).resolve())
+    if client is None:
+        client = start_client(workers, scheduler, stack, preload=(package, device, threads))
+    arrays, caller, file_size, stats = open_sample(model, sample, axes, level_target, stack, dataset_stats, masking)
+    phases.mark("inputs opened, statistics")
+    input_checks_streamed(model.engine, arrays[model.description.inputs[0].id], stats, report, pixel_size,
+                          file_size, batch_effects=dataset_stats is None)
+    phases.mark("input checks")
+    return threads, package, client, arrays, caller, stats
 
 
 class _Phases:
@@ -319,7 +342,7 @@ def _render_objects(model: Model, step, sink, shape, journal: Journal, total: in
 
 
 def _create_outputs(model: Model, targets: Mapping[str, Path], wanted: Mapping, dtypes: Mapping, chunks: Mapping,
-                    caller: Optional[str], journal: Journal, output_pixel_size: Callable[[str], Any],
+                    caller: Optional[str], journal: Journal, output_placement: Callable[[str], Mapping[str, Any]],
                     input_image: Callable[[], Any]) -> tuple[dict, dict, dict]:
     """Every output's temporary in the journal folder (taken up again on --resume), chunked on the block grid,
     and a model-layout writer (CallerSink) for the workers; returns (outputs, sinks, caller layouts)."""
@@ -327,7 +350,7 @@ def _create_outputs(model: Model, targets: Mapping[str, Path], wanted: Mapping, 
     for o in model.description.outputs:
         final, layouts[o.id] = caller_layout(wanted[o.id], o, caller)
         labels = is_zarr(targets[o.id]) and np.issubdtype(dtypes[o.id], np.integer)
-        outputs[o.id] = create_output(targets[o.id], final, dtypes[o.id], layouts[o.id], output_pixel_size(o.id),
+        outputs[o.id] = create_output(targets[o.id], final, dtypes[o.id], layouts[o.id], **output_placement(o.id),
                                       labels=labels, image=input_image() if labels else None,
                                       chunks={o.axis(a).letter: n for a, n in chunks[o.id].items()},
                                       at=journal.folder, reopen=journal.resumed)

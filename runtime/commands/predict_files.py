@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import ExitStack, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -24,6 +25,7 @@ from ..checks.input_checks import batch_effects, dataset_normalized, intensity_s
 from ..checks.pixelsize import parse_pixel_size, training_pixel_size
 from ..checks.report import CheckReport, parse_no_check, training_conditions
 from ..errors import InputError
+from ..format.description import SizeReference
 from ..model import Model, load
 from ..ops.stats import DatasetStatistics
 from . import box_files
@@ -32,7 +34,9 @@ from .memory_plan import check_memory, distributed_tile_budget, memory_budget, m
 from .output_paths import check_output_paths, planned_outputs
 from .omezarr import in_zarr, is_zarr
 from .predict_streamed import dataset_statistics_streamed, predict_sample_streamed
+from .streamed_masks import mask_spec
 from .progress import ProgressBar
+from .rescaled import predict_rescaled, why_not_rescaled
 
 
 def parse_tile(text: Optional[str], axes_hint: str = "yx") -> Optional[dict[str, int]]:
@@ -80,6 +84,39 @@ def _output_pixel_size(description, tid: str, pixel: Optional[Mapping[str, float
             if a.type == "space" and a.id in pixel and scales.get(a.id)} or None
 
 
+def _output_origin(description, tid: str, pixel: Optional[Mapping[str, float]],
+                   input_origin: Optional[Mapping[str, float]] = None) -> Optional[dict[str, float]]:
+    """Where output `tid`'s first pixel's centre lies, per space axis, on the input's grid (OME-Zarr translation):
+    a size offset crops (or pads) both ends alike, as format 0.4's per-side offset did (0.5 records their sum), and
+    an output pixel of scale r input pixels is centred at (j + 1/2) r - 1/2. In µm from the input's own origin when
+    the pixel size is known; else in input pixels, only where the output's grid is the input's (scale 1)."""
+    inputs = {t.id: t for t in description.inputs}
+    origin = {}
+    for a in description.output(tid).axes:
+        ref = a.size
+        if a.type != "space" or not isinstance(ref, SizeReference) or ref.tensor_id not in inputs:
+            continue
+        ratio = a.scale / inputs[ref.tensor_id].axis(ref.axis_id).scale
+        if not pixel and ratio != 1:
+            return None  # written with scale 1 on unknown pixels: a translation would not match it
+        step = pixel.get(ref.axis_id, 1.0) if pixel else 1.0
+        origin[a.id] = (input_origin or {}).get(ref.axis_id, 0.0) + step * ((0.5 - ref.offset / 2) * ratio - 0.5)
+    return origin if any(origin.values()) else None
+
+
+def _placement(description, tid: str, pixel: Optional[Mapping[str, float]], path: Path,
+               level_target: Optional[Mapping[str, float]], rescaled: bool) -> dict[str, Any]:
+    """create_output's `pixel_size` and `origin` of output `tid` of the input at `path` (an OME-Zarr's own
+    translation carried over): on the input's grid as the package places it, or, resampled back (--rescale), the
+    input's origin itself."""
+    origin = None
+    if in_zarr(path):
+        with open_image(path, level_target) as image:
+            origin = image.origin
+    return {"pixel_size": _output_pixel_size(description, tid, pixel),
+            "origin": origin if rescaled else _output_origin(description, tid, pixel, origin)}
+
+
 def predict_files(
     package: str,
     inputs: Sequence[str],
@@ -112,7 +149,7 @@ def predict_files(
     terminal's progress bar (front ends; an exception raised there stops the run, leaving no output)."""
     if threads is not None and threads < 1:
         raise InputError(f"--threads {threads}: expected at least 1 onnxruntime thread")
-    distributed = _check_distributed(workers, scheduler, resume, rescale, mask, ignore_value)
+    distributed = _check_distributed(workers, scheduler, resume)
     skip = parse_no_check(no_check)
     output = Path(output)
     model = load(package, device=device, threads=threads or 0)
@@ -143,6 +180,9 @@ def predict_files(
     protected[model.package.rdf_path] = "the package's description"
     check_output_paths([t for plan in plans for t in plan.values()], protected, model.package.root, overwrite)
     factors = _refuse_early(model, samples, pixel_size, rescale, skip)
+    why = distributed and any(factors) and why_not_rescaled(bool(mask) or ignore_value is not None)
+    if why:  # --rescale on Dask with a mask: refused before any work
+        raise InputError(why)
     budget = memory_budget(memory)
     modes = [(True, distributed_tile_budget(model, budget, memory is not None, workers)) if distributed else
              memory_plan(model, s, t, axes, f, bool(mask) or ignore_value is not None, budget, memory is not None,
@@ -150,7 +190,8 @@ def predict_files(
              for s, t, f in zip(samples, plans, factors)]
     check_memory(model, [s for s, m in zip(samples, modes) if not m[0]], axes,
                  [f for f, m in zip(factors, modes) if not m[0]], Path(mask) if mask else None, budget)
-    mask_array = read_image(Path(mask))[0] if mask else None
+    mask_array = read_image(Path(mask))[0] if mask and not all(m[0] for m in modes) else None  # streamed: lazily
+    masking = mask_spec(mask, ignore_value)  # the streamed and Dask paths' (commands/streamed_masks.py)
 
     def options(sample: dict[str, Path]) -> InputOptions:
         return InputOptions(pixel_size=pixel_size, file_pixel_size=read_pixel_size(sample[primary], level_target),
@@ -168,7 +209,8 @@ def predict_files(
     dataset_stats = None
     if len(samples) > 1 and dataset_normalized(model.engine):
         if any(streamed for streamed, _ in modes):  # a file larger than memory: every file read lazily in turn
-            dataset_stats = dataset_statistics_streamed(model, samples, axes, level_target, report)
+            dataset_stats = dataset_statistics_streamed(model, samples, axes, level_target, report,
+                                                        masking=masking)
         else:
             dataset_stats = _dataset_pass(model, samples, read, options, report)
     items = []
@@ -183,25 +225,27 @@ def predict_files(
         return clients[0]
 
     with ExitStack() as cluster:
-        for sample, stem, targets, (streamed, sample_budget) in zip(samples, stems, plans, modes):
+        for sample, stem, targets, (streamed, sample_budget), f in zip(samples, stems, plans, modes, factors):
             if streamed:  # larger than the budget (or on Dask): read lazily, written tile by tile
                 sample_report = CheckReport(skip)
                 bar = progress or ProgressBar(f"{next(iter(sample.values())).name}", enabled=not quiet)
                 common = dict(tile=tile_sizes, tile_budget=sample_budget, report=sample_report, pixel_size=pixel_size,
-                              progress=bar, level_target=level_target,
-                              output_pixel_size=lambda tid, sample=sample: _output_pixel_size(
+                              progress=bar, level_target=level_target, masking=masking,
+                              output_placement=lambda tid, sample=sample, f=f: _placement(
                                   model.description, tid, parse_pixel_size(pixel_size, list(space))
-                                  or read_pixel_size(sample[primary], level_target)))
+                                  or read_pixel_size(sample[primary], level_target), sample[primary], level_target,
+                                  bool(f)))
                 if distributed:
+                    from .box_distributed import predict_boxes_distributed
                     from .predict_distributed import predict_sample_distributed
 
-                    done = predict_sample_distributed(model, sample, axes, targets, workers=workers,
-                                                      scheduler=scheduler, resume=resume, device=device,
-                                                      threads=threads, client=client(),
-                                                      dataset_stats=dataset_stats, **common)
+                    on_dask = predict_sample_distributed if boxes is None else predict_boxes_distributed
+                    done = _rescaled(on_dask, f)(model, sample, axes, targets, workers=workers, scheduler=scheduler,
+                                                 resume=resume, device=device, threads=threads, client=client(),
+                                                 dataset_stats=dataset_stats, **common)
                 else:
-                    done = predict_sample_streamed(model, sample, axes, targets, dataset_stats=dataset_stats,
-                                                   **common)
+                    done = _rescaled(predict_sample_streamed, f)(model, sample, axes, targets,
+                                                                 dataset_stats=dataset_stats, **common)
                 sample_report.disabled()
                 report.extend(sample_report, str(sample[primary]))
                 items.append({"input": ", ".join(str(p) for p in sample.values()), **done, "streamed": True})
@@ -226,8 +270,9 @@ def predict_files(
                                                            if a.type == "space"])
                 labels = is_zarr(targets[tid]) and np.issubdtype(data.dtype, np.integer)
                 with (open_image(sample[primary], level_target) if labels else nullcontext()) as image:
-                    write_image(targets[tid], data, out_axes, labels=labels, image=image,
-                                pixel_size=_output_pixel_size(model.description, tid, given or opts.file_pixel_size))
+                    write_image(targets[tid], data, out_axes, labels=labels, image=image, **_placement(
+                        model.description, tid, given or opts.file_pixel_size, sample[primary], level_target,
+                        bool(f)))
                 written[tid] = str(targets[tid])
             report.extend(prediction.report, str(sample[primary]))
             items.append({
@@ -240,9 +285,9 @@ def predict_files(
     return {"model": model.name, "provider": model.provider, "items": items, "checks": report.as_list()}
 
 
-def _check_distributed(workers: Optional[int], scheduler: Optional[str], resume: bool, rescale: bool,
-                       mask: Optional[str], ignore_value: Optional[float]) -> bool:
-    """Whether the prediction runs on Dask; refuses options that do not go with it."""
+def _check_distributed(workers: Optional[int], scheduler: Optional[str], resume: bool) -> bool:
+    """Whether the prediction runs on Dask; refuses options that do not go with it (--mask, --ignore-value and
+    --rescale run there: commands/streamed_masks.py, commands/rescaled.py; not --rescale with a mask)."""
     if workers is None and not scheduler:
         if resume:
             raise InputError("--resume continues a run on Dask workers; give --workers N or --scheduler ADDRESS as "
@@ -252,12 +297,13 @@ def _check_distributed(workers: Optional[int], scheduler: Optional[str], resume:
         raise InputError("--workers starts a local cluster and --scheduler uses an existing one; give one of them")
     if workers is not None and workers < 1:
         raise InputError(f"--workers {workers}: expected at least 1 worker process")
-    given = [name for name, on in (("--rescale", rescale), ("--mask", mask), ("--ignore-value", ignore_value is not None))
-             if on]
-    if given:
-        raise InputError(f"{', '.join(given)} cannot be combined with --workers/--scheduler yet (blocks are read "
-                         "straight from the file); drop them, or predict without --workers/--scheduler")
     return True
+
+
+def _rescaled(run: Callable[..., dict], factors: Optional[Mapping[str, float]]) -> Callable[..., dict]:
+    """`run` (the streamed or the Dask prediction of one sample) between two resampling passes, to the training
+    pixel size and back (commands/rescaled.py), when the sample has --rescale factors."""
+    return partial(predict_rescaled, run) if factors else run
 
 
 def _stems(samples: Sequence[dict[str, Path]]) -> list[str]:

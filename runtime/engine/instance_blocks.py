@@ -58,9 +58,13 @@ def stardist_step(engine: "Engine") -> Optional[StarDistStep]:
 
 def why_not_blockwise(engine: "Engine") -> Optional[str]:
     """None when the package can run block by block into lazily written outputs (engine/streaming.py's dense
-    packages, or StarDist packages here), else the reason."""
+    packages, StarDist packages here, box lists in engine/box_blocks.py), else the reason."""
     from .streaming import why_not_streamable
 
+    if engine.box_lists is not None:
+        from .box_blocks import why_not_box_blocks
+
+        return why_not_box_blocks(engine)
     return None if stardist_step(engine) is not None else why_not_streamable(engine)
 
 

@@ -173,7 +173,8 @@ def tile_bytes_per_pixel(engine: "Engine", profile: Mapping[str, Any]) -> int:
     per_input = sum(math.prod(a.size if isinstance(a.size, int) and a.type not in ("space", "batch") else 1
                               for a in t.axes) for t in engine.description.inputs)
     per_output = sum(math.prod(a.size if isinstance(a.size, int) and a.type not in ("space", "batch") else 1
-                               for a in t.axes) for t in engine.network.outputs)
+                               for a in t.axes) for t in engine.network.outputs
+                     if any(a.type == "space" for a in t.axes))  # lists (e.g. boxes [K, 4]) cost no bytes per pixel
     return int(_SAFETY * profile["bytes_per_pixel"]) + 4 * (IO_COPIES * per_input + OUTPUT_COPIES * per_output)
 
 

@@ -72,6 +72,11 @@ def _lists_block(description: ModelDescription, candidates: list[Tensor]) -> tup
     return {}, ""
 
 
+def lists_config(description: ModelDescription) -> tuple[Mapping[str, Any], str]:
+    """What the package records about its box lists (e.g. ``iou_threshold``) and where: ({}, "") when nothing."""
+    return _lists_block(description, [t for t in description.outputs if _index_ids(t)])
+
+
 def _padding(block: Mapping[str, Any], where: str) -> tuple[Optional[str], Any]:
     """(padding marker, recorded capacity) from the lists' block; the marker must be one biozoo knows."""
     if block.get("padding") is None:

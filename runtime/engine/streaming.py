@@ -7,8 +7,9 @@ Same arithmetic as the in-memory path (Engine.run_processed): the same tile plan
 (the padding is an index map built by np.pad itself on index vectors), preprocessing applied per tile (every
 bioimage.io pre-op is elementwise once its statistics are known), the session per tile, post-ops per tile (only
 elementwise ones: `streamable` refuses post-ops that need the whole output, such as stardist_postprocessing, box
-lists, or statistics of an output; those keep the whole-image path). Hence the outputs are bit-identical to the
-in-memory prediction with the same tiles.
+lists, or statistics of an output; StarDist and box lists run block by block instead, in engine/instance_blocks.py
+and engine/box_blocks.py, statistics of an output keep the whole-image path). Hence the outputs are bit-identical
+to the in-memory prediction with the same tiles.
 """
 from __future__ import annotations
 
@@ -136,12 +137,15 @@ def why_not_streamable(engine: "Engine") -> Optional[str]:
 
 def whole_image_statistics(engine: "Engine", arrays: Mapping[str, np.ndarray],
                            dataset_stats: Optional[DatasetStatistics] = None,
-                           finite_check: Optional[Callable[[str], None]] = None) -> dict:
+                           finite_check: Optional[Callable[[str], None]] = None,
+                           masks: Optional[Mapping[str, Any]] = None, extra: Sequence = ()) -> dict:
     """Every statistic the processing needs, computed once per input by streaming over the lazily read arrays
     (model layout); dataset measures come from `dataset_stats` when given. `finite_check(tid)` raises for an input
     with NaN/Inf: inputs of float32 or narrower whose statistics are streamed are checked in the statistics' first
-    pass instead (one read of a huge image less), and `finite_check` runs on the rest and on any found bad."""
-    measures = list(engine.required_measures())
+    pass instead (one read of a huge image less), and `finite_check` runs on the rest and on any found bad.
+    `masks`: lazily read valid masks by input id (masked normalization: statistics over the valid pixels only);
+    `extra`: measures computed in the same passes besides the processing's (e.g. the fill of masked pixels)."""
+    measures = list(dict.fromkeys([*engine.required_measures(), *extra]))
     known = {}
     if dataset_stats is not None:
         for m in measures:
@@ -155,7 +159,7 @@ def whole_image_statistics(engine: "Engine", arrays: Mapping[str, np.ndarray],
         if finite_check is not None and tid not in folded:
             finite_check(tid)
     try:
-        known.update(streamed_measures(streamed, tensors, finite=folded))
+        known.update(streamed_measures(streamed, tensors, finite=folded, masks=masks))
     except NotFinite as e:
         finite_check(e.tensor_id)  # the user's error, with the count of bad values
         raise InputError(f"input '{e.tensor_id}' contains NaN/Inf values; the model needs finite values") from None
@@ -269,6 +273,10 @@ class CallerSink:
         self.target, self.order, self.letters, self.shape = target, order, tensor.letters, tuple(shape)
         self.kept = [letter for letter in self.letters if letter in order]
         self.dropped = tuple(i for i, letter in enumerate(self.letters) if letter not in order)
+
+    @property
+    def base(self) -> Any:  # release() walks .base to a memory map (a TIFF or .npy output's) to drop its pages
+        return self.target
 
     def _key(self, key: Any) -> tuple:
         key = (tuple(key) if isinstance(key, tuple) else (key,)) + (slice(None),) * len(self.letters)

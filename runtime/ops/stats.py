@@ -14,13 +14,13 @@ every statistic of that tensor to the valid elements; without a mask the code pa
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from ..errors import InputError
+from .order_statistics import quantiles
 
 BATCH = "batch"
 
@@ -138,8 +138,9 @@ class StatsContext:
         return self
 
     def prefetch(self, measures: Iterable[Measure]) -> None:
-        """Compute an op's quantiles of one tensor over the same axes in one np.quantile call: numpy partitions the
-        data once for all q (scale_range's two percentiles cost one pass, not two); values equal separate calls."""
+        """Compute an op's quantiles of one tensor over the same axes together, from one copy partitioned rank after
+        rank (order_statistics.quantiles): scale_range's two percentiles cost one copy, not two; values equal
+        np.quantile's."""
         groups: dict[tuple, list[Measure]] = {}
         for m in measures:
             if m.kind != "quantile" or m in self._cache or m.tensor_id not in self.tensors:
@@ -155,9 +156,9 @@ class StatsContext:
                 continue
             data, axes = self.tensors[tid]
             idx = reduce_axes(reduce, axes, tid)
-            values = np.quantile(data, [m.q for m in group], axis=idx, keepdims=True, method=method)
+            values = quantiles(data, [m.q for m in group], idx, method)
             for m, v in zip(group, values):
-                self._cache[m] = np.asarray(v.astype(np.float64), dtype=np.float32)
+                self._cache[m] = np.asarray(v, dtype=np.float32)
 
     def get(self, m: Measure, target_axes: Sequence[str]) -> np.ndarray:
         """The measure's value, broadcastable against a tensor with `target_axes` (same axis ids and order)."""
@@ -188,7 +189,7 @@ class StatsContext:
             return _masked_measure(m, data, valid, idx)
         if m.kind == "quantile":
             method = m.method if not m.is_dataset else "linear"  # dataset quantiles: linear, as in bioimageio.core
-            return np.quantile(data, m.q, axis=idx, keepdims=True, method=method).astype(np.float64)
+            return quantiles(data, [m.q], idx, method)[0]
         if m.kind == "mean":  # float32 with numpy's pairwise summation, as bioimageio.core computes it
             return np.mean(data, axis=idx, keepdims=True)
         return np.std(data, axis=idx, keepdims=True)
@@ -226,7 +227,9 @@ def masked_reduce(data: np.ndarray, valid: np.ndarray, idx: tuple[int, ...], fn)
 def _masked_measure(m: Measure, data: np.ndarray, valid: np.ndarray, idx: tuple[int, ...]) -> np.ndarray:
     if m.kind == "quantile":
         method = m.method if not m.is_dataset else "linear"
-        return masked_reduce(data, valid, idx, lambda v: np.quantile(v, m.q, method=method))
+        # the unmasked path's quantiles (order_statistics: float64 interpolation), so that a mask changes which
+        # values are used, not how their quantile is rounded (np.quantile with a lone float lerps in float32)
+        return masked_reduce(data, valid, idx, lambda v: quantiles(v, [m.q], (0,), method)[0, 0])
     if m.kind == "mean":
         return masked_reduce(data, valid, idx, np.mean)
     return masked_reduce(data, valid, idx, np.std)

@@ -5,6 +5,11 @@ one tensor over the same axes shares its passes over the elements: the first pas
 pairwise tree (the mean) and finds the minimum and maximum, the second sums the squared deviations (the std) and
 histograms the window of every quantile's ranks, the third collects the values of each rank's bin. Three reads in
 all, however many quantiles (one search per order statistic read the image three times each).
+
+Masked statistics (masked normalization, checks/masking.py): a lazily read valid mask per tensor (broadcastable to
+it) makes every pass read the same slabs of the mask and keep the valid elements in C order (`_Compacted`), so the
+sums follow numpy's pairwise tree over the compacted values, as np.mean/np.std/np.quantile over `data[valid]` do
+in memory (ops/stats.masked_reduce); the valid counts come from the mask (its `count()` when it has one).
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from typing import Any, Collection, Iterable, Iterator, Mapping, Optional, Seque
 import numpy as np
 
 from ..errors import InputError
+from .order_statistics import interpolate, quantile_ranks
 from .stats import DatasetStatistics, Measure, reduce_axes
 
 STREAM_CHUNK = 1 << 22  # elements read at once by the streamed statistics (16 MiB of float32)
@@ -30,7 +36,8 @@ class NotFinite(Exception):
 
 
 def streamed_measures(measures: Iterable[Measure], tensors: Mapping[str, tuple[np.ndarray, Sequence[str]]],
-                      chunk: int = STREAM_CHUNK, finite: Collection[str] = ()) -> dict[Measure, np.ndarray]:
+                      chunk: int = STREAM_CHUNK, finite: Collection[str] = (),
+                      masks: Optional[Mapping[str, Any]] = None) -> dict[Measure, np.ndarray]:
     """Each per-sample measure of lazily read tensors (e.g. np.memmap views in model layout) computed once, reading
     at most about `chunk` elements at a time, with the same values as the in-memory path:
 
@@ -44,9 +51,12 @@ def streamed_measures(measures: Iterable[Measure], tensors: Mapping[str, tuple[n
     Dataset measures are computed over this call's tensors, as StatsContext does without a DatasetStatistics
     (pass those values instead when one is known); quantile methods other than these two raise. The tensors in
     `finite` are checked for NaN/Inf in the first pass (one read of the image less than a check of its own);
-    NotFinite is raised for the first that has any."""
+    NotFinite is raised for the first that has any (masked elements included, as in memory). `masks`: a lazily
+    read bool array per tensor id (True = used; broadcastable, e.g. the masked-normalization mask): the measures
+    of that tensor are over its valid elements only, with the values of ops/stats.masked_reduce; the quantile
+    method 'median' gives np.median's value (what masking.fill_masked fills masked pixels with)."""
     out: dict[Measure, np.ndarray] = {}
-    for tid, group_measures, shape, slices, check in _groups(measures, tensors, finite):
+    for tid, group_measures, shape, slices, check in _groups(measures, tensors, finite, masks):
         unknown = [m.kind for m in group_measures if m.kind not in ("mean", "std", "quantile")]
         if unknown:
             raise InputError(f"unknown statistic '{unknown[0]}'")
@@ -54,7 +64,8 @@ def streamed_measures(measures: Iterable[Measure], tensors: Mapping[str, tuple[n
         moments = any(m.kind in ("mean", "std") for m in group_measures)
         spread = any(m.kind == "std" for m in group_measures)
         for dst, group in slices:
-            plans = {m: _quantile_ranks(group.size, m.q, m.method if not m.is_dataset else "linear")
+            _check_count(group.size)
+            plans = {m: _ranks(group.size, m.q, m.method if not m.is_dataset else "linear")
                      for m in group_measures if m.kind == "quantile"}
             scan = _scan(group, chunk, plans, moments, spread, check, np.float32)
             if scan is None:
@@ -66,57 +77,72 @@ def streamed_measures(measures: Iterable[Measure], tensors: Mapping[str, tuple[n
                 elif m.kind == "std":
                     values[m][dst] = float(np.sqrt(np.float32(float(squares) / n)))
             for m, ((a, b), gamma) in plans.items():
-                values[m][dst] = _interpolate(ranks[a], ranks[b], gamma, m.method if not m.is_dataset else "linear")
+                values[m][dst] = _value(ranks[a], ranks[b], gamma, m.method if not m.is_dataset else "linear")
         out.update(values)
     return out
 
 
 def streamed_dataset_update(stats: DatasetStatistics, tensors: Mapping[str, tuple[np.ndarray, Sequence[str]]],
-                            chunk: int = STREAM_CHUNK, finite: Collection[str] = ()) -> None:
+                            chunk: int = STREAM_CHUNK, finite: Collection[str] = (),
+                            masks: Optional[Mapping[str, Any]] = None) -> None:
     """Add one sample read lazily to `stats`, as DatasetStatistics.update adds one held in memory: float64 count,
     mean and sum of squared deviations per kept slice, and linear float64 quantiles from the exact order
     statistics (the same values to float64 rounding: the sums follow the pairwise tree of each slice). `finite`:
-    as for streamed_measures (NotFinite)."""
-    for tid, group_measures, shape, slices, check in _groups(stats.measures, tensors, finite):
-        means, m2s, count = np.empty(shape), np.empty(shape), 0
+    as for streamed_measures (NotFinite); `masks`: as there (DatasetStatistics.update's masked values, to float64
+    rounding: the sums run over the compacted valid values)."""
+    for tid, group_measures, shape, slices, check in _groups(stats.measures, tensors, finite, masks):
+        means, m2s, count, counts = np.empty(shape), np.empty(shape), 0, np.empty(shape)
         quantiles = {m: np.empty(shape) for m in group_measures if m.kind == "quantile"}
         moments = len(quantiles) < len(group_measures)  # a mean or a std: both need both moments
         for dst, group in slices:
-            plans = {m: _quantile_ranks(group.size, m.q, "linear") for m in quantiles}
+            _check_count(group.size)
+            plans = {m: quantile_ranks(group.size, m.q, "linear") for m in quantiles}
             scan = _scan(group, chunk, plans, moments, moments, check, np.float64)
             if scan is None:
                 raise NotFinite(tid)
             count, means[dst], m2s[dst], ranks = scan
+            counts[dst] = count
             for m, ((a, b), gamma) in plans.items():  # np.quantile's interpolation on float64 data
-                quantiles[m][dst] = _interpolate(np.float64(ranks[a]), np.float64(ranks[b]), gamma, "linear")
+                quantiles[m][dst] = interpolate(np.float64(ranks[a]), np.float64(ranks[b]), gamma, "linear")
         for m in group_measures:
             if m.kind == "quantile":
                 stats.add_quantile(m, quantiles[m])
             else:
-                stats.add_moments(m, float(count), means, m2s)
+                stats.add_moments(m, counts if masks and tid in masks else float(count), means, m2s)
 
 
 def _groups(measures: Iterable[Measure], tensors: Mapping[str, tuple[np.ndarray, Sequence[str]]],
-            finite: Collection[str]) -> Iterator[tuple[str, list[Measure], list[int], Iterator, bool]]:
+            finite: Collection[str], masks: Optional[Mapping[str, Any]] = None
+            ) -> Iterator[tuple[str, list[Measure], list[int], Iterator, bool]]:
     """Per tensor and reduced axes: (tensor id, its measures there, the keepdims shape of their values, the
     (value index, lazily read group of elements) of every kept slice, whether to check that tensor for NaN/Inf).
-    Measures of one tensor over the same axes share their passes; one group of measures covers every element of
-    its tensor, so the check rides on the first."""
+    Measures of one tensor over the same axes share their passes (axes of length 1 aside: over channel, y, x and
+    over y, x of a one-channel image read the same elements in the same order); one group of measures covers every
+    element of its tensor, so the check rides on the first."""
     grouped: dict[tuple, list[Measure]] = {}
+    reduced: dict[tuple, set] = {}
     for m in dict.fromkeys(measures):
         if m.tensor_id in tensors:
-            grouped.setdefault((m.tensor_id, reduce_axes(m.axes, tensors[m.tensor_id][1], m.tensor_id)), []).append(m)
+            idx = reduce_axes(m.axes, tensors[m.tensor_id][1], m.tensor_id)
+            key = (m.tensor_id, tuple(i for i in idx if tensors[m.tensor_id][0].shape[i] != 1))
+            grouped.setdefault(key, []).append(m)
+            reduced.setdefault(key, set()).update(idx)
     unchecked = set(finite)
-    for (tid, idx), group_measures in grouped.items():
-        data = tensors[tid][0]
+    for key, group_measures in grouped.items():
+        tid, idx, data = key[0], tuple(sorted(reduced[key])), tensors[key[0]][0]
         keep = [i for i in range(data.ndim) if i not in idx]
+        mask = None if masks is None else masks.get(tid)
 
-        def slices(data=data, idx=idx, keep=keep):
+        def slices(data=data, idx=idx, keep=keep, mask=mask):
             for k in np.ndindex(*[data.shape[i] for i in keep]):
                 sel = [slice(None)] * data.ndim
                 for i, j in zip(keep, k):
                     sel[i] = j
-                yield tuple(0 if i in idx else k[keep.index(i)] for i in range(data.ndim)), data[tuple(sel)]
+                group = data[tuple(sel)]
+                if mask is not None:  # the mask's slice for it: index 0 along the axes it broadcasts over
+                    group = _Compacted(group, mask[tuple(0 if isinstance(s, int) and mask.shape[i] == 1 else s
+                                                         for i, s in enumerate(sel))])
+                yield tuple(0 if i in idx else k[keep.index(i)] for i in range(data.ndim)), group
 
         yield (tid, group_measures, [1 if i in idx else data.shape[i] for i in range(data.ndim)], slices(),
                tid in unchecked)
@@ -140,7 +166,7 @@ def _scan(group: np.ndarray, chunk: int, plans: Mapping, moments: bool, spread: 
             sums.append(np.add.reduce(x.astype(dtype, copy=False)))
         if search:
             search.bounds(x)
-    if bad:
+    if bad or (finite and isinstance(group, _Compacted) and group.bad):  # masked elements count too
         return None
     mean = None
     if moments:  # numpy divides by an intp count
@@ -187,6 +213,9 @@ def _tree_sum(leaf_sums: Iterator[Any], n: int, chunk: int, dtype: Any = np.floa
 
 
 def _read(group: np.ndarray, leaves: Sequence[tuple[int, int]]) -> Iterator[np.ndarray]:
+    if isinstance(group, _Compacted):
+        yield from group.read(leaves)
+        return
     for start, stop in leaves:
         yield np.ascontiguousarray(_rows(group, start, stop))
 
@@ -214,23 +243,84 @@ def _rows(group: np.ndarray, start: int, stop: int) -> np.ndarray:
     return block[start - r0 * inner: stop - r0 * inner]
 
 
-def _quantile_ranks(n: int, q: float, method: str) -> tuple[tuple[int, int], float]:
-    """The 0-based ranks np.quantile reads for `q` of n values, and its weight between them."""
-    if method == "linear":
-        virtual = (n - 1) * q
-        lo = int(np.floor(virtual))
-        return (max(0, min(lo, n - 1)), max(0, min(lo + 1, n - 1))), virtual - lo
-    if method == "inverted_cdf":
-        rank = max(0, min(n - 1, int(np.ceil(n * q)) - 1))
-        return (rank, rank), 0.0
-    raise InputError(f"quantile method '{method}' cannot be streamed; biozoo streams 'linear' and 'inverted_cdf'")
+def _check_count(n: int) -> None:
+    if n == 0:  # a mask that leaves a slice empty (checks/masking.check_not_empty refuses most of them earlier)
+        raise InputError("the mask leaves no valid pixel to compute normalization statistics from; "
+                         "check the mask (non-zero = pixels to use) or the ignored value")
 
 
-def _interpolate(a: np.float32, b: np.float32, gamma: float, method: str) -> float:
-    if method == "inverted_cdf":
-        return float(a)
-    diff = b - a  # numpy's _lerp: float32 difference, float64 weight, the far end's form above one half
-    return float(b - diff * (1 - gamma)) if gamma >= 0.5 else float(a + diff * gamma)
+def _ranks(n: int, q: float, method: str) -> tuple[tuple[int, int], float]:
+    if method == "median":  # np.median: the mean of the middle value(s)
+        return ((n - 1) // 2, n // 2), 0.5
+    return quantile_ranks(n, q, method)
+
+
+def _value(a: np.float32, b: np.float32, gamma: float, method: str) -> float:
+    if method == "median":  # np.median's float32 mean of the two middle values (one when n is odd)
+        return float(a) if a == b else float(np.mean(np.array([a, b], dtype=np.float32)))
+    return interpolate(a, b, gamma, method)
+
+
+def slabs(shape: Sequence[int], size: int) -> Iterator[tuple]:
+    """Basic indices covering an array of `shape` in C order, each of about `size` elements at most (whole rows of
+    the first axis whose inner block fits; ints for the axes before it; the axes after it whole, left out)."""
+    shape = tuple(int(n) for n in shape)
+    if not shape:
+        yield ()
+        return
+    depth = 0
+    while depth < len(shape) - 1 and math.prod(shape[depth + 1:]) > size:
+        depth += 1
+    rows = max(1, size // max(1, math.prod(shape[depth + 1:])))
+    for prefix in np.ndindex(*shape[:depth]):
+        for r in range(0, shape[depth], rows):
+            yield tuple(int(i) for i in prefix) + (slice(r, min(r + rows, shape[depth])),)
+
+
+class _Compacted:
+    """The valid elements of a lazily read group in C order, read the way _scan reads a group: `size` (the valid
+    count, from the mask), `read(leaves)` (one sweep over slabs of the group and the same slabs of the mask per
+    call), `bad` (NaN/Inf among every element of the first sweep, masked ones included: in memory the whole input
+    is checked). The mask broadcasts against the group (length 1 where it does); a mask with `derive(block)`
+    computes a slab's validity from the group's own slab (--ignore-value on a one-channel image: one read)."""
+
+    def __init__(self, group: Any, mask: Any):
+        self.group, self.mask, self.bad, self._first = group, mask, 0, True
+        self.shape = tuple(group.shape)
+        broadcast = math.prod(n for n, m in zip(self.shape, mask.shape) if m == 1)
+        counted = mask.valid_count() if hasattr(mask, "valid_count") else sum(
+            int(np.count_nonzero(np.asarray(mask[key]))) for key in slabs(mask.shape, STREAM_CHUNK))
+        self.size = counted * broadcast
+
+    def _mask_key(self, key: tuple) -> tuple:
+        return tuple((0 if isinstance(k, int) else slice(None)) if n == 1 else k for k, n in zip(key, self.mask.shape))
+
+    def _values(self, size: int) -> Iterator[np.ndarray]:
+        derive = getattr(self.mask, "derive", None)
+        for key in slabs(self.shape, size):
+            block = np.asarray(self.group[key], dtype=np.float32)
+            if self._first:
+                self.bad += block.size - int(np.count_nonzero(np.isfinite(block)))
+            valid = derive(block) if derive is not None else None
+            if valid is None:
+                valid = np.asarray(self.mask[self._mask_key(key)]).astype(bool, copy=False)
+            yield block[np.broadcast_to(valid, block.shape)]
+
+    def read(self, leaves: Sequence[tuple[int, int]]) -> Iterator[np.ndarray]:
+        values = self._values(max((b - a for a, b in leaves), default=1))
+        pending, have = [], 0
+        for start, stop in leaves:
+            while have < stop - start:
+                pending.append(next(values))
+                have += pending[-1].size
+            block = pending[0] if len(pending) == 1 else np.concatenate(pending)
+            rest = block[stop - start:]
+            pending, have = ([rest] if rest.size else []), rest.size
+            yield block[:stop - start]
+        if self._first:  # the finite check sees the masked slabs after the last valid value too
+            for _ in values:
+                pass
+            self._first = False
 
 
 class _OrderSearch:
@@ -307,4 +397,4 @@ def _bin_of(x: np.ndarray, lo: np.float32, hi: np.float32) -> np.ndarray:
     return np.clip(((x.astype(np.float64) - float(lo)) * scale).astype(np.int64), 0, _BINS - 1)
 
 
-__all__ = ["NotFinite", "STREAM_CHUNK", "streamed_dataset_update", "streamed_measures"]
+__all__ = ["NotFinite", "STREAM_CHUNK", "slabs", "streamed_dataset_update", "streamed_measures"]

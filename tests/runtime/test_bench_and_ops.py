@@ -85,6 +85,7 @@ def test_bad_kwargs_are_package_errors(models):
 
 @pytest.mark.parametrize("method", ["linear", "inverted_cdf"])
 def test_an_ops_quantiles_are_computed_in_one_pass_with_the_same_values(method, monkeypatch):
+    from biozoo.runtime.ops import stats
     from biozoo.runtime.ops.stats import Measure, StatsContext
 
     rng = np.random.default_rng(3)
@@ -94,11 +95,34 @@ def test_an_ops_quantiles_are_computed_in_one_pass_with_the_same_values(method, 
     separate = StatsContext({"raw": (x, axes)})
     expected = [separate.get(m, axes) for m in measures]
     calls = []
-    real = np.quantile
-    monkeypatch.setattr(np, "quantile", lambda *a, **k: calls.append(k.get("method")) or real(*a, **k))
+    real = stats.quantiles
+    monkeypatch.setattr(stats, "quantiles", lambda *a: calls.append(a[1]) or real(*a))
     shared = StatsContext({"raw": (x, axes)})
     shared.prefetch(measures)
     got = [shared.get(m, axes) for m in measures]
-    assert calls == [method]  # one partition of the data for all three
-    for e, g in zip(expected, got):
+    assert calls == [[0.01, 0.5, 0.998]]  # one copy of the data for all three
+    for m, e, g in zip(measures, expected, got):
         assert g.dtype == e.dtype and g.shape == e.shape and np.array_equal(g, e)
+        assert np.array_equal(g, np.quantile(x, [m.q], axis=(2, 3), keepdims=True, method=method)[0].astype(np.float32))
+
+
+@pytest.mark.parametrize("method", ["linear", "inverted_cdf"])
+def test_quantiles_by_successive_partitions_equal_numpys(method):
+    """order_statistics.quantiles against np.quantile (quantiles as an array, as bioimageio.core asks): the same
+    float64 bits over every axis choice, on crowded ties, a single element, huge values, and NaN."""
+    from biozoo.runtime.ops.order_statistics import quantiles
+
+    rng = np.random.default_rng(1)
+    sparse = np.where(rng.random((2, 3, 40, 30)) < 0.9, 0, rng.random((2, 3, 40, 30))).astype(np.float32)
+    cases = [rng.random((1, 1, 300, 200), dtype=np.float32) * 1000, sparse,
+             rng.integers(0, 5, (1, 2, 50, 50)).astype(np.float32), rng.random((1, 1, 1, 1), dtype=np.float32),
+             rng.standard_normal((4, 33, 65), dtype=np.float32) * 1e6]
+    qs = [0.0, 0.01, 0.0100001, 0.3, 0.5, 0.77, 0.998, 0.999999, 1.0]
+    for x in cases:
+        for idx in [tuple(range(x.ndim)), tuple(range(1, x.ndim)), (x.ndim - 1,), (0, x.ndim - 1)]:
+            got = quantiles(x, qs, idx, method)
+            want = np.quantile(x, qs, axis=idx, keepdims=True, method=method).astype(np.float64)
+            assert got.shape == want.shape and np.array_equal(got, want), (x.shape, idx)
+    sparse[0, 0, 5, 5] = np.nan
+    np.testing.assert_array_equal(quantiles(sparse, [0.5], (1, 2, 3), method),
+                                  np.quantile(sparse, [0.5], axis=(1, 2, 3), keepdims=True, method=method))

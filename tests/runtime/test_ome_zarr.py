@@ -213,3 +213,58 @@ print(loaded, img.note)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("[]") and "level 's1'" in proc.stdout
     assert json.loads(json.dumps(attrs(tmp_path / "s3x.ome.zarr")))["multiscales"]
+
+
+def test_outputs_are_placed_on_the_input_grid_by_their_translation(rdf, tmp_path, capsys):
+    """A cropped output (size offset -8: 4 px a side) and a stride-2 one (scale 2x) of an input placed at (3, 5) µm
+    with 0.5 µm pixels: each output's first pixel centre, then every pyramid level's, is where its pixels lie."""
+    data = image(8, 128)
+    group = zarr.open_group(store=LocalStore((tmp_path / "in.ome.zarr").absolute()), mode="w", zarr_format=3)
+    ngff_write(data, group, scale_factors=(), fmt=FormatV05(), axes=["y", "x"], axes_units=UM,
+               coordinate_transformations=[[{"type": "scale", "scale": [0.5, 0.5]},
+                                            {"type": "translation", "translation": [3.0, 5.0]}]])
+    with open_image(tmp_path / "in.ome.zarr") as img:
+        assert img.origin == {"y": 3.0, "x": 5.0} and img.pixel_size == {"y": 0.5, "x": 0.5}
+    assert predict(capsys, rdf("scaled"), tmp_path / "in.ome.zarr", "-o", tmp_path / "out.ome.zarr")[0] == 0
+    assert predict(capsys, rdf("scaled"), tmp_path / "in.ome.zarr", "-o", tmp_path / "out.npy")[0] == 0
+
+    def placement(name):
+        meta = attrs(tmp_path / f"out_{name}.ome.zarr")["multiscales"][0]
+        return [{t["type"]: t[t["type"]] for t in d["coordinateTransformations"]} for d in meta["datasets"]]
+
+    inner, down = placement("inner"), placement("down")
+    assert inner[0] == {"scale": [0.5, 0.5], "translation": [3.0 + 2.0, 5.0 + 2.0]}  # 4 px of 0.5 µm in
+    assert down[0] == {"scale": [1.0, 1.0], "translation": [3.25, 5.25]}  # a 2x2-pixel area's centre
+    full = np.load(tmp_path / "out_inner.npy")
+    with open_image(tmp_path / "out_inner.ome.zarr") as out:
+        np.testing.assert_array_equal(out.data[...], full)
+        assert out.origin == {"y": 5.0, "x": 7.0}
+    for k, level in enumerate(inner[1:], 1):  # level k averages 2^k x 2^k level-0 pixels: centred between them
+        assert level["translation"] == pytest.approx([5.0 + (2 ** k - 1) / 2 * 0.5, 7.0 + (2 ** k - 1) / 2 * 0.5])
+        assert level["scale"] == pytest.approx([0.5 * 2 ** k] * 2)
+
+
+def test_labels_levels_keep_the_first_pixel_in_place(tmp_path):
+    labels = np.random.default_rng(2).integers(0, 9, (256, 256)).astype(np.uint16)
+    write_image(tmp_path / "cells.ome.zarr", labels, "yx", pixel_size={"y": 0.5, "x": 0.5}, origin={"y": 1.0})
+    meta = dict(zarr.open_group(tmp_path / "cells.ome.zarr", mode="r")["labels/cells"].attrs)["ome"]["multiscales"][0]
+    moves = [[t for t in d["coordinateTransformations"] if t["type"] == "translation"] for d in meta["datasets"]]
+    assert len(moves) > 1 and all(m == [{"type": "translation", "translation": [1.0, 0.0]}] for m in moves)
+
+
+def test_outputs_on_dask_carry_the_same_placement(rdf, tmp_path, capsys):
+    """Block by block (here one Dask worker), outputs get the same scale and translation as in memory: the input's
+    origin carried over, each level's half-pixel shift."""
+    data = image(9, 256)
+    group = zarr.open_group(store=LocalStore((tmp_path / "in.ome.zarr").absolute()), mode="w", zarr_format=3)
+    ngff_write(data, group, scale_factors=(), fmt=FormatV05(), axes=["y", "x"], axes_units=UM,
+               coordinate_transformations=[[{"type": "scale", "scale": [0.5, 0.5]},
+                                            {"type": "translation", "translation": [-4.0, 6.5]}]])
+    for name, extra in (("memory", []), ("dask", ["--workers", "1", "--tile", "128,128"])):
+        assert predict(capsys, rdf("unet2d"), tmp_path / "in.ome.zarr", "-o", tmp_path / f"{name}.ome.zarr",
+                       *extra)[0] == 0
+    placed = [[d["coordinateTransformations"] for d in attrs(tmp_path / f"{name}.ome.zarr")["multiscales"][0]
+               ["datasets"]] for name in ("memory", "dask")]
+    assert placed[0] == placed[1] and len(placed[0]) > 1
+    assert placed[0][0] == [{"type": "scale", "scale": [0.5, 0.5]}, {"type": "translation", "translation": [-4.0, 6.5]}]
+    assert placed[0][1][1]["translation"] == pytest.approx([-4.0 + 0.25, 6.5 + 0.25])

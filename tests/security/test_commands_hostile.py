@@ -317,6 +317,7 @@ def test_rescale_of_a_tiff_claiming_one_pixel_per_cm_is_refused_with_the_numbers
     src = _image(tmp_path / "cm.tif", (64, 64), np.uint16, resolution=(1, 1), resolutionunit="CENTIMETER")
     code, err, _ = _main(capsys, "predict", blobseg, src, "-o", tmp_path / "out.tif", "--rescale")
     assert code == 2 and "resampled 4e+08x" in err and "TiB" in err and "--pixel-size" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cm.tif"]  # no output, no temporary folder
 
 
 def test_receptive_field_check_never_fails_after_the_prediction(blobseg, tmp_path, capsys, monkeypatch):
