@@ -130,7 +130,7 @@ def memory_plan(model: Model, sample: dict[str, Path], targets: Mapping[str, Pat
     memory is measured (engine/memory.py, cached) and the tile is the largest the budget leaves after the
     whole-image arrays (capped at the default tile budget unless --memory is given). When even that does not fit
     and the sample can be streamed (.npy/TIFF/Zarr in and out, a dense, StarDist or box-list model: see
-    engine/streaming.py, engine/box_blocks.py; --rescale too, but not with a mask: commands/rescaled.py),
+    engine/streaming.py, engine/box_blocks.py; --rescale too, with a mask or not: commands/rescaled.py),
     it is streamed with the tile the whole budget allows (and a resampling band with --rescale); when not even that
     fits, the budget's error (--memory) or check_memory (the memory available) refuses it. An
     explicit --tile wins. `masked` (--mask/--ignore-value) streams too (commands/streamed_masks.py), holding a
@@ -139,7 +139,7 @@ def memory_plan(model: Model, sample: dict[str, Path], targets: Mapping[str, Pat
     from ..engine.memory import tile_budget
     from ..engine.tiling import DEFAULT_TILE_BUDGET
     from .predict_streamed import STREAMED_INPUTS, STREAMED_OUTPUTS
-    from .rescaled import band_bytes, why_not_rescaled
+    from .rescaled import band_bytes
 
     limit, _ = budget
     if limit is None:
@@ -152,8 +152,7 @@ def memory_plan(model: Model, sample: dict[str, Path], targets: Mapping[str, Pat
         return False, DEFAULT_TILE_BUDGET
     # --rescale streams too: the image resampled band by band into a temporary file (disk), then streamed
     # (commands/rescaled.py); a band is held besides the tiles
-    streamable = (not (factors and why_not_rescaled(masked))
-                  and why_not_blockwise(model.engine) is None
+    streamable = (why_not_blockwise(model.engine) is None
                   and all(p.suffix.lower() in STREAMED_INPUTS for p in sample.values())
                   and (model.engine.box_lists is not None  # box files: written whole at the end
                        or all(p.suffix.lower() in STREAMED_OUTPUTS for p in targets.values())))

@@ -37,6 +37,17 @@ def _default_chunk(axis: str) -> int:
     return 1 if axis in "tc" else 64 if axis == "z" else 512
 
 
+def _compressors(dtype: np.dtype) -> Any:
+    """Float outputs (probabilities, restored images): Blosc LZ4 with byte shuffle, which on a 992^2 float32
+    probability map compressed 1.24x in 2.3 ms where zarr's default Zstd gave 1.12x in 7.6 ms (measured once; the
+    codec runs in every Dask worker beside its network). Integers (labels) keep zarr's default."""
+    if dtype.kind != "f":
+        return "auto"
+    from zarr.codecs import BloscCodec
+
+    return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
+
+
 class OmeZarrOutput:
     """A writable array in the caller's axis order (`target[slices] = tile`), stored in NGFF order; `close()`
     writes the OME-Zarr atomically, `abort()` removes everything. A batch axis must have size 1 (NGFF has none)."""
@@ -86,6 +97,7 @@ class OmeZarrOutput:
         group = root.require_group(self._group) if self._group else root
         self._arrays = [group.create_array(f"s{k}", shape=self._level(self._ngff_shape, k),
                                            chunks=self._level(self._chunks, k), dtype=self.dtype, fill_value=0,
+                                           compressors=_compressors(self.dtype),
                                            dimension_names=list(self.ngff))
                         for k in range(self.levels + 1)]
 

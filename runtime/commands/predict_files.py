@@ -36,7 +36,7 @@ from .omezarr import in_zarr, is_zarr
 from .predict_streamed import dataset_statistics_streamed, predict_sample_streamed
 from .streamed_masks import mask_spec
 from .progress import ProgressBar
-from .rescaled import predict_rescaled, why_not_rescaled
+from .rescaled import predict_rescaled
 
 
 def parse_tile(text: Optional[str], axes_hint: str = "yx") -> Optional[dict[str, int]]:
@@ -180,9 +180,6 @@ def predict_files(
     protected[model.package.rdf_path] = "the package's description"
     check_output_paths([t for plan in plans for t in plan.values()], protected, model.package.root, overwrite)
     factors = _refuse_early(model, samples, pixel_size, rescale, skip)
-    why = distributed and any(factors) and why_not_rescaled(bool(mask) or ignore_value is not None)
-    if why:  # --rescale on Dask with a mask: refused before any work
-        raise InputError(why)
     budget = memory_budget(memory)
     modes = [(True, distributed_tile_budget(model, budget, memory is not None, workers)) if distributed else
              memory_plan(model, s, t, axes, f, bool(mask) or ignore_value is not None, budget, memory is not None,
@@ -287,7 +284,7 @@ def predict_files(
 
 def _check_distributed(workers: Optional[int], scheduler: Optional[str], resume: bool) -> bool:
     """Whether the prediction runs on Dask; refuses options that do not go with it (--mask, --ignore-value and
-    --rescale run there: commands/streamed_masks.py, commands/rescaled.py; not --rescale with a mask)."""
+    --rescale run there, together too: commands/streamed_masks.py, commands/rescaled.py)."""
     if workers is None and not scheduler:
         if resume:
             raise InputError("--resume continues a run on Dask workers; give --workers N or --scheduler ADDRESS as "

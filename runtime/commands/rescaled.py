@@ -4,9 +4,14 @@ streamed resampling passes around the unchanged streamed / distributed predictio
 1. Every input is resampled to the training pixel size band by band (bands of rows of the first space axis, each
    reading only the input rows its output rows need: checks/resample.resample_window) into a float32 .npy beside
    the output, in a hidden folder `.NAME.biozoo-rescale` (Dask workers open it by path, as they open any input).
+   With --mask/--ignore-value the valid mask of the original input (streamed_masks.valid_mask, read lazily) goes
+   there too, resampled nearest to the model's resolution as conditions._valid_mask resamples the whole mask
+   (uint8 0/1; refused there, before the input's pass, when a sample keeps no valid pixel).
 2. predict_streamed.predict_sample_streamed, or the Dask one, predicts that temporary image into temporary .npy
    outputs at the model's resolution; the input checks (distribution shift, receptive field, flips) run there,
-   as in memory; the pixel-size entry says that the image was resampled.
+   as in memory; the pixel-size entry says that the image was resampled. Under a mask the run takes that file as
+   its --mask (statistics over its valid pixels, the fill, the outputs masked at the model's resolution, the
+   workers reading it by path); the report names the user's --mask / --ignore-value V.
 3. Every output is resampled back onto the input's grid (nearest neighbour for integer and boolean outputs,
    linear for the others: resample.order_for), window by window (bands of rows; an OME-Zarr's chunks, each then
    written once, with its pyramid levels), into the real targets through create_output (TIFF, .npy, OME-Zarr
@@ -15,9 +20,10 @@ streamed resampling passes around the unchanged streamed / distributed predictio
 
 The arithmetic is conditions.predict_checked's (the input cast to float32, then resample's coordinates, steps
 and axis order), so with the same tiles the result is bit-identical to the in-memory --rescale. The temporary
-folder costs disk (the input at the training resolution, float32, and the outputs there), never memory; it is
-removed at the end, on failure and on Ctrl-C, except after a Dask run that finished blocks: it then holds what
-`--resume` continues (the resampled input, the journal), as the journal alone does without --rescale.
+folder costs disk (the input at the training resolution, float32, a mask's byte a pixel, and the outputs there),
+never memory; it is removed at the end, on failure and on Ctrl-C, except after a Dask run that finished blocks: it
+then holds what `--resume` continues (the resampled input and mask, the journal), as the journal alone does without
+--rescale.
 """
 from __future__ import annotations
 
@@ -44,11 +50,13 @@ from .box_output import BoxesBack, image_size
 from .lazyio import create_output, open_image
 from .omezarr import is_zarr
 from .omezarr_output import _default_chunk
+from .streamed_masks import MaskSpec
 
 log = logging.getLogger("biozoo")
 SUFFIX = ".biozoo-rescale"
 BAND_ELEMENTS = 1 << 21  # input + output elements of one band (rows of the first space axis), at most
 RECORD = "input.json"  # written once the resampled inputs are complete: what --resume may take up again
+MASK = "mask.npy"  # --mask/--ignore-value: the valid mask at the model's resolution
 
 
 def band_bytes(elements: int) -> int:
@@ -62,29 +70,16 @@ def temp_folder(targets: Mapping[str, Path]) -> Path:
     return first.parent / f".{first.name}{SUFFIX}"
 
 
-def why_not_rescaled(masked: bool) -> Optional[str]:
-    """None when --rescale can run streamed / on Dask, else the user's message (memory_plan then keeps the image
-    in memory, where check_memory refuses what does not fit, before any work; predict_files refuses it on Dask)."""
-    if masked:
-        return ("--rescale with --mask/--ignore-value works for an image predicted in memory only, not for one "
-                "predicted tile by tile (larger than the memory budget) or on Dask; resample the image and the mask "
-                "to the training pixel size first, or drop --mask/--ignore-value")
-    return None
-
-
 def predict_rescaled(run: Callable[..., dict], model: Model, sample: Mapping[str, Path], axes: Optional[str],
                      targets: Mapping[str, Path], *, report: CheckReport, pixel_size: Any = None,
                      progress: Optional[Callable[[int, int], None]] = None,
                      level_target: Optional[Mapping[str, float]] = None,
-                     output_placement: Callable[[str], Mapping[str, Any]] = lambda tid: {}, masked: bool = False,
-                     **rest: Any) -> dict[str, Any]:
+                     output_placement: Callable[[str], Mapping[str, Any]] = lambda tid: {},
+                     masking: Optional[MaskSpec] = None, **rest: Any) -> dict[str, Any]:
     """`run` (predict_sample_streamed, predict_sample_distributed) with --rescale: the same arguments, returning
     what it returns, with the written paths, shapes and axes of the outputs on the input's grid, and `rescaled`
-    (factors, the shapes at the model's resolution). Refuses what why_not_rescaled refuses (`masked`, or a `masking`
-    spec among the arguments: --mask/--ignore-value)."""
-    why = why_not_rescaled(masked or rest.get("masking") is not None)
-    if why:
-        raise InputError(why)
+    (factors, the shapes at the model's resolution). `masking` (--mask/--ignore-value) is decided on the original
+    input and handed to `run` as the mask at the model's resolution."""
     from .predict_streamed import _model_view
 
     desc = model.description
@@ -109,18 +104,23 @@ def predict_rescaled(run: Callable[..., dict], model: Model, sample: Mapping[str
         if boxes:
             (height, width), (y, x) = image_size(model, shapes[primary]), image_size(model, small[primary])
             rest["boxes_back"] = BoxesBack((height, width), (height / y, width / x), str(sample[primary]))
-        record = _record(sample, lengths, level_target)
+        mask = folder / MASK if masking is not None else None
+        record = _record(sample, lengths, level_target, masking)
         resumed = rest.get("resume") and _taken_up(folder, record)  # refused when left by another run
         try:
-            if not (resumed and all(p.is_file() for p in inner.values())):
-                _check_disk(model, folder, shapes, small, factors)
+            if not (resumed and all(p.is_file() for p in [*inner.values(), *([mask] if mask else [])])):
+                _check_disk(model, folder, shapes, small, factors, mask is not None)
                 _fresh(folder)
+                if mask is not None:  # first: an empty mask is refused before the input's pass
+                    _resample_mask(masking, views[primary], desc.inputs[0], callers[primary], small[primary], mask,
+                                   stack, progress)
                 for tid, view in views.items():
                     _resample_input(view, raw[tid], tid, lengths[tid], inner[tid], progress)
                 (folder / RECORD).write_text(json.dumps(record))
             checks = CheckReport(report.skip | {"pixel-size"})  # the resampled image is at the training size
+            at_model = None if mask is None else MaskSpec(str(mask.resolve()), None, masking.source)
             done = run(model, inner, None, outputs, report=checks, pixel_size=None, progress=progress,
-                       level_target=None, output_placement=lambda tid: {}, **rest)
+                       level_target=None, output_placement=lambda tid: {}, masking=at_model, **rest)
             report.extend(checks)
             written = {} if boxes else _resample_outputs(model, done, outputs, targets, shapes, small,
                                                          callers[primary], image, output_placement, progress)
@@ -161,11 +161,13 @@ def _lengths(tensor, shape: tuple[int, ...], factors: Mapping[str, float]) -> di
             if a.type == "space" and a.id in factors}
 
 
-def _record(sample: Mapping[str, Path], lengths: Mapping, level_target: Any) -> dict:
+def _record(sample: Mapping[str, Path], lengths: Mapping, level_target: Any, masking: Optional[MaskSpec]) -> dict:
     from .predict_distributed import _stamp
 
+    mask = {} if masking is None else {"mask": [masking.ignore_value] if masking.path is None else
+                                       [masking.path, _stamp(Path(masking.path))]}
     return {"inputs": {tid: [str(Path(p).resolve()), _stamp(Path(p))] for tid, p in sample.items()},
-            "lengths": {tid: sorted(v.items()) for tid, v in lengths.items()}, "level": level_target}
+            "lengths": {tid: sorted(v.items()) for tid, v in lengths.items()}, "level": level_target, **mask}
 
 
 def _taken_up(folder: Path, record: dict) -> bool:
@@ -176,17 +178,19 @@ def _taken_up(folder: Path, record: dict) -> bool:
     except (OSError, ValueError):
         return False
     if previous != json.loads(json.dumps(record)):
-        raise InputError(f"cannot resume from '{folder}': it was left by a --rescale run of other inputs or pixel "
-                         "sizes; run again without --resume to start over")
+        raise InputError(f"cannot resume from '{folder}': it was left by a --rescale run of other inputs, pixel "
+                         "sizes or masks; run again without --resume to start over")
     return True
 
 
 def _check_disk(model: Model, folder: Path, shapes: Mapping[str, tuple], small: Mapping[str, tuple],
-                factors: Mapping[str, float]) -> None:
+                factors: Mapping[str, float], masked: bool = False) -> None:
     """Refuse before the first pass when the output's file system cannot hold the temporaries: the inputs at the
-    model's resolution (float32) and the outputs there (at most 4 bytes per element: float32, int32 labels). The
-    message names the resampling (a wrong pixel size in a file's metadata asks for absurd factors)."""
-    need = 4 * sum(math.prod(s) for s in small.values())
+    model's resolution (float32), the mask there (`masked`: at most a byte per element of the primary input) and
+    the outputs there (at most 4 bytes per element: float32, int32 labels). The message names the resampling (a
+    wrong pixel size in a file's metadata asks for absurd factors)."""
+    primary = model.description.inputs[0].id
+    need = 4 * sum(math.prod(s) for s in small.values()) + (math.prod(small[primary]) if masked else 0)
     need += 4 * sum(math.prod(s) for s in output_shapes(model.description, small).values() if s)
     try:
         free = shutil.disk_usage(folder.parent).free
@@ -195,7 +199,6 @@ def _check_disk(model: Model, folder: Path, shapes: Mapping[str, tuple], small: 
     if need > free:
         from ..checks.input_checks import format_bytes
 
-        primary = model.description.inputs[0].id
         grow = math.prod(small[primary]) / max(1, math.prod(shapes[primary]))
         raise InputError(f"--rescale needs {format_bytes(need)} of disk beside the output ('{folder}': the image "
                          f"{'x'.join(map(str, shapes[primary]))} resampled {grow:.3g}x to the training resolution "
@@ -247,6 +250,45 @@ def _resample_input(view, raw: Any, tid: str, lengths: Mapping[int, int], path: 
             progress(done + 1, len(bands))
     target.flush()
     del target
+
+
+def _resample_mask(spec: MaskSpec, view, tensor, caller: str, small: tuple, path: Path, stack: ExitStack,
+                   progress: Optional[Callable[[int, int], None]]) -> None:
+    """The valid mask of the primary input (`view`: its original, model layout; masking's shape errors) at the
+    model's shape `small` into the uint8 0/1 .npy `path`, band by band, nearest neighbour: what
+    conditions._valid_mask resamples on the whole mask. A mask of the space axes only when every other axis is 1
+    (else the input's own shape, its channels alike). Refused (masking.check_not_empty) when a sample keeps none."""
+    from ..checks.masking import check_not_empty
+    from .streamed_masks import valid_mask
+
+    valid = valid_mask(spec, view, tensor, caller, stack)
+    shape, batch = valid.root_shape, valid.batch
+    space = [i for i, a in enumerate(tensor.axes) if a.type == "space"]
+    lengths = {i: small[i] for i in space}
+    flat = all(n == 1 for i, n in enumerate(shape) if i not in space)
+    target = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
+                                       shape=tuple(small[i] for i in space) if flat else tuple(small))
+    axis = space[0]
+    n_in, n_out = shape[axis], small[axis]
+    rows = _rows(n_in, n_out, math.prod(view.shape) // n_in, math.prod(small) // n_out)  # the input's rows read
+    bands = [(start, min(n_out, start + rows)) for start in range(0, n_out, rows)]
+    counts = np.zeros([shape[i] if i == batch else 1 for i in range(len(shape))], np.int64)
+    for done, (start, stop) in enumerate(bands):
+        lo, hi = band_rows(n_in, n_out, "nearest", start, stop)
+        block = np.asarray(valid[(slice(None),) * axis + (slice(lo, hi),)]).astype(np.uint8)
+        part = resample_window(block, lengths, "nearest", {axis: (n_in, start, stop, lo)})
+        counts += np.count_nonzero(part, axis=tuple(i for i in range(part.ndim) if i != batch), keepdims=True)
+        if flat:
+            target[start:stop] = part.reshape([part.shape[i] for i in space])
+        else:
+            band = (slice(None),) * axis + (slice(start, stop),)
+            target[band] = np.broadcast_to(part, target[band].shape)
+        release(target)
+        if progress:
+            progress(done + 1, len(bands))
+    target.flush()
+    del target
+    check_not_empty(counts > 0, tensor, spec.source)
 
 
 def _resample_outputs(model: Model, done: Mapping[str, Any], outputs: Mapping[str, Path],

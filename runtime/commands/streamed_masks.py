@@ -39,12 +39,16 @@ NAME = "masked-normalization"
 
 @dataclass(frozen=True)
 class MaskSpec:
-    """What the user said: a mask file (non-zero = use; an absolute path, read by the workers too) or a value."""
+    """What the user said: a mask file (non-zero = use; an absolute path, read by the workers too) or a value.
+    `label`: the user's source when the file is one biozoo wrote (--rescale: the mask at the model's resolution)."""
     path: Optional[str] = None
     ignore_value: Optional[float] = None
+    label: Optional[str] = None
 
     @property
     def source(self) -> str:
+        if self.label:
+            return self.label
         return "--mask" if self.path is not None else f"--ignore-value {self.ignore_value:g}"
 
 

@@ -99,11 +99,11 @@ def stardist(tmp_path_factory) -> Path:
     return rdf
 
 
-def _budget(rdf: Path, x: np.ndarray, tile: int = 96) -> str:
+def _budget(rdf: Path, x: np.ndarray, tile: int = 96, masked: bool = False) -> str:
     """Below the in-memory need of x, with room for ~tile x tile tiles and a resampling band when streamed."""
     model = load(rdf, device="cpu")
     per = memory.tile_bytes_per_pixel(model.engine, memory.activation_profile(model.engine))
-    return f"{tile * tile * per + streamed_held(x.size) + rescaled.band_bytes(2 * x.size)}B"
+    return f"{tile * tile * per + streamed_held(x.size, masked) + rescaled.band_bytes(2 * x.size)}B"
 
 
 def _image(n: int, m: int, seed: int = 0) -> np.ndarray:
@@ -245,46 +245,167 @@ def test_a_folder_that_cannot_hold_the_temporary_is_refused_clearly(blobseg, tmp
     assert not (out / "p.npy").exists()
 
 
-def test_masks_and_box_lists_with_rescale_are_refused_on_dask_before_any_work(blobseg, tmp_path):
+def _holes(shape, seed: int = 0) -> np.ndarray:
+    """A valid mask with random holes (30%) and a big masked rectangle."""
+    valid = np.random.default_rng(seed).random(shape) > 0.3
+    valid[shape[0] // 6: shape[0] * 2 // 3, shape[1] // 10: shape[1] * 4 // 5] = False
+    return valid
+
+
+def _masked_input(tmp_path: Path, how: str, shape=(301, 257), seed: int = 9) -> tuple[np.ndarray, dict]:
+    """in.npy, and predict_files' mask options: a TIFF / .npy mask file, or --ignore-value -1 (the holes set to -1
+    in the image, so that the mask is computed from the original pixels)."""
+    x, valid = _image(*shape, seed=seed), _holes(shape, seed)
+    if how == "ignore":
+        x[~valid] = -1.0
+    elif how.endswith(".npy"):
+        np.save(tmp_path / how, valid.astype(np.uint8))
+    else:
+        import tifffile
+
+        tifffile.imwrite(tmp_path / how, (valid * 255).astype(np.uint8))
+    np.save(tmp_path / "in.npy", x)
+    return x, {"ignore_value": -1.0} if how == "ignore" else {"mask": str(tmp_path / how)}
+
+
+def _mask_entry(summary: dict) -> dict:
+    return next(c for c in summary["checks"] if c["name"] == "masked-normalization")
+
+
+@pytest.mark.parametrize("how", ["mask.tif", "mask.npy", "ignore"])
+def test_streamed_rescale_with_a_mask_equals_the_in_memory_one(blobseg, tmp_path, how):
+    """The mask decided on the original image, resampled nearest to the model's resolution (a temporary), the
+    masked prediction there, the outputs resampled back: the in-memory bytes and report entry (blobseg's halo
+    covers its receptive field, so the streamed tiles give the whole image's bytes)."""
+    x, options = _masked_input(tmp_path, how)
+    kw = dict(device="cpu", pixel_size="0.3,0.35", rescale=True, quiet=True, **options)
+    memory_run = predict_files(str(blobseg), [str(tmp_path / "in.npy")], tmp_path / "mem" / "p.npy", **kw)
+    summary = predict_files(str(blobseg), [str(tmp_path / "in.npy")], tmp_path / "out" / "p.npy",
+                            memory=_budget(blobseg, x, masked=True), **kw)
+    item = summary["items"][0]
+    assert item["streamed"] and item["rescaled"]["factors"] == {"y": 0.6, "x": 0.7}
+    got, want = np.load(tmp_path / "out" / "p.npy"), np.load(tmp_path / "mem" / "p.npy")
+    np.testing.assert_array_equal(got, want)
+    assert (want == 0).mean() > 0.3 and (want > 0).mean() > 0.2  # masked: background (0), a probability elsewhere
+    entry, memory_entry = _mask_entry(summary), _mask_entry(memory_run)
+    source = "--ignore-value -1" if how == "ignore" else "--mask"
+    assert entry == memory_entry and entry["source"] == source and entry["message"].startswith(f"{source}: ")
+    assert 0.3 < entry["excluded_fraction"] < 0.9 and "biozoo-rescale" not in json.dumps(summary)
+    statuses = [{c["name"]: c["status"] for c in run["checks"]} for run in (summary, memory_run)]
+    assert statuses[0] == statuses[1]
+    assert _leftovers(tmp_path / "out") == []
+
+
+def test_dask_rescale_with_a_mask_equals_the_in_memory_one(blobseg, tmp_path):
+    """One worker reads the mask at the model's resolution from the temporary folder, as any --mask file."""
+    pytest.importorskip("distributed")
+    x, options = _masked_input(tmp_path, "mask.tif", (260, 230), seed=10)
+    kw = dict(device="cpu", pixel_size="0.3", rescale=True, quiet=True, tile="96,96", **options)
+    memory_run = predict_files(str(blobseg), [str(tmp_path / "in.npy")], tmp_path / "mem.npy", **kw)
+    summary = predict_files(str(blobseg), [str(tmp_path / "in.npy")], tmp_path / "out" / "p.npy", workers=1,
+                            threads=1, **kw)
+    item = summary["items"][0]
+    assert item["distributed"]["blocks"] > 1 and item["rescaled"]["factors"] == {"y": 0.6, "x": 0.6}
+    assert _mask_entry(summary) == _mask_entry(memory_run) and _mask_entry(summary)["source"] == "--mask"
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "p.npy"), np.load(tmp_path / "mem.npy"))
+    assert _leftovers(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("samples", [1, 2])
+def test_the_mask_at_the_models_resolution_is_the_whole_masks_resample(models, tmp_path, samples):
+    """rescaled._resample_mask, band by band, against conditions._valid_mask's resample of the whole mask: a mask
+    of the space axes (one sample), of the input's own shape (two samples: one mask each)."""
+    from contextlib import ExitStack
+
+    from biozoo.runtime.checks import masking
+    from biozoo.runtime.commands.streamed_masks import MaskSpec
+    from biozoo.runtime.engine.streaming import LazyView
+
+    tensor = models("unet2d").description.inputs[0]  # b, c, y, x
+    x = (np.random.default_rng(12).random((samples, 3, 97, 83)) * 10).astype(np.float32)
+    x[:, :, 20:60, 10:50] = 7.0
+    x[-1, :, 70:, :] = 7.0
+    small = (samples, 3, 61, 140)
+    want = resample(masking.mask_from_value(x, tensor, 7.0).astype(np.uint8), {2: 61, 3: 140}, "nearest")
+    with ExitStack() as stack:
+        rescaled._resample_mask(MaskSpec(None, 7.0), LazyView(x), tensor, "bcyx", small, tmp_path / "m.npy", stack,
+                                None)
+    got = np.load(tmp_path / "m.npy")
+    assert got.dtype == np.uint8 and got.shape == ((61, 140) if samples == 1 else small)
+    np.testing.assert_array_equal(got, want[0, 0] if samples == 1 else np.broadcast_to(want, small))
+
+
+@pytest.mark.parametrize("how", ["mask", "ignore"])
+def test_a_mask_empty_at_the_models_resolution_is_refused_as_in_memory(blobseg, tmp_path, how):
+    """--mask: valid pixels on rows and columns that nearest neighbour skips at 0.6x (none left at the model's
+    resolution, some in the file); --ignore-value: an image of that value only. Nothing is left behind."""
+    from biozoo.runtime.checks.resample import _coordinates
     from biozoo.runtime.errors import InputError
 
-    x = _image(120, 110, seed=7)
+    x = _image(200, 190, seed=11)
+    options: dict = {"ignore_value": 7.0}
+    if how == "mask":
+        rows, cols = (set(np.floor(_coordinates(n, round(n * 0.6)) + 0.5).astype(int)) for n in x.shape)
+        valid = np.zeros(x.shape, np.uint8)
+        valid[np.ix_(sorted(set(range(200)) - rows), sorted(set(range(190)) - cols))] = 1
+        assert valid.sum() > 1000
+        np.save(tmp_path / "mask.npy", valid)
+        options = {"mask": str(tmp_path / "mask.npy")}
+    else:
+        x[:] = 7.0
     np.save(tmp_path / "in.npy", x)
-    with pytest.raises(InputError, match="--rescale with --mask/--ignore-value works for an image predicted in "
-                                         "memory only"):
-        predict_files(str(blobseg), [str(tmp_path / "in.npy")], tmp_path / "out" / "p.npy", device="cpu",
-                      pixel_size="0.3", rescale=True, ignore_value=0.0, workers=1, quiet=True)
-    assert not (tmp_path / "out" / "p.npy").exists()
+    messages = []
+    for where in ("mem", "out"):
+        (tmp_path / where).mkdir()
+        with pytest.raises(InputError) as e:
+            predict_files(str(blobseg), [str(tmp_path / "in.npy")], tmp_path / where / "p.npy", device="cpu",
+                          pixel_size="0.3", rescale=True, quiet=True,
+                          memory=_budget(blobseg, x, masked=True) if where == "out" else None, **options)
+        messages.append(str(e.value))
+        assert list((tmp_path / where).iterdir()) == [], "no output, no temporary"
+    assert messages[0] == messages[1] and "leaves no valid pixel in sample(s) [0]" in messages[0]
+    assert messages[0].startswith("--mask" if how == "mask" else "--ignore-value 7")
 
 
-def test_a_failed_dask_rescale_run_resumes_from_its_finished_blocks(blobseg, tmp_path):
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_failed_dask_rescale_run_resumes_from_its_finished_blocks(blobseg, tmp_path, masked):
+    """`masked`: the mask at the model's resolution is kept with the resampled image and taken up unchanged (the
+    journal's fingerprint stamps it); another mask is refused like other pixel sizes."""
     pytest.importorskip("distributed")
-    x = _image(300, 280, seed=8)
-    np.save(tmp_path / "in.npy", x)
+    if masked:
+        x, options = _masked_input(tmp_path, "mask.npy", (300, 280), seed=8)
+    else:
+        x, options = _image(300, 280, seed=8), {}
+        np.save(tmp_path / "in.npy", x)
     target = tmp_path / "out" / "p.npy"
-    kw = dict(device="cpu", pixel_size="0.3", rescale=True, quiet=True, tile="64,64", workers=1, threads=1)
-    seen: list[int] = []
+    kw = dict(device="cpu", pixel_size="0.3", rescale=True, quiet=True, tile="64,64", workers=1, threads=1,
+              **options)
+    phases: list[int] = []
 
     def stop_in_the_blocks(done: int, total: int) -> None:
-        if not seen or seen[-1] != total:
-            seen.append(total)
-        if len(seen) == 2 and done == 4:
+        if done == 1 or not phases or phases[-1] != total:
+            phases.append(total)  # a new pass: (the mask's,) the input's, the blocks
+        if len(phases) == 2 + masked and done == 4:
             raise Stop("stopped after 4 blocks")
 
     with pytest.raises(Stop):
         predict_files(str(blobseg), [str(tmp_path / "in.npy")], target, progress=stop_in_the_blocks, **kw)
     folder = rescaled.temp_folder({"prob": target})
     assert not target.exists() and (folder / rescaled.RECORD).is_file(), "kept for --resume"
+    assert (folder / rescaled.MASK).is_file() == masked
     from biozoo.runtime.errors import InputError
 
-    with pytest.raises(InputError, match="cannot resume from .*other inputs or pixel sizes"):
-        predict_files(str(blobseg), [str(tmp_path / "in.npy")], target, resume=True, **{**kw, "pixel_size": "0.35"})
+    other = {"pixel_size": "0.35"} if not masked else {"mask": None, "ignore_value": -1.0}
+    with pytest.raises(InputError, match="cannot resume from .*other inputs, pixel sizes or masks"):
+        predict_files(str(blobseg), [str(tmp_path / "in.npy")], target, resume=True, **{**kw, **other})
     assert (folder / rescaled.RECORD).is_file(), "a refused --resume keeps what it could continue"
     resumed = predict_files(str(blobseg), [str(tmp_path / "in.npy")], target, resume=True, **kw)
     assert resumed["items"][0]["distributed"]["skipped"] >= 4
     memory_run = predict_files(str(blobseg), [str(tmp_path / "in.npy")], tmp_path / "mem.npy",
                                **{k: v for k, v in kw.items() if k not in ("workers", "threads")})
     np.testing.assert_array_equal(np.load(target), np.load(tmp_path / "mem.npy"))
+    if masked:
+        assert _mask_entry(resumed) == _mask_entry(memory_run)
     assert _leftovers(tmp_path / "out") == []
 
 
