@@ -21,8 +21,8 @@ from ..model import Model
 from ..ops.stats import DatasetStatistics
 from .block_worker import BlockJob, objects_file, run_boxes
 from .box_output import image_size, load_boxes, plan_boxes, write_boxes
-from .predict_distributed import (Journal, _fingerprint, _Phases, _run_blocks, _summary, journal_folder,
-                                  open_distributed)
+from .predict_distributed import _Phases, _run_blocks, _summary, open_distributed
+from .run_journal import Journal, fingerprint, journal_folder
 from .streamed_masks import MaskSpec, run_of
 from .streamed_masks import fingerprint as mask_fingerprint
 
@@ -52,7 +52,7 @@ def predict_boxes_distributed(model: Model, sample: Mapping[str, Path], axes: Op
         shapes = {tid: tuple(x.shape) for tid, x in arrays.items()}
         plan, settings = plan_boxes(model, shapes, tile, tile_budget)
         kinds = {kind: "box file" for kind in targets}  # what the fingerprint records of each output
-        journal = Journal(journal_folder(targets), {**_fingerprint(model, sample, targets, plan, stats, kinds),
+        journal = Journal(journal_folder(targets), {**fingerprint(model, sample, targets, plan, stats, kinds),
                                                     **mask_fingerprint(arrays[primary])}, resume)
         try:
             combos = tile_combos(plan)

@@ -5,19 +5,16 @@ The driver opens the inputs lazily, computes the whole-image statistics once (th
 input checks on what it can read without the image (as the streamed path does), plans blocks of one fixed shape
 whose cores lie on the outputs' chunk grid (engine/blocks.block_plan), creates the outputs' temporaries, and hands
 one task per block to the workers (commands/block_worker.py), which write their results straight into them. Every
-finished block is recorded in a journal beside the output; `--resume` after a crash skips the recorded blocks
-(when the package, inputs, plan and statistics are the same). A killed worker's blocks are re-run by Dask on
+finished block is recorded in a journal beside the output (run_journal.py); `--resume` after a crash skips the
+recorded blocks (when the package, inputs, plan and statistics are the same). A killed worker's blocks are re-run by Dask on
 the others. The outputs appear at the end by a rename, as everywhere else.
 
 Same arithmetic as the streamed path with the same plan, so the distributed result is bit-identical to it.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import shutil
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -32,22 +29,21 @@ from ..checks.report import CheckReport
 from ..engine.blocks import block_plan, output_chunks, output_dtypes, tile_combos
 from ..engine.instance_blocks import Objects, stardist_step, why_not_blockwise
 from ..engine.streaming import CallerSink, caller_layout
-from ..engine.tiling import Plan, output_shapes
+from ..engine.tiling import output_shapes
 from ..errors import BiozooError, InputError
-from ..format.package import sha256_of
 from ..model import Model
 from ..ops.stats import DatasetStatistics
 from .instance_output import check_one_sample, labels_dtype, stardist_context, write_labels
 from .block_worker import DONE, BlockJob, objects_file, run_block, run_objects, warm
 from .lazyio import create_output, open_image
 from .omezarr import is_zarr
+from .run_journal import Journal, fingerprint, journal_folder
 from .predict_streamed import (STREAMED_INPUTS, STREAMED_OUTPUTS, flip_check_streamed, input_checks_streamed,
                                open_sample)
 from .streamed_masks import MaskSpec, masked_sink, masks_outputs, run_of
 from .streamed_masks import fingerprint as mask_fingerprint
 
 log = logging.getLogger("biozoo")
-JOURNAL_SUFFIX = ".biozoo-run"
 QUIET_CLUSTER = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
                  "distributed.admin.tick.limit": "10s", "distributed.admin.system-monitor.interval": "5s",
                  "distributed.worker.memory.monitor-interval": "5s"}
@@ -69,83 +65,6 @@ def why_not_distributable(model: Model, sample: Mapping[str, Path], targets: Map
             return (f"output '{path.name}' cannot be written block by block (expected one of "
                     f"{', '.join(STREAMED_OUTPUTS)})")
     return None
-
-
-def journal_folder(targets: Mapping[str, Path]) -> Path:
-    first = next(iter(targets.values()))
-    return first.parent / f".{first.name}{JOURNAL_SUFFIX}"
-
-
-class Journal:
-    """The record of a run's finished blocks: `run.json` (what the run is) and one empty file per finished block
-    under done/ (written by the workers). A journal that describes another run is never taken up: --resume
-    refuses it, a run without --resume replaces it."""
-
-    def __init__(self, folder: Path, fingerprint: dict, resume: bool):
-        self.folder, self.resumed = folder, False
-        record = folder / "run.json"
-        if resume and record.is_file():
-            try:
-                previous = json.loads(record.read_text())
-            except (OSError, ValueError):
-                previous = None
-            if previous != fingerprint:
-                differ = sorted(k for k in fingerprint if not previous or previous.get(k) != fingerprint[k])
-                raise InputError(f"cannot resume from '{folder}': it was left by a run with other "
-                                 f"{', '.join(differ) or 'settings'}; run again without --resume to start over")
-            self.resumed = True
-        elif resume:
-            log.info("--resume: no unfinished run at '%s'; starting from the first block", folder)
-        elif folder.exists():
-            log.info("starting over: removing the unfinished run at '%s' (--resume would continue it)", folder)
-        if not self.resumed:
-            shutil.rmtree(folder, ignore_errors=True)
-            try:
-                (folder / DONE).mkdir(parents=True)
-                (folder / "run.json").write_text(json.dumps(fingerprint))
-            except OSError as e:
-                raise InputError(f"cannot write beside the output ('{folder}'): {e.strerror or e}; choose a writable "
-                                 "output folder") from None
-
-    def done(self) -> set[int]:
-        """The finished blocks: a file named by the block's index (dense: empty; StarDist: N.npz, its objects)."""
-        return {int(p.name.split(".")[0]) for p in (self.folder / DONE).iterdir() if p.name.split(".")[0].isdigit()}
-
-    def forget_blocks(self) -> None:
-        for marker in (self.folder / DONE).iterdir():
-            marker.unlink()
-
-    def finish(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-METADATA = ("zarr.json", ".zarray", ".zattrs", ".zgroup")
-
-
-def _stamp(path: Path) -> list:
-    """What tells a changed input file apart without reading it: size and modification time (a Zarr folder:
-    those of its metadata files and its arrays' one level down, never a walk over millions of chunks)."""
-    if path.is_file():
-        files = [path]
-    else:
-        levels = [path, *(d for d in sorted(path.iterdir()) if d.is_dir())]
-        files = [d / name for d in levels for name in METADATA if (d / name).is_file()]
-    return [[str(p.relative_to(path)) if p != path else "", p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-
-
-def _fingerprint(model: Model, sample: Mapping[str, Path], targets: Mapping[str, Path], plan: Plan,
-                 stats: Mapping, dtypes: Mapping[str, np.dtype]) -> dict:
-    digest = hashlib.sha256()
-    for m in sorted(stats, key=repr):
-        digest.update(repr(m).encode())
-        digest.update(np.asarray(stats[m], dtype=np.float64).tobytes())
-    return {
-        "package": sha256_of(model.package.rdf_path),
-        "inputs": {tid: [str(p.resolve()), _stamp(p)] for tid, p in sample.items()},
-        "outputs": {tid: [str(p.resolve()), str(dtypes[tid])] for tid, p in targets.items()},
-        "plan": [[p.axis_id, p.tile, list(p.starts), list(p.cuts)] for p in plan.tiled],
-        "statistics": digest.hexdigest(),
-    }
 
 
 def _distributed() -> Any:
@@ -259,7 +178,7 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
             chunks = {step.tensor_id: {}}
         else:
             dtypes, chunks = output_dtypes(engine, plan, stats), output_chunks(engine, plan)
-        journal = Journal(journal_folder(targets), {**_fingerprint(model, sample, targets, plan, stats, dtypes),
+        journal = Journal(journal_folder(targets), {**fingerprint(model, sample, targets, plan, stats, dtypes),
                                                     **mask_fingerprint(arrays[primary])}, resume)
         try:
             outputs, sinks, layouts = _create_outputs(model, targets, wanted, dtypes, chunks, caller.get(primary),

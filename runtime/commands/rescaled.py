@@ -129,7 +129,7 @@ def predict_rescaled(run: Callable[..., dict], model: Model, sample: Mapping[str
                              "image at the training resolution there while it predicts: choose an output folder "
                              "with write access and free space") from None
         except BaseException:
-            from .predict_distributed import journal_folder
+            from .run_journal import journal_folder
 
             keep = distributed and journal_folder(outputs).exists()  # finished blocks: --resume continues them
             if keep:
@@ -162,11 +162,11 @@ def _lengths(tensor, shape: tuple[int, ...], factors: Mapping[str, float]) -> di
 
 
 def _record(sample: Mapping[str, Path], lengths: Mapping, level_target: Any, masking: Optional[MaskSpec]) -> dict:
-    from .predict_distributed import _stamp
+    from .run_journal import stamp
 
     mask = {} if masking is None else {"mask": [masking.ignore_value] if masking.path is None else
-                                       [masking.path, _stamp(Path(masking.path))]}
-    return {"inputs": {tid: [str(Path(p).resolve()), _stamp(Path(p))] for tid, p in sample.items()},
+                                       [masking.path, stamp(Path(masking.path))]}
+    return {"inputs": {tid: [str(Path(p).resolve()), stamp(Path(p))] for tid, p in sample.items()},
             "lengths": {tid: sorted(v.items()) for tid, v in lengths.items()}, "level": level_target, **mask}
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biozoo.runtime.commands.predict_distributed import journal_folder
+from biozoo.runtime.commands.run_journal import journal_folder
 from biozoo.runtime.commands.predict_files import predict_files
 from biozoo.runtime.engine.blocks import block_plan, output_chunks, tile_combos
 from biozoo.runtime.engine.tiling import halo_in_input_pixels
