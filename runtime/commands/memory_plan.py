@@ -132,15 +132,24 @@ def memory_plan(model: Model, sample: dict[str, Path], targets: Mapping[str, Pat
     and the sample can be streamed (.npy/TIFF/Zarr in and out, a dense, StarDist or box-list model: see
     engine/streaming.py, engine/box_blocks.py; --rescale too, with a mask or not: commands/rescaled.py),
     it is streamed with the tile the whole budget allows (and a resampling band with --rescale); when not even that
-    fits, the budget's error (--memory) or check_memory (the memory available) refuses it. An
-    explicit --tile wins. `masked` (--mask/--ignore-value) streams too (commands/streamed_masks.py), holding a
-    little more besides its tiles (the mask's slabs and the compacted valid values)."""
+    fits, the budget's error (--memory) or check_memory (the memory available) refuses it. An explicit --tile
+    wins: in memory, except for a box-list package, whose only tiling is the block path (the blocks' size).
+    `masked` (--mask/--ignore-value) streams too (commands/streamed_masks.py), holding a little more besides its
+    tiles (the mask's slabs and the compacted valid values)."""
     from ..engine.instance_blocks import why_not_blockwise
     from ..engine.memory import tile_budget
     from ..engine.tiling import DEFAULT_TILE_BUDGET
     from .predict_streamed import STREAMED_INPUTS, STREAMED_OUTPUTS
     from .rescaled import band_bytes
 
+    # --rescale streams too: the image resampled band by band into a temporary file (disk), then streamed
+    # (commands/rescaled.py); a band is held besides the tiles
+    streamable = (why_not_blockwise(model.engine) is None
+                  and all(p.suffix.lower() in STREAMED_INPUTS for p in sample.values())
+                  and (model.engine.box_lists is not None  # box files: written whole at the end
+                       or all(p.suffix.lower() in STREAMED_OUTPUTS for p in targets.values())))
+    if tile and streamable and model.engine.box_lists is not None:
+        return True, DEFAULT_TILE_BUDGET  # box lists cannot be stitched from tiles: --tile gives the blocks' size
     limit, _ = budget
     if limit is None:
         return False, DEFAULT_TILE_BUDGET
@@ -150,12 +159,6 @@ def memory_plan(model: Model, sample: dict[str, Path], targets: Mapping[str, Pat
     tile_elements = min(math.prod(shape), DEFAULT_TILE_BUDGET)
     if not explicit and need + tile_elements * QUICK_BYTES_PER_PIXEL <= limit:
         return False, DEFAULT_TILE_BUDGET
-    # --rescale streams too: the image resampled band by band into a temporary file (disk), then streamed
-    # (commands/rescaled.py); a band is held besides the tiles
-    streamable = (why_not_blockwise(model.engine) is None
-                  and all(p.suffix.lower() in STREAMED_INPUTS for p in sample.values())
-                  and (model.engine.box_lists is not None  # box files: written whole at the end
-                       or all(p.suffix.lower() in STREAMED_OUTPUTS for p in targets.values())))
     try:
         elements, _ = tile_budget(model.engine, limit, held=need)
         if elements >= math.prod(shape) or not streamable or tile:

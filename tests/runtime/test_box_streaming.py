@@ -198,3 +198,16 @@ def test_on_dask_the_boxes_equal_the_streamed_ones_and_resume_skips_finished_blo
         item = summary["items"][0]["distributed"]
         assert item["skipped"] >= 4 and item["run"] == item["blocks"] - item["skipped"]
         assert _texts(tmp_path / "resumed") == _texts(tmp_path / "streamed")
+
+
+def test_tile_cuts_a_detectors_image_into_blocks(detector, tmp_path):
+    """--tile on a box-list package (which cannot be stitched from tiles) chooses the blocks' size: the same box
+    files as the block path with that tile, where in memory it was refused."""
+    x, count = _grid_image((360, 330))
+    np.save(tmp_path / "in.npy", x)
+    summary = predict_files(str(detector), [str(tmp_path / "in.npy")], tmp_path / "tiled", device="cpu", quiet=True,
+                            tile="160,160")
+    assert summary["items"][0].get("streamed") is True
+    _streamed(detector, tmp_path / "in.npy", tmp_path / "blocks", tile={"y": 160, "x": 160})
+    assert _texts(tmp_path / "tiled") == _texts(tmp_path / "blocks")
+    assert len(_detections(tmp_path / "tiled")[1]) == count
