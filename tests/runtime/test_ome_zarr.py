@@ -38,6 +38,19 @@ def ngff(path: Path, data: np.ndarray, axes: str, pixel: float, version: str = "
     return path
 
 
+def translated(path: Path, translation: list[float]) -> Path:
+    """The OME-Zarr at `path` with its first level's translation set (ome-zarr-py's writer takes none in every
+    version; 0.18 writes zeros)."""
+    group = zarr.open_group(store=LocalStore(path.absolute()), mode="r+")
+    meta = dict(group.attrs)
+    ome = meta.get("ome", meta)
+    level = ome["multiscales"][0]["datasets"][0]
+    level["coordinateTransformations"] = [t for t in level["coordinateTransformations"] if t["type"] == "scale"] + [
+        {"type": "translation", "translation": translation}]
+    group.attrs.update(meta)
+    return path
+
+
 def attrs(path: Path) -> dict:
     found = dict(zarr.open_group(store=LocalStore(path, read_only=True), mode="r").attrs)
     return found.get("ome", found)
@@ -219,10 +232,7 @@ def test_outputs_are_placed_on_the_input_grid_by_their_translation(rdf, tmp_path
     """A cropped output (size offset -8: 4 px a side) and a stride-2 one (scale 2x) of an input placed at (3, 5) µm
     with 0.5 µm pixels: each output's first pixel centre, then every pyramid level's, is where its pixels lie."""
     data = image(8, 128)
-    group = zarr.open_group(store=LocalStore((tmp_path / "in.ome.zarr").absolute()), mode="w", zarr_format=3)
-    ngff_write(data, group, scale_factors=(), fmt=FormatV05(), axes=["y", "x"], axes_units=UM,
-               coordinate_transformations=[[{"type": "scale", "scale": [0.5, 0.5]},
-                                            {"type": "translation", "translation": [3.0, 5.0]}]])
+    translated(ngff(tmp_path / "in.ome.zarr", data, "yx", 0.5, levels=()), [3.0, 5.0])
     with open_image(tmp_path / "in.ome.zarr") as img:
         assert img.origin == {"y": 3.0, "x": 5.0} and img.pixel_size == {"y": 0.5, "x": 0.5}
     assert predict(capsys, rdf("scaled"), tmp_path / "in.ome.zarr", "-o", tmp_path / "out.ome.zarr")[0] == 0
@@ -256,10 +266,7 @@ def test_outputs_on_dask_carry_the_same_placement(rdf, tmp_path, capsys):
     """Block by block (here one Dask worker), outputs get the same scale and translation as in memory: the input's
     origin carried over, each level's half-pixel shift."""
     data = image(9, 256)
-    group = zarr.open_group(store=LocalStore((tmp_path / "in.ome.zarr").absolute()), mode="w", zarr_format=3)
-    ngff_write(data, group, scale_factors=(), fmt=FormatV05(), axes=["y", "x"], axes_units=UM,
-               coordinate_transformations=[[{"type": "scale", "scale": [0.5, 0.5]},
-                                            {"type": "translation", "translation": [-4.0, 6.5]}]])
+    translated(ngff(tmp_path / "in.ome.zarr", data, "yx", 0.5, levels=()), [-4.0, 6.5])
     for name, extra in (("memory", []), ("dask", ["--workers", "1", "--tile", "128,128"])):
         assert predict(capsys, rdf("unet2d"), tmp_path / "in.ome.zarr", "-o", tmp_path / f"{name}.ome.zarr",
                        *extra)[0] == 0
