@@ -22,7 +22,7 @@ from ..engine.memory import peak_resident_bytes
 from ..engine.streaming import lazy_model_layout, release
 from ..engine.tiling import Plan, output_shapes
 from .lazyio import open_image
-from .streamed_masks import worker_state
+from .masked_outputs import worker_state
 
 DONE = "done"
 

@@ -40,7 +40,8 @@ from .omezarr import is_zarr
 from .run_journal import Journal, fingerprint, journal_folder
 from .predict_streamed import (STREAMED_INPUTS, STREAMED_OUTPUTS, flip_check_streamed, input_checks_streamed,
                                open_sample)
-from .streamed_masks import MaskSpec, masked_sink, masks_outputs, run_of
+from .masked_outputs import masked_sink
+from .streamed_masks import MaskSpec, masks_outputs, run_of
 from .streamed_masks import fingerprint as mask_fingerprint
 
 log = logging.getLogger("biozoo")

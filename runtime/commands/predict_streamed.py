@@ -41,8 +41,8 @@ from ..ops.streamed_stats import STREAM_CHUNK, NotFinite, streamed_dataset_updat
 from .imageio import create_output, open_image
 from .instance_output import check_one_sample, labels_dtype, stardist_context, write_labels
 from .omezarr import is_zarr
-from .streamed_masks import (MaskSpec, masked_sink, masked_statistics, masks_outputs, report_mask, sample_masks,
-                             subsampled_valid)
+from .masked_outputs import masked_sink
+from .streamed_masks import MaskSpec, masked_statistics, masks_outputs, report_mask, sample_masks, subsampled_valid
 
 SUBSAMPLE = 1 << 21
 STREAMED_INPUTS = (".npy", ".tif", ".tiff", ".zarr")  # what open_image reads lazily (PNG: read whole, small)
