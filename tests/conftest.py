@@ -159,3 +159,12 @@ def virtual_screen():
 def qapp_args(virtual_screen):
     """pytest-qt's QApplication arguments; depending on virtual_screen makes the screen exist before Qt starts."""
     return []
+
+
+@pytest.fixture()
+def no_baseline(monkeypatch):
+    """The process's resident memory counted as 0: budgets mean bytes for tiles and whole-image arrays only (shared
+    by the bounded-memory, masked, rescaled and OME-Zarr tests, so that none depends on what pytest holds)."""
+    from biozoo.runtime.engine import memory
+
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 0)

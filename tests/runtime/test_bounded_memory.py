@@ -25,12 +25,6 @@ def _image(n: int = 200, m: int = 230, seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).random((n, m)) * 200 + 10).astype(np.float32)
 
 
-@pytest.fixture()
-def no_baseline(monkeypatch):
-    """The process's resident memory counted as 0: budgets mean bytes for tiles and whole-image arrays only."""
-    monkeypatch.setattr(memory, "resident_bytes", lambda: 0)
-
-
 def _per_pixel(model) -> int:
     return memory.tile_bytes_per_pixel(model.engine, memory.activation_profile(model.engine))
 

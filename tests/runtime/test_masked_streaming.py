@@ -99,12 +99,6 @@ def test_streamed_masked_dataset_statistics_equal_the_in_memory_ones():
 
 
 # ------------------------------------------------------------------------------------- predict_files, end to end
-@pytest.fixture()
-def no_baseline(monkeypatch):
-    """The process's resident memory counted as 0: budgets mean bytes for tiles and whole-image arrays only."""
-    monkeypatch.setattr(memory, "resident_bytes", lambda: 0)
-
-
 def _budget(model, x) -> int:
     """Below the in-memory need of x, with room for ~96x96 tiles when streamed (masked)."""
     from biozoo.runtime.commands.memory_plan import streamed_held

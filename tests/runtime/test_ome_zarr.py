@@ -262,16 +262,21 @@ def test_labels_levels_keep_the_first_pixel_in_place(tmp_path):
     assert len(moves) > 1 and all(m == [{"type": "translation", "translation": [1.0, 0.0]}] for m in moves)
 
 
-def test_outputs_on_dask_carry_the_same_placement(rdf, tmp_path, capsys):
-    """Block by block (here one Dask worker), outputs get the same scale and translation as in memory: the input's
-    origin carried over, each level's half-pixel shift."""
+def test_outputs_streamed_and_on_dask_carry_the_same_placement(rdf, models, no_baseline, tmp_path, capsys):
+    """Tile by tile above the memory budget, and block by block on one Dask worker, outputs get the same scale and
+    translation as in memory: the input's origin carried over, each level's half-pixel shift."""
+    from tests.runtime.test_bounded_memory import _streamed_budget
+
     data = image(9, 256)
     translated(ngff(tmp_path / "in.ome.zarr", data, "yx", 0.5, levels=()), [-4.0, 6.5])
-    for name, extra in (("memory", []), ("dask", ["--workers", "1", "--tile", "128,128"])):
-        assert predict(capsys, rdf("unet2d"), tmp_path / "in.ome.zarr", "-o", tmp_path / f"{name}.ome.zarr",
-                       *extra)[0] == 0
+    budget = _streamed_budget(models("unet2d"), data)
+    runs = (("memory", []), ("streamed", ["--memory", str(budget)]), ("dask", ["--workers", "1", "--tile", "128,128"]))
+    for name, extra in runs:
+        code, err = predict(capsys, rdf("unet2d"), tmp_path / "in.ome.zarr", "-o", tmp_path / f"{name}.ome.zarr",
+                            *extra)
+        assert code == 0, err
     placed = [[d["coordinateTransformations"] for d in attrs(tmp_path / f"{name}.ome.zarr")["multiscales"][0]
-               ["datasets"]] for name in ("memory", "dask")]
-    assert placed[0] == placed[1] and len(placed[0]) > 1
+               ["datasets"]] for name, _ in runs]
+    assert placed[0] == placed[1] == placed[2] and len(placed[0]) > 1
     assert placed[0][0] == [{"type": "scale", "scale": [0.5, 0.5]}, {"type": "translation", "translation": [-4.0, 6.5]}]
     assert placed[0][1][1]["translation"] == pytest.approx([-4.0 + 0.25, 6.5 + 0.25])
