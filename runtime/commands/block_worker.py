@@ -119,35 +119,35 @@ def run_objects(job: BlockJob, index: int) -> dict[str, Any]:
     step = stardist_step(state.model.engine)
     found = block_objects(state.model.engine, step, state.arrays, state.maps, job.plan, state.combos[index],
                           job.stats, state.wanted, job.context)
-    for x in state.arrays.values():
-        release(x)
-    target = objects_file(job.journal, index)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.npz")
-    np.savez(partial, points=found.points, scores=found.scores, dist=found.dist)
-    os.replace(partial, target)  # whole or absent: a killed worker leaves no half-written block
-    return {"block": index, "worker": _worker_name(), "seconds": time.perf_counter() - started,
-            "peak_rss": peak_resident_bytes() or 0, "pixels": _core_pixels(job.plan, state.combos[index]), "objects": len(found.scores)}
+    return _journal_found(job, state, index, started, dict(points=found.points, scores=found.scores,
+                                                           dist=found.dist))
 
 
 def run_boxes(job: BlockJob, index: int) -> dict[str, Any]:
     """Box-list packages: the boxes whose centres lie in block `index`'s core (engine/box_blocks.py), saved in
     the journal as N.npz (the driver merges every block's boxes into the box files)."""
     from ..engine.box_blocks import block_boxes
-    from .box_output import save_boxes
 
     started = time.perf_counter()
     state = _state(job)
     found = block_boxes(state.model.engine, state.arrays, state.maps, job.plan, state.combos[index], job.stats,
                         state.wanted)
+    return _journal_found(job, state, index, started, found.arrays())
+
+
+def _journal_found(job: BlockJob, state: _State, index: int, started: float, found: Mapping[str, np.ndarray]
+                   ) -> dict[str, Any]:
+    """What block `index` found (plain arrays, with `scores`) saved as the journal's N.npz (no pickle), its done
+    marker at the same time, after the block's reads are dropped; returns what the run's summary needs."""
     for x in state.arrays.values():
         release(x)
     target = objects_file(job.journal, index)
     partial = target.with_name(f".{target.name}.{os.getpid()}.npz")
-    save_boxes(found, partial)
+    np.savez(partial, **found)
     os.replace(partial, target)  # whole or absent: a killed worker leaves no half-written block
     return {"block": index, "worker": _worker_name(), "seconds": time.perf_counter() - started,
             "peak_rss": peak_resident_bytes() or 0, "pixels": _core_pixels(job.plan, state.combos[index]),
-            "objects": len(found.scores)}
+            "objects": len(found["scores"])}
 
 
 def run_block(job: BlockJob, index: int) -> dict[str, Any]:

@@ -112,13 +112,6 @@ def _warn(info: Mapping[str, Any], capacity: Optional[int]) -> None:
                  info["suppressed_across_blocks"])
 
 
-def save_boxes(boxes: Boxes, target: Path) -> None:
-    """A block's boxes as plain arrays (np.savez, no pickle) at `target` (a journal's N.npz)."""
-    import numpy as np
-
-    np.savez(target, **boxes.arrays())
-
-
 def load_boxes(path: Path) -> Boxes:
     import numpy as np
 
@@ -126,4 +119,4 @@ def load_boxes(path: Path) -> Boxes:
         return Boxes.from_arrays(saved)
 
 
-__all__ = ["BoxesBack", "image_size", "load_boxes", "plan_boxes", "save_boxes", "write_boxes", "write_streamed_boxes"]
+__all__ = ["BoxesBack", "image_size", "load_boxes", "plan_boxes", "write_boxes", "write_streamed_boxes"]

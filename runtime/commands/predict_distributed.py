@@ -6,8 +6,8 @@ input checks on what it can read without the image (as the streamed path does), 
 whose cores lie on the outputs' chunk grid (engine/blocks.block_plan), creates the outputs' temporaries, and hands
 one task per block to the workers (commands/block_worker.py), which write their results straight into them. Every
 finished block is recorded in a journal beside the output (run_journal.py); `--resume` after a crash skips the
-recorded blocks (when the package, inputs, plan and statistics are the same). A killed worker's blocks are re-run by Dask on
-the others. The outputs appear at the end by a rename, as everywhere else.
+recorded blocks (when the package, inputs, plan and statistics are the same). A killed worker's blocks are re-run
+by Dask on the others. The outputs appear at the end by a rename, as everywhere else.
 
 Same arithmetic as the streamed path with the same plan, so the distributed result is bit-identical to it.
 """

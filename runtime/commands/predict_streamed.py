@@ -114,10 +114,10 @@ def predict_sample_streamed(model: Model, sample: Mapping[str, Path], axes: Opti
                             masking: Optional[MaskSpec] = None, boxes_back: Any = None) -> dict[str, Any]:
     """Predict one sample of image files into `targets` without holding the image; returns the written paths,
     shapes and axes by output id (the files are in place when it returns, and none is when it raises).
-    `level_target`: the pixel size an OME-Zarr level is chosen by; `output_placement(tid)`: create_output's pixel_size
-    and origin of an output (OME-Zarr scale and translation, µm per space axis); `dataset_stats`: dataset measures over several files; `masking`:
-    --mask/--ignore-value (commands/streamed_masks.py); `boxes_back`: a detector's boxes onto the input's grid
-    (--rescale: box_output.write_boxes' `back`)."""
+    `level_target`: the pixel size an OME-Zarr level is chosen by; `output_placement(tid)`: create_output's
+    pixel_size and origin of an output (OME-Zarr scale and translation, µm per space axis); `dataset_stats`:
+    dataset measures over several files; `masking`: --mask/--ignore-value (commands/streamed_masks.py);
+    `boxes_back`: a detector's boxes onto the input's grid (--rescale: box_output.write_boxes' `back`)."""
     with ExitStack() as stack:
         arrays, caller, file_size, stats = open_sample(model, sample, axes, level_target, stack, dataset_stats,
                                                        masking)
@@ -211,7 +211,8 @@ def dataset_statistics_streamed(model: Model, samples: Sequence[Mapping[str, Pat
             except NotFinite as e:
                 _check_finite(raw[e.tensor_id], e.tensor_id)  # the user's error, with the count of bad values
                 raise InputError(f"input '{e.tensor_id}' ('{sample[e.tensor_id]}') contains NaN/Inf values; the "
-                                 "model needs finite values") from None
+                                 "model needs finite values: replace them (e.g. np.nan_to_num) or mask them "
+                                 "out") from None
             summaries.append((str(sample[primary.id]), input_checks.intensity_summary(
                 _subsample(arrays[primary.id], space), masks and _subsample(masks[primary.id], space,
                                                                             arrays[primary.id].shape) > 0)))

@@ -162,7 +162,8 @@ def whole_image_statistics(engine: "Engine", arrays: Mapping[str, np.ndarray],
         known.update(streamed_measures(streamed, tensors, finite=folded, masks=masks))
     except NotFinite as e:
         finite_check(e.tensor_id)  # the user's error, with the count of bad values
-        raise InputError(f"input '{e.tensor_id}' contains NaN/Inf values; the model needs finite values") from None
+        raise InputError(f"input '{e.tensor_id}' contains NaN/Inf values; the model needs finite values: replace "
+                         "them (e.g. np.nan_to_num) or mask them out") from None
     return known
 
 

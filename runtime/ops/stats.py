@@ -39,6 +39,11 @@ class Measure:
     def is_dataset(self) -> bool:
         return self.axes is None or BATCH in self.axes
 
+    @property
+    def quantile_method(self) -> str:
+        """How a quantile interpolates: its own method per sample; dataset quantiles linear, as in bioimageio.core."""
+        return "linear" if self.is_dataset else self.method
+
 
 @dataclass
 class _Pooled:
@@ -149,7 +154,7 @@ class StatsContext:
                 continue
             if m.is_dataset and self.dataset is not None and self.dataset.value(m) is not None:
                 continue
-            method = m.method if not m.is_dataset else "linear"
+            method = m.quantile_method
             groups.setdefault((m.tensor_id, m.axes, method), []).append(m)
         for (tid, reduce, method), group in groups.items():
             if len(group) < 2:
@@ -188,7 +193,7 @@ class StatsContext:
         if valid is not None:
             return _masked_measure(m, data, valid, idx)
         if m.kind == "quantile":
-            method = m.method if not m.is_dataset else "linear"  # dataset quantiles: linear, as in bioimageio.core
+            method = m.quantile_method
             return quantiles(data, [m.q], idx, method)[0]
         if m.kind == "mean":  # float32 with numpy's pairwise summation, as bioimageio.core computes it
             return np.mean(data, axis=idx, keepdims=True)
@@ -226,7 +231,7 @@ def masked_reduce(data: np.ndarray, valid: np.ndarray, idx: tuple[int, ...], fn)
 
 def _masked_measure(m: Measure, data: np.ndarray, valid: np.ndarray, idx: tuple[int, ...]) -> np.ndarray:
     if m.kind == "quantile":
-        method = m.method if not m.is_dataset else "linear"
+        method = m.quantile_method
         # the unmasked path's quantiles (order_statistics: float64 interpolation), so that a mask changes which
         # values are used, not how their quantile is rounded (np.quantile with a lone float lerps in float32)
         return masked_reduce(data, valid, idx, lambda v: quantiles(v, [m.q], (0,), method)[0, 0])

@@ -65,7 +65,7 @@ def streamed_measures(measures: Iterable[Measure], tensors: Mapping[str, tuple[n
         spread = any(m.kind == "std" for m in group_measures)
         for dst, group in slices:
             _check_count(group.size)
-            plans = {m: _ranks(group.size, m.q, m.method if not m.is_dataset else "linear")
+            plans = {m: _ranks(group.size, m.q, m.quantile_method)
                      for m in group_measures if m.kind == "quantile"}
             scan = _scan(group, chunk, plans, moments, spread, check, np.float32)
             if scan is None:
@@ -77,7 +77,7 @@ def streamed_measures(measures: Iterable[Measure], tensors: Mapping[str, tuple[n
                 elif m.kind == "std":
                     values[m][dst] = float(np.sqrt(np.float32(float(squares) / n)))
             for m, ((a, b), gamma) in plans.items():
-                values[m][dst] = _value(ranks[a], ranks[b], gamma, m.method if not m.is_dataset else "linear")
+                values[m][dst] = _value(ranks[a], ranks[b], gamma, m.quantile_method)
         out.update(values)
     return out
 
