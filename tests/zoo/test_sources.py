@@ -64,3 +64,22 @@ def test_a_volume_becomes_z_slices_with_objects_and_is_reused(tmp_path):
     assert sources._slices(src, tmp_path / "slices", 5) == out  # reused
     with pytest.raises(TrainingError, match="another step"):
         sources._slices(src, tmp_path / "slices", 4)
+
+
+def test_a_thin_stack_gives_its_fullest_slice_only(tmp_path):
+    import tifffile
+
+    src = tmp_path / "stack"
+    (src / "images").mkdir(parents=True)
+    (src / "masks").mkdir()
+    image = np.random.default_rng(1).random((5, 24, 24)).astype(np.float32)
+    labels = np.zeros((5, 24, 24), np.uint16)
+    labels[1, 4:8, 4:8] = 1
+    labels[3, 2:12, 2:12] = 2  # the most labelled pixels
+    labels[4, 2:12, 2:11] = 2
+    tifffile.imwrite(src / "images" / "t.tif", image)
+    tifffile.imwrite(src / "masks" / "t.tif", labels)
+    out = sources._slices(src, tmp_path / "fullest", sources.FULLEST)
+    assert sorted(p.name for p in (out / "images").glob("*.tif")) == ["t_z003.tif"]
+    np.testing.assert_array_equal(tifffile.imread(out / "images" / "t_z003.tif"), image[3])
+    np.testing.assert_array_equal(tifffile.imread(out / "masks" / "t_z003.tif"), labels[3])

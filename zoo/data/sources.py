@@ -2,7 +2,8 @@
 
 Each source is first brought into 2D images with instance masks the way it must be to split it without leakage
 (`PREPARATION`: the one 512x512 DSB image cut into 128x128 tiles, the 3D nuclei volume cut into z slices
-`SLICE_STEP` apart), then copied into one folder as SOURCE@@NAME. The split module splits such a folder source by
+`SLICE_STEP` apart, each thin CHO stack of 5 slices 1 um apart reduced to its fullest slice: its slices share every
+nucleus, so more than one per time point would repeat the same objects), then copied into one folder as SOURCE@@NAME. The split module splits such a folder source by
 source, exactly as each source's own folder: a frame or tile is in the same part (train/val/test) in every mix,
 so a model trained on one mix is never tested on what another mix trained on, and leave-one-dataset-out runs
 (benchmarks/lodo.py) hold a whole source out. The folder is built once (atomically), recorded in `sources.json`
@@ -26,7 +27,9 @@ from .split import SOURCE_SEPARATOR, list_files, tile_dataset
 
 MIX = "mix:"
 SLICE_STEP = 6  # z slices of a volume 6 apart (nuclei span ~20: neighbouring slices still share objects)
-PREPARATION: dict[str, dict[str, int]] = {"stardist-nuclei-2d": {"tile": 128}, "nuclei-3d": {"slices": SLICE_STEP}}
+FULLEST = 0  # a `slices` step of 0: only the z slice with the most labelled pixels of each stack
+PREPARATION: dict[str, dict[str, int]] = {"stardist-nuclei-2d": {"tile": 128}, "nuclei-3d": {"slices": SLICE_STEP},
+                                          "cho-nuclei-3d": {"slices": FULLEST}}
 
 
 def is_mix(dataset: str) -> bool:
@@ -49,7 +52,8 @@ def prepared_source(name: str, root: Optional[Path] = None) -> Path:
     if "tile" in how:
         return tile_dataset(folder, folder / "derived" / f"tiles-{how['tile']}", how["tile"])
     if "slices" in how:
-        return _slices(folder, folder / "derived" / f"slices-{how['slices']}", how["slices"])
+        step = how["slices"]
+        return _slices(folder, folder / "derived" / (f"slices-{step}" if step else "fullest-slice"), step)
     return folder
 
 
@@ -84,7 +88,8 @@ def mixed_folder(dataset: str, root: Optional[Path] = None) -> Path:
 
 def _slices(src: Path, dst: Path, step: int) -> Path:
     """Every `step`-th z slice of each (Z, Y, X) image and mask as its own 2D pair (slices without objects
-    dropped); reused while `slices.json` matches the sources."""
+    dropped), or with `step` FULLEST the one slice with the most labelled pixels (the first of equals); reused while
+    `slices.json` matches the sources."""
     import tifffile
 
     _, hashes = list_files(src)
@@ -100,7 +105,8 @@ def _slices(src: Path, dst: Path, step: int) -> Path:
         image, labels = (np.asarray(tifffile.imread(src / f / name)) for f in ("images", "masks"))
         if image.ndim != 3 or image.shape != labels.shape:
             raise TrainingError(f"{name}: image {image.shape} and mask {labels.shape}: expected one (Z, Y, X) pair")
-        for z in range(0, image.shape[0], step):
+        chosen = range(0, image.shape[0], step) if step else [int(np.argmax((labels != 0).sum(axis=(1, 2))))]
+        for z in chosen:
             if not labels[z].any():
                 continue
             out = f"{Path(name).stem}_z{z:03d}.tif"
