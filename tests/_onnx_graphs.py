@@ -132,6 +132,17 @@ def identity(inp: str, out: str, dims: Dims) -> bytes:
     return g.serialize(f"identity_{inp}_{out}")
 
 
+def every_second_pixel(inp: str, out: str, dims: Dims, out_dims: Dims) -> bytes:
+    """(batch, y, x, c) -> every second row and column from the first (a StarDist network's grid-2 raster)."""
+    g = Graph(0)
+    x = g.input(inp, dims)
+    c = g.const
+    sub = g.op("Slice", [x, c([0, 0], dtype=np.int64), c([2**31 - 1] * 2, dtype=np.int64),
+                         c([1, 2], dtype=np.int64), c([2, 2], dtype=np.int64)])
+    g.output(out, sub, out_dims)
+    return g.serialize(f"every_second_pixel_{inp}_{out}")
+
+
 def multi_io(seed: int = 3) -> bytes:
     """Inputs a, b (batch,1,y,x); outputs sum = conv3x3(a) + b and prod = a * b."""
     g = Graph(seed)

@@ -125,13 +125,14 @@ def apply_ops(x: np.ndarray, ids: list[str], ops: list[dict], raw: dict[str, np.
             from stardist.geometry import polygons_to_label
             from stardist.nms import non_maximum_suppression
 
-            assert ids == ["batch", "y", "x", "channel"] and kw["grid"] == [1, 1]
-            out = []
-            for m in x.astype(np.float32):
-                points, scores, dist = non_maximum_suppression(m[..., 1:], m[..., 0], grid=(1, 1), b=kw["b"],
+            assert ids == ["batch", "y", "x", "channel"]
+            grid, out = tuple(kw["grid"]), []
+            for m in x.astype(np.float32):  # the test tensors' sizes are multiples of the grid
+                points, scores, dist = non_maximum_suppression(m[..., 1:], m[..., 0], grid=grid, b=kw["b"],
                                                                nms_thresh=kw["nms_threshold"],
                                                                prob_thresh=kw["prob_threshold"])
-                out.append(polygons_to_label(dist, points, m.shape[:2], prob=scores))
+                out.append(polygons_to_label(dist, points, (m.shape[0] * grid[0], m.shape[1] * grid[1]),
+                                             prob=scores))
             x = np.stack(out)[..., None].astype(np.int32)
             continue
         elif name == "binarize":
@@ -300,6 +301,19 @@ def _kind(kind: str) -> dict[str, Any]:
             outputs=[_out("labels", [BATCH, *yx_ref("maps"), chan("instance_labels")],
                           [{"id": "stardist_postprocessing", "kwargs": {"prob_threshold": 0.5, "nms_threshold": 0.4,
                                                                         "n_rays": 32, "grid": [1, 1], "b": 2}}],
+                          data={"type": "int32"})])
+    if kind == "stardist_grid2_maps":  # not in KINDS: labels of odd-sized images on a grid-2 raster
+        return dict(
+            name="biozoo test stardist grid-2 maps",
+            onnx=graphs.every_second_pixel("maps", "labels", ["batch", "y", "x", 33], ["batch", "y2", "x2", 33]),
+            description="StarDist post-processing on a grid-2 raster: the input holds an object probability and 32 "
+                        "ray distances per pixel (channels last); the graph keeps every second row and column; "
+                        "stardist_postprocessing (grid 2) turns them into labels of the input's size.",
+            inputs=[_inp("maps", [BATCH, *yx(param(16, 2)), chan("prob", *[f"ray{i}" for i in range(32)])],
+                         star_maps(96, 96, count=14, seed=1)[None])],
+            outputs=[_out("labels", [BATCH, *yx_ref("maps"), chan("instance_labels")],
+                          [{"id": "stardist_postprocessing", "kwargs": {"prob_threshold": 0.5, "nms_threshold": 0.4,
+                                                                        "n_rays": 32, "grid": [2, 2], "b": 2}}],
                           data={"type": "int32"})])
     raise ValueError(f"unknown kind {kind!r}, expected one of {KINDS}")
 

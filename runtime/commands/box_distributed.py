@@ -21,7 +21,7 @@ from ..model import Model
 from ..ops.stats import DatasetStatistics
 from .block_worker import BlockJob, objects_file, run_boxes
 from .box_output import image_size, load_boxes, plan_boxes, write_boxes
-from .predict_distributed import _Phases, _run_blocks, _summary, open_distributed
+from .predict_distributed import Cluster, _Phases, _run_blocks, _summary, open_distributed
 from .run_journal import Journal, fingerprint, journal_folder
 from .streamed_masks import MaskSpec, run_of
 from .streamed_masks import fingerprint as mask_fingerprint
@@ -34,7 +34,7 @@ def predict_boxes_distributed(model: Model, sample: Mapping[str, Path], axes: Op
                               progress: Optional[Callable[[int, int], None]] = None,
                               level_target: Optional[Mapping[str, float]] = None,
                               output_placement: Callable[[str], Mapping[str, Any]] = lambda tid: {},
-                              client: Optional[Callable[[], Any]] = None,
+                              client: Optional[Cluster] = None,
                               dataset_stats: Optional[DatasetStatistics] = None,
                               masking: Optional[MaskSpec] = None, boxes_back: Any = None
                               ) -> dict[str, Any]:
@@ -64,6 +64,7 @@ def predict_boxes_distributed(model: Model, sample: Mapping[str, Path], axes: Op
             ready = client()
             phases.mark("waiting for the workers")
             results = _run_blocks(ready, run_boxes, job, todo, len(combos), progress, journal.folder)
+            client.blocks_done()
             seconds = phases.mark("blocks")
             parts = [load_boxes(objects_file(str(journal.folder), i)) for i in range(len(combos))]
             done = write_boxes(model, plan, settings, parts, targets, sample[primary], report,

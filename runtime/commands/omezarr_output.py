@@ -56,6 +56,7 @@ class OmeZarrOutput:
                  pixel_size: Optional[Mapping[str, float]] = None, labels: bool = False, image: Any = None, *,
                  chunks: Optional[Mapping[str, int]] = None, at: Optional[Path] = None, reopen: bool = False,
                  origin: Optional[Mapping[str, float]] = None):
+        _import_writer_early()
         axes = axes.lower()
         self.path, self.shape, self.axes = Path(path), tuple(int(n) for n in shape), axes
         self.dtype = np.dtype(np.uint8 if np.dtype(dtype) == np.bool_ else dtype)
@@ -251,6 +252,23 @@ class OmeZarrOutput:
                         storage_options={"chunks": tuple(max(1, min(_default_chunk(a), n))
                                                          for a, n in zip(axes, array.shape))},
                         axes_units={a: u for a, u in units.items() if a in axes} or None)
+
+
+def _import_writer_early() -> None:
+    """Import ome-zarr-py's writer in a thread while the prediction runs: it imports dask.array (0.7-1.5 s of
+    Python) and is first needed for the metadata at the end, where every caller would wait for it."""
+    import sys
+    import threading
+
+    if "ome_zarr.writer" not in sys.modules:
+        threading.Thread(target=_import_writer, name="biozoo-import-ome-zarr", daemon=True).start()
+
+
+def _import_writer() -> None:
+    try:
+        import ome_zarr.writer  # noqa: F401
+    except Exception:  # raised again, with its message, where the writer is used
+        pass
 
 
 def halve(block: np.ndarray, plane: list[int], labels: bool) -> np.ndarray:

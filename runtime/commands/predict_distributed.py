@@ -84,27 +84,60 @@ def worker_threads(workers: Optional[int], scheduler: Optional[str], threads: Op
     return max(1, (os.cpu_count() or 1) // max(1, workers or 1)) if scheduler is None else 0
 
 
+class Cluster:
+    """What start_client returns. Calling it waits for the client; `last_blocks()` marks the next blocks as the
+    last this command runs there, and `blocks_done()` after them starts closing a local cluster in the background
+    (its nannies take ~0.5 s to stop the workers, which then overlaps the checks on the output and the pyramid
+    levels); the ExitStack waits for the close either way."""
+
+    def __init__(self, wait: Callable[[], Any], close: Optional[Callable[[], None]] = None):
+        self._wait, self._close, self._last = wait, close, False
+        self._closing: Any = None
+
+    def __call__(self) -> Any:
+        return self._wait()
+
+    def last_blocks(self) -> None:
+        self._last = True
+
+    def blocks_done(self) -> None:
+        if self._last and self._close is not None and self._closing is None:
+            self._closing = ThreadPoolExecutor(1, thread_name_prefix="biozoo-cluster-close").submit(self._close)
+
+    def finish(self) -> None:
+        if self._closing is not None:
+            self._closing.result()
+        elif self._close is not None:
+            self._close()
+
+
 def start_client(workers: Optional[int], scheduler: Optional[str], stack: ExitStack,
-                 preload: Optional[tuple] = None) -> Callable[[], Any]:
+                 preload: Optional[tuple] = None) -> Cluster:
     """A dask.distributed Client, closed with `stack`: of the cluster at `scheduler` (connected now, so that a
     wrong address fails before any work), or of a LocalCluster of `workers` processes with one thread each (no
     dashboard) whose workers then load the package (`preload`: block_worker.preload's arguments), all in a thread
-    while the caller goes on (the statistics pre-pass); returns a function that waits for it."""
-    distributed = _distributed()
+    while the caller goes on (the statistics pre-pass); that thread imports dask.distributed too (~0.7 s of
+    Python, beside the pre-pass's numpy and codecs, which release the GIL)."""
     if scheduler:
+        distributed = _distributed()
         try:
             client = distributed.Client(scheduler, set_as_default=False)  # timeout: distributed.comm.timeouts.connect
         except (OSError, TimeoutError) as e:
             raise InputError(f"cannot reach the Dask scheduler at '{scheduler}': {e}; check the address "
                              "(e.g. tcp://host:8786) and that the scheduler runs") from None
         stack.callback(client.close)
-        return lambda: client
-    for name in ("distributed", "tornado"):  # their info lines (nannies closing...) are not the user's business
-        logging.getLogger(name).setLevel(logging.WARNING)
+        return Cluster(lambda: client)
+    import importlib.util
+
+    if importlib.util.find_spec("distributed") is None:
+        _distributed()  # its message
 
     def start() -> tuple[Any, Any]:
         import dask
 
+        distributed = _distributed()  # its import sets its loggers' levels from dask's config: quieted after
+        for name in ("distributed", "tornado"):  # their info lines (nannies closing...) are not the user's business
+            logging.getLogger(name).setLevel(logging.WARNING)
         # no statistical profiler in the workers: it samples every thread's stack every 10 ms, which cost 9% of
         # each block's time with 2 workers on 2 cores (measured). Fewer event-loop wake-ups (the tick monitor every
         # 20 ms, the system and memory monitors): each takes the GIL from the block's thread; on 2 cores with 2
@@ -132,15 +165,16 @@ def start_client(workers: Optional[int], scheduler: Optional[str], stack: ExitSt
         client.close()
         cluster.close()
 
-    stack.callback(pool.shutdown)
-    stack.callback(close)
-
     def wait() -> Any:
         try:
             return starting.result()[1]
         except (OSError, TimeoutError, RuntimeError) as e:
             raise InputError(f"the local Dask cluster of {workers} worker(s) did not start: {e}") from None
-    return wait
+
+    handle = Cluster(wait, close)
+    stack.callback(pool.shutdown)
+    stack.callback(handle.finish)
+    return handle
 
 
 def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: Optional[str],
@@ -151,7 +185,7 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
                                progress: Optional[Callable[[int, int], None]] = None,
                                level_target: Optional[Mapping[str, float]] = None,
                                output_placement: Callable[[str], Mapping[str, Any]] = lambda tid: {},
-                               client: Optional[Callable[[], Any]] = None,
+                               client: Optional[Cluster] = None,
                                dataset_stats: Optional[DatasetStatistics] = None,
                                masking: Optional[MaskSpec] = None) -> dict[str, Any]:
     """Predict one sample on Dask workers into `targets`; returns the written paths, shapes, axes and the run's
@@ -197,6 +231,7 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
             phases.mark("waiting for the workers")
             results = _run_blocks(ready, run_objects if step else run_block, job, todo, len(combos), progress,
                                   journal.folder)
+            client.blocks_done()
             seconds = phases.mark("blocks")
             found = _render_objects(model, step, masked_sink(model, arrays[primary], step.tensor_id,
                                                              sinks[step.tensor_id]), wanted[step.tensor_id], journal,
@@ -223,7 +258,7 @@ def predict_sample_distributed(model: Model, sample: Mapping[str, Path], axes: O
 
 def open_distributed(model: Model, sample: Mapping[str, Path], axes: Optional[str], targets: Mapping[str, Path],
                      stack: ExitStack, phases: "_Phases", *, workers: Optional[int], scheduler: Optional[str],
-                     device: str, threads: Optional[int], client: Optional[Callable[[], Any]],
+                     device: str, threads: Optional[int], client: Optional[Cluster],
                      level_target: Optional[Mapping[str, float]], dataset_stats: Optional[DatasetStatistics],
                      masking: Optional[MaskSpec], report: CheckReport, pixel_size: Any) -> tuple:
     """What every Dask driver does first: refuse what cannot go block by block, start (or take) the cluster, open
@@ -236,6 +271,7 @@ def open_distributed(model: Model, sample: Mapping[str, Path], axes: Optional[st
     package = str(Path(model.package.source).resolve())
     if client is None:
         client = start_client(workers, scheduler, stack, preload=(package, device, threads))
+        client.last_blocks()
     arrays, caller, file_size, stats = open_sample(model, sample, axes, level_target, stack, dataset_stats, masking)
     phases.mark("inputs opened, statistics")
     input_checks_streamed(model.engine, arrays[model.description.inputs[0].id], stats, report, pixel_size,

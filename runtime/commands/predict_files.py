@@ -213,7 +213,7 @@ def predict_files(
     items = []
     clients: list = []  # one Dask cluster for every file, started with the first
 
-    def client() -> Callable[[], Any]:
+    def client() -> Any:  # predict_distributed.Cluster
         if not clients:
             from .predict_distributed import start_client, worker_threads
 
@@ -222,7 +222,8 @@ def predict_files(
         return clients[0]
 
     with ExitStack() as cluster:
-        for sample, stem, targets, (streamed, sample_budget), f in zip(samples, stems, plans, modes, factors):
+        for k, (sample, stem, targets, (streamed, sample_budget), f) in enumerate(zip(samples, stems, plans, modes,
+                                                                                        factors)):
             if streamed:  # larger than the budget (or on Dask): read lazily, written tile by tile
                 sample_report = CheckReport(skip)
                 bar = progress or ProgressBar(f"{next(iter(sample.values())).name}", enabled=not quiet)
@@ -237,6 +238,8 @@ def predict_files(
                     from .predict_distributed import predict_sample_distributed
 
                     on_dask = predict_sample_distributed if boxes is None else predict_boxes_distributed
+                    if not any(later for later, _ in modes[k + 1:]):  # no other file needs the cluster
+                        client().last_blocks()
                     done = _rescaled(on_dask, f)(model, sample, axes, targets, workers=workers, scheduler=scheduler,
                                                  resume=resume, device=device, threads=threads, client=client(),
                                                  dataset_stats=dataset_stats, **common)

@@ -124,6 +124,7 @@ class Engine:
     ) -> dict[str, np.ndarray]:
         """Run (padded and tiled) on preprocessed inputs, then postprocess (statistics also see the raw inputs)."""
         raw = {tid: (x, self.axis_ids(tid)) for tid, x in raw_arrays.items()}
+        wanted = output_shapes(self.description, {k: v.shape for k, v in processed.items()})
         plan = plan_tiles(self.network, {k: v.shape for k, v in processed.items()}, tile, tile_budget)
         outputs = run_tiled(self.network, processed, self.session.run, plan, self.pad_mode, progress)
         if not postprocess:
@@ -134,7 +135,6 @@ class Engine:
             tid: run_chain(self.postprocessing[tid], y, self.axis_ids(tid), post_stats) for tid, y in outputs.items()
         }
         if self.network is not self.description:  # e.g. labels from a subsampled grid: back to the input's extent
-            wanted = output_shapes(self.description, {k: v.shape for k, v in processed.items()})
             final = {tid: y[tuple(slice(0, n) for n in wanted[tid])] if wanted.get(tid) else y
                      for tid, y in final.items()}
         return final

@@ -57,7 +57,8 @@ def resolve_size(model: ModelDescription, axis: Axis, known: Mapping[tuple[str, 
         ref = known.get((size.tensor_id, size.axis_id))
         if ref is None:
             return None
-        return int(ref * _ratio(model, axis, size) + size.offset)
+        n = ref * _ratio(model, axis, size) + size.offset
+        return math.ceil(n) if axis.round_up else int(n)
     return None
 
 

@@ -67,6 +67,9 @@ class Axis:
     halo: int = 0
     channel_names: tuple[str, ...] = ()
     concatenable: bool = False
+    # internal, never read from an rdf: a coarser raster of the network (StarDist's grid) keeps its last partial
+    # cell (ceil(443 / 2) = 222 rows, as stardist crops its padded maps), where the spec's sizes round down
+    round_up: bool = False
 
     @property
     def letter(self) -> str:

@@ -327,7 +327,8 @@ class StardistPostprocessing(Op):
 
     def network_axes(self, axes: Sequence[Any]) -> tuple[Any, ...]:
         """The network output's axes for the labels' ``axes``: 1 + n_rays channels, space axes on the grid raster
-        (scale times grid, so a size reference gives input size / grid; halo in raster pixels, rounded up)."""
+        (scale times grid, so a size reference gives input size / grid, rounded up; halo in raster pixels, rounded
+        up)."""
         import dataclasses
 
         scale = dict(zip(("y", "x"), self.grid))
@@ -337,7 +338,7 @@ class StardistPostprocessing(Op):
                 a = dataclasses.replace(a, size=1 + self.n_rays, channel_names=())
             elif a.id in scale and scale[a.id] > 1:
                 g = scale[a.id]
-                a = dataclasses.replace(a, scale=a.scale * g, halo=-(-a.halo // g))
+                a = dataclasses.replace(a, scale=a.scale * g, halo=-(-a.halo // g), round_up=True)
             out.append(a)
         return tuple(out)
 

@@ -196,15 +196,21 @@ def test_stardist_on_dask_gives_the_whole_image_labels(stardist_package, tmp_pat
     np.testing.assert_array_equal(labels, whole)
 
 
-def test_stardist_streamed_in_one_process_gives_the_whole_image_labels(stardist_package, tmp_path, monkeypatch):
-    """Above the memory budget a StarDist package is predicted block by block without Dask too."""
+@pytest.mark.parametrize("grid, shape", [(1, (600, 560)), (2, (601, 557))])
+def test_stardist_streamed_in_one_process_gives_the_whole_image_labels(stardist_package, tmp_path, monkeypatch,
+                                                                       grid, shape):
+    """Above the memory budget a StarDist package is predicted block by block without Dask too; on a grid-2
+    raster of an odd-sized image both keep the last partial raster cell (labels of the input's size)."""
+    from tests import packages
     from tests.packages import star_maps
     from biozoo.runtime import load
     from biozoo.runtime.commands.memory_plan import streamed_held
     from biozoo.runtime.engine import memory
 
+    if grid == 2:
+        stardist_package = packages.build_package("stardist_grid2_maps", tmp_path / "grid2")
     monkeypatch.setattr(memory, "resident_bytes", lambda: 0)  # the budget counts tiles and held arrays only
-    maps = star_maps(600, 560, count=400, seed=3)
+    maps = star_maps(*shape, count=400, seed=3)
     np.save(tmp_path / "maps.npy", maps)
     model = load(stardist_package, device="cpu")
     budget = 400 * 400 * memory.tile_bytes_per_pixel(model.engine, memory.activation_profile(model.engine)) \
@@ -217,6 +223,7 @@ def test_stardist_streamed_in_one_process_gives_the_whole_image_labels(stardist_
 
     group = zarr.open_group(tmp_path / "labels.ome.zarr", mode="r")
     labels = np.asarray(group["labels"]["labels"]["s0"])[0]  # NGFF labels group (c, y, x) beside the image
+    assert labels.shape == shape
     np.testing.assert_array_equal(labels, model.predict(maps, axes="yxc")[..., 0])
 
 

@@ -252,3 +252,27 @@ def test_op_refuses_wrong_channels_3d_and_bad_kwargs():
         _op(prob_threshold=0.5, nms_threshold=0.4, n_rays=8, grid=[1, 1, 1], b=2, anisotropy=[1, 1, 1])
     with pytest.raises(PackageError, match="unexpected kwargs"):
         _op(prob_threshold=0.5, nms_threshold=0.4, n_rays=8, grid=[1, 1], b=2, probability=0.5)
+
+
+@pytest.mark.parametrize("size", [(97, 95), (96, 96)])
+def test_labels_on_a_grid_2_raster_have_the_size_of_an_odd_input(tmp_path, size):
+    """A grid-2 network gives ceil(n / 2) raster rows for n input rows once padded; the labels cover every input
+    row (they once stopped at 2 * floor(n / 2): 442 rows for a 443-row image) and equal stardist's labels of the
+    same raster rendered at the input's size."""
+    from stardist.geometry import polygons_to_label
+    from stardist.nms import non_maximum_suppression
+
+    from tests import packages
+    from tests.packages import star_maps
+    from biozoo.runtime import load
+
+    package = packages.build_package("stardist_grid2_maps", tmp_path)
+    maps = star_maps(*size, count=12, seed=4)
+    labels = load(package, device="cpu").predict(maps, axes="yxc")[..., 0]
+    assert labels.shape == size
+    raster = maps[::2, ::2]
+    points, probs, dist = non_maximum_suppression(raster[..., 1:], raster[..., 0], grid=(2, 2), b=2,
+                                                  prob_thresh=0.5, nms_thresh=0.4)
+    expected = polygons_to_label(dist, points, shape=size, prob=probs)
+    assert expected.max() >= 5
+    np.testing.assert_array_equal(labels, expected)

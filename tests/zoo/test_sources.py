@@ -83,3 +83,25 @@ def test_a_thin_stack_gives_its_fullest_slice_only(tmp_path):
     assert sorted(p.name for p in (out / "images").glob("*.tif")) == ["t_z003.tif"]
     np.testing.assert_array_equal(tifffile.imread(out / "images" / "t_z003.tif"), image[3])
     np.testing.assert_array_equal(tifffile.imread(out / "masks" / "t_z003.tif"), labels[3])
+
+
+def test_binning_averages_the_image_and_keeps_each_bins_centre_label(tmp_path):
+    import tifffile
+
+    src = tmp_path / "flat"
+    (src / "images").mkdir(parents=True)
+    (src / "masks").mkdir()
+    image = np.arange(7 * 8, dtype=np.uint8).reshape(7, 8)
+    labels = np.zeros((7, 8), np.uint16)
+    labels[0:3, 3:6] = 5  # the bin at rows 0-2, columns 3-5: its centre (1, 4) is labelled
+    labels[4, 0] = 9  # a corner of the bin at rows 3-5, columns 0-2: not its centre
+    tifffile.imwrite(src / "images" / "a.tif", image)
+    tifffile.imwrite(src / "masks" / "a.tif", labels)
+    out = sources._binned(src, tmp_path / "bin3", 3)
+    binned, centre = tifffile.imread(out / "images" / "a.tif"), tifffile.imread(out / "masks" / "a.tif")
+    assert binned.shape == centre.shape == (2, 2)  # the 7th row and the 7th-8th columns make no whole bin
+    np.testing.assert_allclose(binned[1, 0], image[3:6, 0:3].mean())
+    np.testing.assert_array_equal(centre, [[0, 5], [0, 0]])
+    assert sources._binned(src, tmp_path / "bin3", 3) == out  # reused
+    with pytest.raises(TrainingError, match="another bin"):
+        sources._binned(src, tmp_path / "bin3", 2)

@@ -2,8 +2,11 @@
 
 Each source is first brought into 2D images with instance masks the way it must be to split it without leakage
 (`PREPARATION`: the one 512x512 DSB image cut into 128x128 tiles, the 3D nuclei volume cut into z slices
-`SLICE_STEP` apart, each thin CHO stack of 5 slices 1 um apart reduced to its fullest slice: its slices share every
-nucleus, so more than one per time point would repeat the same objects), then copied into one folder as SOURCE@@NAME. The split module splits such a folder source by
+`SLICE_STEP` apart, each thin CHO stack of 5 slices 1 um apart reduced to its fullest slice (its slices share every
+nucleus: more than one per time point would repeat the same objects) and binned 3x3, from its published 0.202 um to
+0.606 um, near the HeLa frames' 0.645 um, as `--rescale` brings a user's image to a model's pixel size: at 0.202 um
+its nuclei span 73 px, 3x the others, and a mix with them at that size lost accuracy on every other source), then
+copied into one folder as SOURCE@@NAME. The split module splits such a folder source by
 source, exactly as each source's own folder: a frame or tile is in the same part (train/val/test) in every mix,
 so a model trained on one mix is never tested on what another mix trained on, and leave-one-dataset-out runs
 (benchmarks/lodo.py) hold a whole source out. The folder is built once (atomically), recorded in `sources.json`
@@ -16,7 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -29,7 +32,7 @@ MIX = "mix:"
 SLICE_STEP = 6  # z slices of a volume 6 apart (nuclei span ~20: neighbouring slices still share objects)
 FULLEST = 0  # a `slices` step of 0: only the z slice with the most labelled pixels of each stack
 PREPARATION: dict[str, dict[str, int]] = {"stardist-nuclei-2d": {"tile": 128}, "nuclei-3d": {"slices": SLICE_STEP},
-                                          "cho-nuclei-3d": {"slices": FULLEST}}
+                                          "cho-nuclei-3d": {"slices": FULLEST, "bin": 3}}
 
 
 def is_mix(dataset: str) -> bool:
@@ -53,7 +56,9 @@ def prepared_source(name: str, root: Optional[Path] = None) -> Path:
         return tile_dataset(folder, folder / "derived" / f"tiles-{how['tile']}", how["tile"])
     if "slices" in how:
         step = how["slices"]
-        return _slices(folder, folder / "derived" / (f"slices-{step}" if step else "fullest-slice"), step)
+        folder = _slices(folder, folder / "derived" / (f"slices-{step}" if step else "fullest-slice"), step)
+    if "bin" in how:
+        folder = _binned(folder, folder.parent / f"{folder.name}-bin{how['bin']}", how["bin"])
     return folder
 
 
@@ -86,38 +91,62 @@ def mixed_folder(dataset: str, root: Optional[Path] = None) -> Path:
     return target
 
 
-def _slices(src: Path, dst: Path, step: int) -> Path:
-    """Every `step`-th z slice of each (Z, Y, X) image and mask as its own 2D pair (slices without objects
-    dropped), or with `step` FULLEST the one slice with the most labelled pixels (the first of equals); reused while
-    `slices.json` matches the sources."""
+def _derived(src: Path, dst: Path, record: str, settings: dict, what: str,
+             pairs: Callable[[str, np.ndarray, np.ndarray], Iterator[tuple[str, np.ndarray, np.ndarray]]]) -> Path:
+    """The folder `dst` of the (name, image, mask) pairs that `pairs` makes of each pair of `src`, written once
+    (atomically) and reused while its `record` file matches `settings` and the sources' sha256."""
     import tifffile
 
     _, hashes = list_files(src)
-    info = {"step": step, "source_sha256": hashes}
-    if (dst / "slices.json").is_file():
-        if json.loads((dst / "slices.json").read_text()) == info:
+    info = {**settings, "source_sha256": hashes}
+    if (dst / record).is_file():
+        if json.loads((dst / record).read_text()) == info:
             return dst
-        raise TrainingError(f"{dst} holds slices of other source files or another step; delete {dst} to cut them "
-                            "again")
+        raise TrainingError(f"{dst} holds {what} of other source files or another {', '.join(settings)}; delete "
+                            f"{dst} to make them again")
     dst.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     for name in sorted(hashes):
         image, labels = (np.asarray(tifffile.imread(src / f / name)) for f in ("images", "masks"))
-        if image.ndim != 3 or image.shape != labels.shape:
-            raise TrainingError(f"{name}: image {image.shape} and mask {labels.shape}: expected one (Z, Y, X) pair")
-        chosen = range(0, image.shape[0], step) if step else [int(np.argmax((labels != 0).sum(axis=(1, 2))))]
-        for z in chosen:
-            if not labels[z].any():
-                continue
-            out = f"{Path(name).stem}_z{z:03d}.tif"
-            for f, a in (("images", image[z]), ("masks", labels[z])):
+        for out, a, b in pairs(name, image, labels):
+            for f, x in (("images", a), ("masks", b)):
                 (staging / f).mkdir(exist_ok=True)
-                tifffile.imwrite(staging / f / out, np.ascontiguousarray(a), compression=None)
-    (staging / "slices.json").write_text(json.dumps(info, indent=1) + "\n")
+                tifffile.imwrite(staging / f / out, np.ascontiguousarray(x), compression=None)
+    (staging / record).write_text(json.dumps(info, indent=1) + "\n")
     if dst.exists():
         shutil.rmtree(dst)
     os.replace(staging, dst)
     return dst
+
+
+def _slices(src: Path, dst: Path, step: int) -> Path:
+    """Every `step`-th z slice of each (Z, Y, X) image and mask as its own 2D pair (slices without objects
+    dropped), or with `step` FULLEST the one slice with the most labelled pixels (the first of equals); reused while
+    `slices.json` matches the sources."""
+    def pairs(name: str, image: np.ndarray, labels: np.ndarray):
+        if image.ndim != 3 or image.shape != labels.shape:
+            raise TrainingError(f"{name}: image {image.shape} and mask {labels.shape}: expected one (Z, Y, X) pair")
+        chosen = range(0, image.shape[0], step) if step else [int(np.argmax((labels != 0).sum(axis=(1, 2))))]
+        for z in chosen:
+            if labels[z].any():
+                yield f"{Path(name).stem}_z{z:03d}.tif", image[z], labels[z]
+
+    return _derived(src, dst, "slices.json", {"step": step}, "slices", pairs)
+
+
+def _binned(src: Path, dst: Path, factor: int) -> Path:
+    """Each 2D image averaged over `factor` x `factor` pixels (float32; the rows and columns past the last whole
+    bin dropped) and its mask's label at each bin's centre pixel (nearest: no label is mixed); reused while
+    `binned.json` matches the sources."""
+    def pairs(name: str, image: np.ndarray, labels: np.ndarray):
+        if image.ndim != 2 or image.shape != labels.shape or min(image.shape) < factor:
+            raise TrainingError(f"{name}: image {image.shape} and mask {labels.shape}: expected one 2D pair of at "
+                                f"least {factor} pixels a side")
+        h, w = (n // factor * factor for n in image.shape)
+        binned = image[:h, :w].astype(np.float32).reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+        yield name, binned.astype(np.float32), labels[factor // 2:h:factor, factor // 2:w:factor]
+
+    return _derived(src, dst, "binned.json", {"bin": factor}, "bins", pairs)
 
 
 def source_files(name: str, root: Optional[Path] = None) -> tuple[Path, list[str]]:
